@@ -1,0 +1,95 @@
+//! Runs a local control plane until interrupted: `make demo` and manual
+//! experiments use it.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use probity_testenv::{Binaries, Options, TestEnv};
+
+/// A local etcd + kube-apiserver for trying probity without a cluster.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start a control plane, print how to reach it, and stop it on Ctrl-C.
+    Up {
+        /// Also copy the admin kubeconfig to this path.
+        #[arg(long, value_name = "PATH")]
+        kubeconfig: Option<std::path::PathBuf>,
+    },
+    /// Stop control planes left behind by killed runs.
+    Sweep,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Up { kubeconfig } => up(kubeconfig).await,
+        Cmd::Sweep => {
+            for swept in probity_testenv::sweep_stale() {
+                println!(
+                    "removed {} (killed {:?})",
+                    swept.dir.display(),
+                    swept.killed
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn up(copy_to: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let binaries = Binaries::locate().map_err(|why| {
+        anyhow::anyhow!(
+            "control-plane binaries not found: {why}\nbuild them with: {}",
+            probity_testenv::BUILD_HINT
+        )
+    })?;
+    eprintln!(
+        "starting etcd + kube-apiserver from {} ...",
+        binaries.dir().display()
+    );
+    let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
+        .await
+        .context("start-up task")?
+        .context("starting the control plane")?;
+    let client = env.client()?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reading the server version")?;
+    let mut kubeconfig = env.kubeconfig().to_path_buf();
+    if let Some(dest) = copy_to {
+        std::fs::copy(env.kubeconfig(), &dest)
+            .with_context(|| format!("copying the kubeconfig to {}", dest.display()))?;
+        kubeconfig = dest;
+    }
+    println!(
+        "kube-apiserver {} ready at {}",
+        version.git_version,
+        env.server()
+    );
+    println!("KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl: {}", env.binaries().kubectl().display());
+    println!("  helm:    {}", env.binaries().helm().display());
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await?;
+    eprintln!("stopping ...");
+    drop(env);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! One control plane: etcd + kube-apiserver on loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::process::{self, Managed};
+use crate::{Binaries, Error, pki};
+
+/// How a control plane is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long to wait for `/readyz` before giving up.
+    pub ready_timeout: Duration,
+    /// Extra `kube-apiserver` flags (for example `--feature-gates=...`).
+    pub apiserver_args: Vec<String>,
+    /// Start the reaper that stops the control plane when this process dies.
+    /// Leave on unless testing the pid-file sweep.
+    pub reaper: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ready_timeout: Duration::from_secs(120),
+            apiserver_args: Vec::new(),
+            reaper: std::env::var_os("PROBITY_TESTENV_NO_REAPER").is_none(),
+        }
+    }
+}
+
+/// A running etcd + kube-apiserver pair, with the admin credentials to reach
+/// it. Dropping it stops both processes and removes its directory.
+#[derive(Debug)]
+pub struct TestEnv {
+    dir: PathBuf,
+    binaries: Binaries,
+    apiserver: Managed,
+    etcd: Managed,
+    reaper: Option<std::process::Child>,
+    config: Config,
+    kubeconfig: PathBuf,
+    server: String,
+    namespaces: AtomicU64,
+}
+
+/// Attempts to start before giving up: a free port may be taken between the
+/// probe and the bind.
+const START_ATTEMPTS: usize = 3;
+
+impl TestEnv {
+    /// Starts etcd and kube-apiserver on free loopback ports, waits for the
+    /// API server's `/readyz`, and first stops whatever a killed earlier run
+    /// left behind (see [`crate::sweep_stale`]).
+    ///
+    /// # Errors
+    ///
+    /// The error names the component that failed and carries the tail of its
+    /// log.
+    pub fn start(binaries: Binaries, options: &Options) -> Result<Self, Error> {
+        for swept in process::sweep_stale() {
+            eprintln!(
+                "probity-testenv: removed stale control plane {} (killed {} process(es))",
+                swept.dir.display(),
+                swept.killed.len()
+            );
+        }
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::start_once(binaries.clone(), options) {
+                Ok(env) => return Ok(env),
+                Err(e @ Error::Exited { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::NotReady {
+            timeout: options.ready_timeout,
+            log: String::new(),
+        }))
+    }
+
+    fn start_once(binaries: Binaries, options: &Options) -> Result<Self, Error> {
+        let dir = make_dir()?;
+        let pki = pki::write(&dir)?;
+        let [etcd_port, peer_port, api_port] = free_ports()?;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_args = vec![
+            "--name=probity".to_owned(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=probity={peer_url}"),
+            "--unsafe-no-fsync=true".to_owned(),
+            "--log-level=warn".to_owned(),
+        ];
+        let etcd = Managed::spawn("etcd", &binaries.etcd(), &etcd_args, &dir)?;
+
+        let path = |p: &Path| p.display().to_string();
+        let mut api_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--tls-cert-file={}", path(&pki.serving_cert)),
+            format!("--tls-private-key-file={}", path(&pki.serving_key)),
+            format!("--client-ca-file={}", path(&pki.ca_cert)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", path(&pki.sa_pub)),
+            format!("--service-account-signing-key-file={}", path(&pki.sa_key)),
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            "--endpoint-reconciler-type=none".to_owned(),
+            "--authorization-mode=RBAC".to_owned(),
+            "--allow-privileged=true".to_owned(),
+            "--profiling=false".to_owned(),
+        ];
+        api_args.extend(options.apiserver_args.iter().cloned());
+        let apiserver = Managed::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver(),
+            &api_args,
+            &dir,
+        )?;
+
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &pki)?;
+        let config = load_config(&kubeconfig)?;
+
+        let reaper = if options.reaper {
+            Some(process::spawn_reaper(
+                std::process::id(),
+                &dir,
+                &[apiserver.pid(), etcd.pid()],
+            )?)
+        } else {
+            None
+        };
+
+        let mut env = Self {
+            dir,
+            binaries,
+            apiserver,
+            etcd,
+            reaper,
+            config,
+            kubeconfig,
+            server,
+            namespaces: AtomicU64::new(0),
+        };
+        env.wait_ready(options.ready_timeout)?;
+        Ok(env)
+    }
+
+    /// Polls `/readyz` until it answers `ok`, failing early if a component
+    /// exits.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let config = self.config.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // A runtime of its own on a thread of its own: the caller may already
+        // be inside a runtime (a #[tokio::test]), where blocking on another
+        // runtime is not allowed.
+        let poller = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || poll_readyz(config, &stop, &tx)
+        });
+        let start = Instant::now();
+        let result = loop {
+            if let Some(err) = [&mut self.etcd, &mut self.apiserver]
+                .into_iter()
+                .find_map(|c| c.exited().map(|status| c.exit_error(status)))
+            {
+                break Err(err);
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(()) => break Ok(()),
+                Err(RecvTimeoutError::Timeout) if start.elapsed() <= timeout => {}
+                Err(_) => {
+                    break Err(Error::NotReady {
+                        timeout,
+                        log: self.apiserver.log_tail(30),
+                    });
+                }
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        let _ = poller.join();
+        result
+    }
+
+    /// A new client for the calling task's runtime, authenticated as an admin
+    /// (`system:masters`). Make one per test: a client belongs to the runtime
+    /// that created it.
+    ///
+    /// # Errors
+    ///
+    /// When called outside a tokio runtime.
+    pub fn client(&self) -> Result<Client, Error> {
+        Client::try_from(self.config.clone()).map_err(|e| Error::Client(e.to_string()))
+    }
+
+    /// The admin client configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Creates a fresh namespace named `<prefix>-<n>` and returns its name.
+    /// Tests sharing a control plane each work in their own.
+    ///
+    /// Namespaces are not deleted: nothing runs the namespace controller, and
+    /// the whole etcd is discarded with the control plane.
+    ///
+    /// # Errors
+    ///
+    /// When the API server rejects the namespace.
+    pub async fn namespace(&self, client: &Client, prefix: &str) -> Result<String, Error> {
+        let n = self.namespaces.fetch_add(1, Ordering::Relaxed);
+        let mut name: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(50)
+            .collect();
+        name = format!("{}-{n}", name.trim_matches('-'));
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("probity.dev/test".to_owned(), "true".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .map_err(|e| Error::Client(format!("creating namespace {name}: {e}")))?;
+        Ok(name)
+    }
+
+    /// The API server URL, `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A kubeconfig file for the admin user, for `kubectl` and `helm`.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The directory holding certificates, logs and etcd data.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The binaries this control plane runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// `kubectl` pointed at this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.binaries.kubectl());
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// `helm` pointed at this control plane, with its caches kept inside the
+    /// control plane's directory.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.binaries.helm());
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
+        cmd
+    }
+
+    /// The pids of etcd and kube-apiserver.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.etcd.pid(), self.apiserver.pid()]
+    }
+}
+
+/// Sends once `/readyz` answers `ok`; gives up when `stop` is set.
+fn poll_readyz(config: Config, stop: &AtomicBool, ready: &std::sync::mpsc::Sender<()>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let Ok(client) = Client::try_from(config) else {
+            return;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(req) = http::Request::get("/readyz").body(Vec::new()) {
+                let answer = tokio::time::timeout(Duration::from_secs(5), client.request_text(req));
+                if let Ok(Ok(body)) = answer.await {
+                    if body.trim() == "ok" {
+                        let _ = ready.send(());
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+        self.etcd.stop(Duration::from_secs(5));
+        if let Some(mut reaper) = self.reaper.take() {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn make_dir() -> Result<PathBuf, Error> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!(
+            "{}{}-{:08x}",
+            process::DIR_PREFIX,
+            std::process::id(),
+            nanos ^ attempt
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                process::write_owner(&dir)?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Err(Error::io(
+        &base,
+        std::io::Error::other("could not create a unique directory"),
+    ))
+}
+
+/// Three distinct free loopback ports. Another process may take one before
+/// it is bound; [`TestEnv::start`] retries when a component then exits.
+fn free_ports() -> Result<[u16; 3], Error> {
+    let bind =
+        || TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io(Path::new("127.0.0.1:0"), e));
+    // Hold all three at once so they differ.
+    let listeners = [bind()?, bind()?, bind()?];
+    let mut ports = [0u16; 3];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener
+            .local_addr()
+            .map_err(|e| Error::io(Path::new("127.0.0.1:0"), e))?
+            .port();
+    }
+    Ok(ports)
+}
+
+fn write_kubeconfig(path: &Path, server: &str, pki: &pki::Pki) -> Result<(), Error> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "probity-testenv", "cluster": {
+            "server": server,
+            "certificate-authority": pki.ca_cert,
+        }}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate": pki.admin_cert,
+            "client-key": pki.admin_key,
+        }}],
+        "contexts": [{"name": "probity-testenv", "context": {
+            "cluster": "probity-testenv",
+            "user": "admin",
+        }}],
+        "current-context": "probity-testenv",
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Client(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn load_config(kubeconfig: &Path) -> Result<Config, Error> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Client(e.to_string()))?;
+    // Building a Config from a kubeconfig is async only for exec plugins,
+    // which this one does not use; a throwaway runtime on its own thread
+    // keeps `start` callable from inside a runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Client(e.to_string()))?;
+        rt.block_on(Config::from_custom_kubeconfig(
+            kc,
+            &KubeConfigOptions::default(),
+        ))
+        .map_err(|e| Error::Client(e.to_string()))
+    })
+    .join()
+    .map_err(|_| Error::Client("kubeconfig loader panicked".to_owned()))?
+}
