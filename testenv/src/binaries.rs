@@ -10,7 +10,7 @@ pub const KUBERNETES_VERSION: &str = include_str!("../../hack/k8s-version").trim
 pub const BIN_DIR_ENV: &str = "PROBITY_K8S_BIN_DIR";
 
 /// The command that builds the binaries into the cache.
-pub const BUILD_HINT: &str = "make control-plane   (or: hack/control-plane.sh build)";
+pub const BUILD_HINT: &str = "make control-plane";
 
 /// The binaries of one Kubernetes version.
 #[derive(Debug, Clone)]
