@@ -28,7 +28,10 @@ fn start_owner(reaper: bool) -> Option<(Child, PathBuf)> {
         .map_while(Result::ok)
         .find_map(|line| line.strip_prefix("KUBECONFIG=").map(PathBuf::from))
         .expect("probity-testenv up printed no KUBECONFIG line");
-    let dir = kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf();
+    let dir = kubeconfig
+        .parent()
+        .expect("kubeconfig has a directory")
+        .to_path_buf();
     Some((child, dir))
 }
 
@@ -42,7 +45,10 @@ fn sigkill(child: &mut Child) {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_owned()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
         .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
@@ -60,14 +66,20 @@ fn killed_owner_is_reaped() {
         return;
     };
     let pids = probity_testenv::recorded_pids(&dir);
-    assert_eq!(pids.len(), 3, "etcd, kube-apiserver and the reaper: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        3,
+        "etcd, kube-apiserver and the reaper: {pids:?}"
+    );
     assert!(pids.iter().all(|&p| alive(p)));
 
     sigkill(&mut owner);
     eventually("all processes stopped", Duration::from_secs(20), || {
         pids.iter().all(|&p| !alive(p))
     });
-    eventually("directory removed", Duration::from_secs(5), || !dir.exists());
+    eventually("directory removed", Duration::from_secs(5), || {
+        !dir.exists()
+    });
 }
 
 #[test]
@@ -85,7 +97,10 @@ fn stale_control_plane_is_swept_by_pid_file() {
     assert!(pids.iter().all(|&p| alive(p)), "orphans should still run");
 
     let swept = probity_testenv::sweep_stale();
-    let ours = swept.iter().find(|s| s.dir == dir).expect("our directory was swept");
+    let ours = swept
+        .iter()
+        .find(|s| s.dir == dir)
+        .expect("our directory was swept");
     let mut killed = ours.killed.clone();
     killed.sort_unstable();
     let mut expected = pids.clone();
