@@ -316,11 +316,11 @@ fn poll_readyz(config: Config, stop: &AtomicBool, ready: &std::sync::mpsc::Sende
         while !stop.load(Ordering::Relaxed) {
             if let Ok(req) = http::Request::get("/readyz").body(Vec::new()) {
                 let answer = tokio::time::timeout(Duration::from_secs(5), client.request_text(req));
-                if let Ok(Ok(body)) = answer.await {
-                    if body.trim() == "ok" {
-                        let _ = ready.send(());
-                        return;
-                    }
+                if let Ok(Ok(body)) = answer.await
+                    && body.trim() == "ok"
+                {
+                    let _ = ready.send(());
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
