@@ -298,6 +298,12 @@ mod tests {
         let mut bystander = Command::new("/bin/sleep").arg("30").spawn().expect("spawn");
         record_pid(&dir, orphan.id()).expect("pid");
         record_pid(&dir, bystander.id()).expect("pid");
+        // Until it has exec'd, a forked child still shows our command line.
+        let exec_deadline = Instant::now() + Duration::from_secs(5);
+        while !cmdline_contains(orphan.id(), &marker) {
+            assert!(Instant::now() < exec_deadline, "orphan never exec'd");
+            std::thread::sleep(Duration::from_millis(10));
+        }
 
         let swept = sweep_stale();
         let ours: Vec<&Swept> = swept.iter().filter(|s| s.dir == dir).collect();
