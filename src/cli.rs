@@ -1,6 +1,9 @@
 //! Command-line surface.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use probity::lint::report::Format;
 
 /// Stop one slow dependency from taking a platform down: pinned image
 /// digests and honest probes, enforced in CI and in the cluster.
@@ -12,16 +15,47 @@ pub(crate) struct Cli {
     pub(crate) log_format: LogFormat,
 
     /// Log filter, in `tracing` env-filter syntax (e.g. `info,probity=debug`).
-    #[arg(long, global = true, default_value = "info", env = "PROBITY_LOG")]
+    #[arg(long, global = true, default_value = "warn", env = "PROBITY_LOG")]
     pub(crate) log_level: String,
 
     #[command(subcommand)]
-    pub(crate) command: Option<Command>,
+    pub(crate) command: Command,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub(crate) enum Command {}
+pub(crate) enum Command {
+    /// Check manifests for `:latest`, unpinned images and dishonest probes.
+    ///
+    /// Exit status: 0 clean, 1 violations, 2 usage or input errors.
+    Lint(LintArgs),
+}
+
+/// `probity lint`.
+#[derive(Debug, Args)]
+pub(crate) struct LintArgs {
+    /// Files or directories (searched recursively for *.yaml, *.yml,
+    /// *.json); `-` reads standard input.
+    #[arg(value_name = "PATH", required_unless_present = "explain")]
+    pub(crate) paths: Vec<PathBuf>,
+
+    /// ReadinessPolicy / ClusterReadinessPolicy documents to apply instead of
+    /// the built-in default policy. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) policy: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) format: Format,
+
+    /// Print only findings and errors: no notes, no summary.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+
+    /// Explain a rule (by id or name) and exit; `all` lists every rule.
+    #[arg(long, value_name = "RULE", conflicts_with_all = ["paths", "policy"])]
+    pub(crate) explain: Option<String>,
+}
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,12 +78,21 @@ mod tests {
 
     #[test]
     fn log_format_parses() {
-        let cli = Cli::try_parse_from(["probity", "--log-format", "json"]).expect("parse");
+        let cli =
+            Cli::try_parse_from(["probity", "--log-format", "json", "lint", "-"]).expect("parse");
         assert_eq!(cli.log_format, LogFormat::Json);
-        let err = Cli::try_parse_from(["probity", "--log-format", "xml"]).expect_err("bad value");
+        let err = Cli::try_parse_from(["probity", "--log-format", "xml", "lint", "-"])
+            .expect_err("bad value");
         assert!(
             err.to_string().contains("possible values: text, json"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn lint_needs_paths_unless_explaining() {
+        assert!(Cli::try_parse_from(["probity", "lint"]).is_err());
+        assert!(Cli::try_parse_from(["probity", "lint", "--explain", "PRB001"]).is_ok());
+        assert!(Cli::try_parse_from(["probity", "lint", "--explain", "PRB001", "x.yaml"]).is_err());
     }
 }

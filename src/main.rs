@@ -1,6 +1,7 @@
 //! `probity`: keeps Kubernetes workloads on pinned images and honest probes.
 
 mod cli;
+mod lint_cmd;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -13,11 +14,7 @@ fn main() -> ExitCode {
         eprintln!("probity: {err:#}");
         return ExitCode::from(2);
     }
-    match cli.command {
-        None => {
-            // No subcommand: show what there is, like `kubectl` does.
-            let _ = <cli::Cli as clap::CommandFactory>::command().print_help();
-            ExitCode::from(2)
-        }
+    match &cli.command {
+        cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
     }
 }

@@ -1,0 +1,287 @@
+//! The policy a workload is judged against: the spec of `ReadinessPolicy`
+//! and `ClusterReadinessPolicy`, and the built-in default `probity lint`
+//! uses. Doc comments here become the CRD's OpenAPI descriptions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What a policy requires of the workloads it matches. Omitted fields take
+/// the built-in defaults, so an empty spec is the default policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadinessPolicySpec {
+    /// Audit reports violations (admission warnings, status, events);
+    /// Enforce also denies them at admission.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Which workloads the policy applies to.
+    #[serde(default, rename = "match")]
+    pub match_: Match,
+    /// The kind of workload: a Server receives traffic through a Service; a
+    /// Consumer (queue worker) does not, so readiness is optional and
+    /// liveness and startup probes are required.
+    #[serde(default)]
+    pub profile: Profile,
+    /// Rules for container images.
+    #[serde(default)]
+    pub images: ImageRules,
+    /// Rules for probes.
+    #[serde(default)]
+    pub probes: ProbeRules,
+}
+
+/// The spec of a `ClusterReadinessPolicy`: a `ReadinessPolicy` spec that
+/// applies across namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReadinessPolicySpec {
+    /// Namespaces whose workloads the policy applies to, by label; absent
+    /// selects every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// The rules, as in a `ReadinessPolicy`.
+    #[serde(flatten)]
+    pub policy: ReadinessPolicySpec,
+}
+
+/// Whether violations are only reported or also denied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    /// Report violations; admission allows with warnings.
+    #[default]
+    Audit,
+    /// Admission denies workloads that violate the policy.
+    Enforce,
+}
+
+/// The kind of workload the probe rules are tuned for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Profile {
+    /// Serves traffic: readiness and liveness probes required.
+    #[default]
+    Server,
+    /// Consumes from a queue without a Service: liveness and startup probes
+    /// required, readiness optional.
+    Consumer,
+}
+
+/// Which workloads a policy matches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Match {
+    /// Workload kinds; empty matches every supported kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<WorkloadKind>,
+    /// Workload label selector; absent matches every workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A kind of workload probity understands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 CronJob.
+    CronJob,
+    /// v1 Pod.
+    Pod,
+}
+
+impl WorkloadKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [Self; 7] = [
+        Self::Deployment,
+        Self::StatefulSet,
+        Self::DaemonSet,
+        Self::ReplicaSet,
+        Self::Job,
+        Self::CronJob,
+        Self::Pod,
+    ];
+
+    /// The kind name as in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+            Self::ReplicaSet => "ReplicaSet",
+            Self::Job => "Job",
+            Self::CronJob => "CronJob",
+            Self::Pod => "Pod",
+        }
+    }
+
+    /// The kind named `kind`, when probity handles it.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// The `apiVersion` manifests of this kind use.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::Deployment | Self::StatefulSet | Self::DaemonSet | Self::ReplicaSet => "apps/v1",
+            Self::Job | Self::CronJob => "batch/v1",
+            Self::Pod => "v1",
+        }
+    }
+
+    /// Long-running workloads get probe rules; run-to-completion ones
+    /// (Job, CronJob) only image rules.
+    pub fn is_long_running(self) -> bool {
+        !matches!(self, Self::Job | Self::CronJob)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Rules for container images (every kind, init containers included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageRules {
+    /// Reject the `latest` tag and references with neither tag nor digest
+    /// (PRB001).
+    #[serde(default = "yes")]
+    pub forbid_latest: bool,
+    /// Require an `@sha256:` digest (PRB002).
+    #[serde(default = "yes")]
+    pub require_digest: bool,
+    /// Registries images may come from (`ghcr.io`, `registry.internal:5000`);
+    /// empty allows any (PRB003). `docker.io` covers references without a
+    /// registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_registries: Vec<String>,
+    /// Digest pinning: Off; Report resolves tags and records digests in
+    /// status; Admission rewrites `tag` to `tag@digest` when workloads are
+    /// admitted.
+    #[serde(default)]
+    pub pin: PinMode,
+}
+
+impl Default for ImageRules {
+    fn default() -> Self {
+        Self {
+            forbid_latest: true,
+            require_digest: true,
+            allowed_registries: Vec::new(),
+            pin: PinMode::Off,
+        }
+    }
+}
+
+/// How tags are resolved to digests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PinMode {
+    /// No resolution.
+    #[default]
+    Off,
+    /// Resolve tags and record the digests in status.
+    Report,
+    /// Rewrite tags to `tag@digest` at admission.
+    Admission,
+}
+
+/// Rules for probes (long-running workloads only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeRules {
+    /// The readiness probe.
+    #[serde(default = "ProbeRule::readiness")]
+    pub readiness: ProbeRule,
+    /// The liveness probe.
+    #[serde(default = "ProbeRule::liveness")]
+    pub liveness: ProbeRule,
+    /// The startup probe.
+    #[serde(default)]
+    pub startup: ProbeRule,
+    /// Liveness must not use the same handler as readiness (PRB104): a
+    /// liveness probe that checks dependencies restarts healthy pods.
+    #[serde(default = "yes")]
+    pub distinct_liveness: bool,
+    /// An overloaded pod must be taken out of rotation before liveness
+    /// restarts it (PRB108).
+    #[serde(default = "yes")]
+    pub liveness_outlasts_readiness: bool,
+}
+
+impl Default for ProbeRules {
+    fn default() -> Self {
+        Self {
+            readiness: ProbeRule::readiness(),
+            liveness: ProbeRule::liveness(),
+            startup: ProbeRule::default(),
+            distinct_liveness: true,
+            liveness_outlasts_readiness: true,
+        }
+    }
+}
+
+/// Requirements on one probe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeRule {
+    /// The probe must be present (PRB101-PRB103). The Consumer profile
+    /// requires liveness and startup and never readiness, whatever this says.
+    #[serde(default)]
+    pub required: bool,
+    /// HTTP probes must use this path (PRB105).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Upper bound on timeoutSeconds (PRB106; readiness only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_timeout_seconds: Option<i32>,
+    /// Lower bound on failureThreshold x periodSeconds (PRB107; liveness
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_failure_window_seconds: Option<i32>,
+}
+
+impl ProbeRule {
+    fn readiness() -> Self {
+        Self {
+            required: true,
+            ..Self::default()
+        }
+    }
+
+    fn liveness() -> Self {
+        Self {
+            required: true,
+            min_failure_window_seconds: Some(30),
+            ..Self::default()
+        }
+    }
+}
+
+impl ReadinessPolicySpec {
+    /// Whether this policy applies to a workload of `kind` with `labels`.
+    pub fn matches(
+        &self,
+        kind: WorkloadKind,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        let kind_ok = self.match_.kinds.is_empty() || self.match_.kinds.contains(&kind);
+        kind_ok
+            && self
+                .match_
+                .selector
+                .as_ref()
+                .is_none_or(|s| super::selector::matches(s, labels))
+    }
+}

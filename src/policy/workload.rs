@@ -1,0 +1,282 @@
+//! Workloads as the rules see them: kind, identity, labels, annotations,
+//! controller owner and the pod spec, read from any JSON-shaped object
+//! (a linted manifest, an AdmissionReview object, a cached API object).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use super::spec::WorkloadKind;
+
+/// A workload ready for evaluation.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Its kind.
+    pub kind: WorkloadKind,
+    /// `metadata.name` (or `generateName`, or empty).
+    pub name: String,
+    /// `metadata.namespace`, when set.
+    pub namespace: Option<String>,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Exemption annotations found on the workload and its pod template,
+    /// with the JSON pointer of each.
+    pub exemptions: Vec<(String, String)>,
+    /// The controlling owner (`kind/name`), when another object manages
+    /// this one: it is then judged through that owner.
+    pub controller: Option<String>,
+    /// The pod spec.
+    pub pod: PodSpec,
+    /// JSON pointer of the pod spec inside the object.
+    pub pod_pointer: &'static str,
+}
+
+/// An object of a supported kind whose fields do not have the types
+/// Kubernetes requires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {path}: {message}")]
+pub struct InvalidWorkload {
+    /// The object's kind.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// JSON pointer of the offending field.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The annotation carrying exemptions:
+/// `probity.dev/exempt: "PRB104,PRB107: reason"`.
+pub const EXEMPT_ANNOTATION: &str = "probity.dev/exempt";
+
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// What an object in a manifest is, before evaluation.
+#[derive(Debug)]
+pub enum Classified {
+    /// A workload.
+    Workload(Box<Workload>),
+    /// A Kubernetes object of a kind probity does not judge.
+    OtherKind(String),
+    /// Not a Kubernetes object (no `apiVersion` and `kind`).
+    NotKubernetes,
+}
+
+impl Workload {
+    /// Reads `object`.
+    ///
+    /// # Errors
+    ///
+    /// When a workload's metadata or pod spec has fields of the wrong type.
+    pub fn classify(object: &Value) -> Result<Classified, InvalidWorkload> {
+        let (Some(api_version), Some(kind)) = (
+            object.get("apiVersion").and_then(Value::as_str),
+            object.get("kind").and_then(Value::as_str),
+        ) else {
+            return Ok(Classified::NotKubernetes);
+        };
+        let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
+            return Ok(Classified::OtherKind(kind.to_owned()));
+        };
+        let expected_group = match workload_kind.api_version() {
+            "v1" => "",
+            v => group_of(v),
+        };
+        let group = group_of(api_version);
+        if group != expected_group && !(group == "extensions" && expected_group == "apps") {
+            return Ok(Classified::OtherKind(format!("{api_version} {kind}")));
+        }
+
+        let meta: ObjectMeta = read(object, "/metadata", kind, "")?.unwrap_or_default();
+        let name = meta
+            .name
+            .clone()
+            .or_else(|| meta.generate_name.clone())
+            .unwrap_or_default();
+        let pod_pointer = match workload_kind {
+            WorkloadKind::Pod => "/spec",
+            WorkloadKind::CronJob => "/spec/jobTemplate/spec/template/spec",
+            _ => "/spec/template/spec",
+        };
+        let template_meta_pointer = pod_pointer.strip_suffix("/spec").unwrap_or("");
+        let pod: PodSpec = read(object, pod_pointer, kind, &name)?.unwrap_or_default();
+
+        let mut exemptions = Vec::new();
+        if let Some(v) = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXEMPT_ANNOTATION))
+        {
+            exemptions.push((annotation_pointer("/metadata"), v.clone()));
+        }
+        if workload_kind != WorkloadKind::Pod {
+            let template_meta: Option<ObjectMeta> = read(
+                object,
+                &format!("{template_meta_pointer}/metadata"),
+                kind,
+                &name,
+            )?;
+            if let Some(v) = template_meta
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(EXEMPT_ANNOTATION))
+            {
+                exemptions.push((
+                    annotation_pointer(&format!("{template_meta_pointer}/metadata")),
+                    v.clone(),
+                ));
+            }
+        }
+        let controller = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| format!("{}/{}", o.kind, o.name));
+
+        Ok(Classified::Workload(Box::new(Self {
+            kind: workload_kind,
+            name,
+            namespace: meta.namespace,
+            labels: meta.labels.unwrap_or_default(),
+            exemptions,
+            controller,
+            pod,
+            pod_pointer,
+        })))
+    }
+}
+
+fn annotation_pointer(meta: &str) -> String {
+    // JSON pointer escaping: '/' in the key becomes "~1".
+    format!(
+        "{meta}/annotations/{}",
+        EXEMPT_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+fn read<T: serde::de::DeserializeOwned>(
+    object: &Value,
+    pointer: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Option<T>, InvalidWorkload> {
+    super::typed::at(object, pointer).map_err(|e| InvalidWorkload {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        path: e.pointer,
+        message: e.message,
+    })
+}
+
+/// The objects in `value` with their JSON pointers: the value itself, or the
+/// items of a `List` (`kind: List` or any `*List`).
+pub fn objects(value: &Value) -> Vec<(String, &Value)> {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"));
+    match value.get("items").and_then(Value::as_array) {
+        Some(items) if is_list => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("/items/{i}"), item))
+            .collect(),
+        _ => vec![(String::new(), value)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn workload(v: Value) -> Workload {
+        match Workload::classify(&v).expect("valid") {
+            Classified::Workload(w) => *w,
+            other => panic!("not a workload: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pod_spec_location_per_kind() {
+        let spec = json!({"containers": [{"name": "c", "image": "x"}]});
+        let dep = workload(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d"}, "spec": {"template": {"spec": spec}}}));
+        assert_eq!(dep.pod.containers[0].name, "c");
+        assert_eq!(dep.pod_pointer, "/spec/template/spec");
+        let cron = workload(json!({"apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}}));
+        assert_eq!(cron.pod.containers.len(), 1);
+        let pod = workload(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}),
+        );
+        assert_eq!(pod.pod_pointer, "/spec");
+    }
+
+    #[test]
+    fn other_kinds_and_non_kubernetes() {
+        let svc = Workload::classify(&json!({"apiVersion": "v1", "kind": "Service"})).expect("ok");
+        assert!(matches!(svc, Classified::OtherKind(k) if k == "Service"));
+        let crd_named_like_a_workload =
+            Workload::classify(&json!({"apiVersion": "example.com/v1", "kind": "Deployment"}))
+                .expect("ok");
+        assert!(matches!(
+            crd_named_like_a_workload,
+            Classified::OtherKind(_)
+        ));
+        let values = Workload::classify(&json!({"replicaCount": 2})).expect("ok");
+        assert!(matches!(values, Classified::NotKubernetes));
+    }
+
+    #[test]
+    fn wrong_field_type_is_located() {
+        let err = Workload::classify(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "c", "image": "x", "ports": [{"containerPort": "http"}]}]}}}}))
+        .expect_err("containerPort must be an integer");
+        assert_eq!(
+            err.path,
+            "/spec/template/spec/containers/0/ports/0/containerPort"
+        );
+        assert!(err.to_string().starts_with("Deployment d: "), "{err}");
+    }
+
+    #[test]
+    fn controller_owner_and_exemptions() {
+        let rs = workload(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}],
+                "annotations": {"probity.dev/exempt": "PRB002: internal"}},
+            "spec": {"template": {"metadata": {"annotations": {"probity.dev/exempt": "PRB104: x"}},
+                "spec": {"containers": []}}}}));
+        assert_eq!(rs.controller.as_deref(), Some("Deployment/web"));
+        assert_eq!(rs.exemptions.len(), 2);
+        assert_eq!(
+            rs.exemptions[0].0,
+            "/metadata/annotations/probity.dev~1exempt"
+        );
+        assert_eq!(
+            rs.exemptions[1].0,
+            "/spec/template/metadata/annotations/probity.dev~1exempt"
+        );
+    }
+
+    #[test]
+    fn lists_expand_to_items() {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [{"kind": "Pod"}, {"kind": "Service"}]});
+        let objs = objects(&list);
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[1].0, "/items/1");
+        let dep_list = json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "items": []});
+        assert!(objects(&dep_list).is_empty());
+        let plain = json!({"kind": "Pod", "items": [1]});
+        assert_eq!(objects(&plain).len(), 1);
+    }
+}
