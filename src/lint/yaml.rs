@@ -71,6 +71,8 @@ pub fn read_stream(text: &str) -> Vec<Result<Document, SyntaxError>> {
     split_documents(text)
         .into_iter()
         .filter_map(|(first_line, chunk)| read_document(chunk, first_line).transpose())
+        // An empty document (`---` followed by nothing) is no manifest.
+        .filter(|doc| !matches!(doc, Ok(d) if d.value.is_null()))
         .collect()
 }
 
@@ -127,6 +129,8 @@ enum Frame {
         map: Map<String, Value>,
         /// The key awaiting its value, with its position.
         key: Option<(String, Pos)>,
+        /// Keys that came from a merge (`<<`), which explicit keys override.
+        merged: Vec<String>,
     },
 }
 
@@ -302,6 +306,7 @@ impl Builder {
                         pointer,
                         map: Map::new(),
                         key: None,
+                        merged: Vec::new(),
                     }
                 });
                 Ok(())
@@ -341,7 +346,9 @@ impl Builder {
                 items.push(value);
                 Ok(())
             }
-            Some(Frame::Map { map, key, .. }) => {
+            Some(Frame::Map {
+                map, key, merged, ..
+            }) => {
                 let Some((k, key_pos)) = key.take() else {
                     return Err(self.error(span, "mapping value without a key"));
                 };
@@ -360,12 +367,17 @@ impl Builder {
                     };
                     for source in sources {
                         for (k, v) in source {
-                            map.entry(k).or_insert(v);
+                            if !map.contains_key(&k) {
+                                merged.push(k.clone());
+                                map.insert(k, v);
+                            }
                         }
                     }
                     return Ok(());
                 }
-                if map.contains_key(&k) {
+                if let Some(i) = merged.iter().position(|m| *m == k) {
+                    merged.swap_remove(i);
+                } else if map.contains_key(&k) {
                     return Err(SyntaxError {
                         pos: key_pos,
                         message: format!("duplicate key {k:?}"),
@@ -416,4 +428,107 @@ fn plain_scalar(text: &str) -> Value {
         return Value::Number(n);
     }
     Value::String(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn docs(text: &str) -> Vec<Result<Document, SyntaxError>> {
+        read_stream(text)
+    }
+
+    fn one(text: &str) -> Document {
+        let mut all = docs(text);
+        assert_eq!(all.len(), 1, "{all:?}");
+        all.remove(0).expect("valid")
+    }
+
+    #[test]
+    fn positions_point_at_values_and_keys() {
+        let d = one("a: 1\nspec:\n  containers:\n    - name: web\n      image: nginx\n");
+        assert_eq!(d.locate("/spec/containers/0/image"), Pos { line: 5, col: 14 });
+        // A collection is located at its key.
+        assert_eq!(d.locate("/spec/containers"), Pos { line: 3, col: 3 });
+        // A missing field falls back to the nearest existing parent.
+        assert_eq!(d.locate("/spec/containers/0/readinessProbe"), Pos { line: 4, col: 7 });
+        assert_eq!(d.pos, Pos { line: 1, col: 1 });
+    }
+
+    #[test]
+    fn a_broken_document_does_not_hide_the_others() {
+        let all = docs("a: 1\n---\nb: [1, 2\n---\n# comment only\n---\nc: 3\n");
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[0].as_ref().expect("first").value, json!({"a": 1}));
+        let err = all[1].as_ref().expect_err("second is broken");
+        assert_eq!(err.pos.line, 4, "{err}");
+        let third = all[2].as_ref().expect("third");
+        assert_eq!(third.value, json!({"c": 3}));
+        assert_eq!(third.pos.line, 7);
+    }
+
+    #[test]
+    fn scalars_follow_the_core_schema() {
+        let d = one("a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: 0x1f\nh: yes\ni: 1e3\nj: !!str 5\nk: \"true\"\nl: 08\n");
+        assert_eq!(
+            d.value,
+            json!({"a": 1, "b": -2, "c": 1.5, "d": true, "e": null, "f": "1", "g": 31,
+                   "h": "yes", "i": 1000.0, "j": "5", "k": "true", "l": 8})
+        );
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys() {
+        let d = one("base: &b {x: 1, y: 2}\nuse: *b\nmerged:\n  <<: *b\n  y: 3\n");
+        assert_eq!(d.value["use"], json!({"x": 1, "y": 2}));
+        assert_eq!(d.value["merged"], json!({"x": 1, "y": 3}));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        let err = docs(&text).remove(0).expect_err("bomb");
+        assert!(err.message.contains("expands to more than"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        let err = docs(&text).remove(0).expect_err("too deep");
+        assert!(err.message.contains("recursion limit"), "{err}");
+        let block: String = (0..300).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let err = docs(&block).remove(0).expect_err("too deep");
+        assert!(err.message.contains("nesting deeper than 200"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = docs("a: 1\nb: 2\na: 3\n").remove(0).expect_err("duplicate");
+        assert_eq!(err.pos, Pos { line: 3, col: 1 });
+        assert!(err.message.contains("duplicate key \"a\""), "{err}");
+    }
+
+    #[test]
+    fn json_bom_directives_and_document_end() {
+        let d = one("\u{feff}{\"kind\": \"Pod\", \"n\": [1, 2]}");
+        assert_eq!(d.value, json!({"kind": "Pod", "n": [1, 2]}));
+        let all = docs("%YAML 1.2\n---\na: 1\n...\nb: 2\n");
+        let values: Vec<Value> = all.into_iter().map(|d| d.expect("valid").value).collect();
+        assert_eq!(values, vec![json!({"a": 1}), json!({"b": 2})]);
+        assert!(docs("").is_empty());
+        assert!(docs("# nothing\n---\n---\n").is_empty());
+        let d = one("--- {a: 1}\n");
+        assert_eq!(d.value, json!({"a": 1}));
+    }
+
+    #[test]
+    fn keys_with_slashes_are_escaped_in_pointers() {
+        let d = one("metadata:\n  annotations:\n    probity.dev/exempt: \"PRB104: x\"\n");
+        assert_eq!(d.locate("/metadata/annotations/probity.dev~1exempt"), Pos { line: 3, col: 25 });
+    }
 }
