@@ -448,11 +448,17 @@ mod tests {
     #[test]
     fn positions_point_at_values_and_keys() {
         let d = one("a: 1\nspec:\n  containers:\n    - name: web\n      image: nginx\n");
-        assert_eq!(d.locate("/spec/containers/0/image"), Pos { line: 5, col: 14 });
+        assert_eq!(
+            d.locate("/spec/containers/0/image"),
+            Pos { line: 5, col: 14 }
+        );
         // A collection is located at its key.
         assert_eq!(d.locate("/spec/containers"), Pos { line: 3, col: 3 });
         // A missing field falls back to the nearest existing parent.
-        assert_eq!(d.locate("/spec/containers/0/readinessProbe"), Pos { line: 4, col: 7 });
+        assert_eq!(
+            d.locate("/spec/containers/0/readinessProbe"),
+            Pos { line: 4, col: 7 }
+        );
         assert_eq!(d.pos, Pos { line: 1, col: 1 });
     }
 
@@ -470,7 +476,9 @@ mod tests {
 
     #[test]
     fn scalars_follow_the_core_schema() {
-        let d = one("a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: 0x1f\nh: yes\ni: 1e3\nj: !!str 5\nk: \"true\"\nl: 08\n");
+        let d = one(
+            "a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: 0x1f\nh: yes\ni: 1e3\nj: !!str 5\nk: \"true\"\nl: 08\n",
+        );
         assert_eq!(
             d.value,
             json!({"a": 1, "b": -2, "c": 1.5, "d": true, "e": null, "f": "1", "g": 31,
@@ -529,6 +537,9 @@ mod tests {
     #[test]
     fn keys_with_slashes_are_escaped_in_pointers() {
         let d = one("metadata:\n  annotations:\n    probity.dev/exempt: \"PRB104: x\"\n");
-        assert_eq!(d.locate("/metadata/annotations/probity.dev~1exempt"), Pos { line: 3, col: 25 });
+        assert_eq!(
+            d.locate("/metadata/annotations/probity.dev~1exempt"),
+            Pos { line: 3, col: 25 }
+        );
     }
 }

@@ -35,9 +35,10 @@ pub(super) fn check(cx: &Cx<'_>, out: &mut Vec<Finding>) {
     let t = Timing::of(probe);
     if t.failure_window() < i64::from(min) {
         let message = format!(
-            "livenessProbe of {} restarts after {} failures x {}s = {}s, below the minimum of {min}s",
+            "livenessProbe of {} restarts after {} failure{} x {}s = {}s, below the minimum of {min}s",
             cx.container.name,
             t.failure_threshold,
+            if t.failure_threshold == 1 { "" } else { "s" },
             t.period,
             t.failure_window()
         );
