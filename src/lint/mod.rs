@@ -216,7 +216,7 @@ fn lint_object(
 fn namespace_labels(inputs: &[Input]) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for input in inputs {
-        for doc in yaml::read_stream(&input.text).into_iter().flatten() {
+        for doc in yaml::read_stream(&input.text).flatten() {
             for (_, object) in workload::objects(&doc.value) {
                 if object.get("kind").and_then(Value::as_str) != Some("Namespace") {
                     continue;

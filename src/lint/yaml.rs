@@ -64,16 +64,16 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Reads every document of `text`. Empty documents (only comments) are
-/// dropped; a broken one yields an error in its place.
-pub fn read_stream(text: &str) -> Vec<Result<Document, SyntaxError>> {
+/// Reads the documents of `text` one at a time, so memory holds one parsed
+/// document, not the stream. Empty documents (only comments) are skipped;
+/// a broken one yields an error in its place.
+pub fn read_stream(text: &str) -> impl Iterator<Item = Result<Document, SyntaxError>> + '_ {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     split_documents(text)
         .into_iter()
         .filter_map(|(first_line, chunk)| read_document(chunk, first_line).transpose())
         // An empty document (`---` followed by nothing) is no manifest.
         .filter(|doc| !matches!(doc, Ok(d) if d.value.is_null()))
-        .collect()
 }
 
 /// Splits at lines that start a (`---`) or end (`...`) a document, keeping
@@ -436,7 +436,7 @@ mod tests {
     use serde_json::json;
 
     fn docs(text: &str) -> Vec<Result<Document, SyntaxError>> {
-        read_stream(text)
+        read_stream(text).collect()
     }
 
     fn one(text: &str) -> Document {
