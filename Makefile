@@ -9,12 +9,12 @@ K8S_BIN_DIR := $(shell $(CONTROL_PLANE) dir)
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 
-.PHONY: help test fmt-check clippy unit-and-e2e control-plane demo clean-control-plane
+.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint control-plane demo clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-test: control-plane fmt-check clippy unit-and-e2e ## Everything CI runs: fmt, clippy, unit + e2e tests
+test: control-plane fmt-check clippy unit-and-e2e fuzz-smoke ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
@@ -26,6 +26,23 @@ clippy: ## clippy on every target, warnings are errors
 unit-and-e2e: ## Unit, doc and end-to-end tests against the real control plane
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+
+FUZZ_SECONDS ?= 300
+TOOLS_DIR := $(or $(PROBITY_CACHE_DIR),$(HOME)/.cache/probity)/tools
+KUBE_SCORE_VERSION := v1.20.0
+
+fuzz-smoke: ## Fuzz the reference parser and manifest reader, 20 s each
+	@hack/fuzz.sh 20
+
+fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300)
+	@hack/fuzz.sh $(FUZZ_SECONDS)
+
+bench-lint: ## Lint throughput and peak memory against kube-score (installed with go install)
+	@test -x $(TOOLS_DIR)/bin/kube-score || { echo "[bench] go install kube-score@$(KUBE_SCORE_VERSION)"; \
+	  GOBIN=$(TOOLS_DIR)/bin go install github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION); }
+	@test -x $(TOOLS_DIR)/bin/kube-linter || GOBIN=$(TOOLS_DIR)/bin go install golang.stackrox.io/kube-linter/cmd/kube-linter@v0.7.6 \
+	  || echo "[bench] kube-linter could not be installed; benchmarking without it"
+	PROBITY_BENCH_TOOLS=$(TOOLS_DIR)/bin $(CARGO) bench --locked --bench lint_throughput
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build

@@ -11,7 +11,7 @@ tools="${PROBITY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/probity}/tools"
 fuzz="$tools/bin/cargo-fuzz"
 if [[ ! -x "$fuzz" ]]; then
   echo "[fuzz] installing cargo-fuzz into $tools (once, about a minute)" >&2
-  cargo install cargo-fuzz --locked --quiet --root "$tools"
+  cargo install cargo-fuzz@0.13.2 --locked --quiet --root "$tools"
 fi
 toolchain=()
 if rustup run nightly rustc --version >/dev/null 2>&1; then
