@@ -21,7 +21,7 @@ rule! {
     ///
     /// ## Fix
     /// Use a version tag, ideally with its digest:
-    /// `image: ghcr.io/acme/web:1.4.2@sha256:…` (`probity pin` writes it).
+    /// `image: ghcr.io/acme/web:1.4.2@sha256:…`.
     id: "PRB001",
     name: "image-latest-tag",
     help: "use a version tag, ideally pinned: image: app:1.4.2@sha256:…",

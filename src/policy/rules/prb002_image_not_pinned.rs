@@ -19,11 +19,11 @@ rule! {
     ///
     /// ## Fix
     /// Append the digest and keep the tag for readers:
-    /// `image: ghcr.io/acme/web:1.4.2@sha256:…`. `probity pin` rewrites
-    /// manifests in place.
+    /// `image: ghcr.io/acme/web:1.4.2@sha256:…`
+    /// (`crane digest ghcr.io/acme/web:1.4.2` prints the digest).
     id: "PRB002",
     name: "image-not-pinned",
-    help: "append the digest: image: app:1.4.2@sha256:… (probity pin does it)",
+    help: "append the digest: image: app:1.4.2@sha256:…",
 }
 
 pub(super) fn check(cx: &Cx<'_>, image: &Reference, out: &mut Vec<Finding>) {
