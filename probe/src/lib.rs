@@ -3,3 +3,33 @@
 //!
 //! This crate has no Kubernetes client dependency: it is what a service
 //! embeds to answer the kubelet's probes truthfully.
+//!
+//! - [`health`]: a registry of background checks served as `/livez`
+//!   (the process only: runtime watchdog, progress heartbeats), `/readyz`
+//!   (dependencies, saturation, startup, shutdown) and `/startupz`, in
+//!   kube-apiserver's format, with shutdown draining.
+//!
+//! ```
+//! use std::time::Duration;
+//! use probity_probe::health::{Health, TcpCheck};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let health = Health::builder()
+//!     .readiness("postgres", TcpCheck::new("127.0.0.1:5432"))
+//!     .drain(Duration::from_secs(5), Duration::from_secs(20))
+//!     .build()?;
+//! let app = axum::Router::new()
+//!     .route("/orders", axum::routing::get(|| async { "[]" }))
+//!     .merge(health.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = axum::serve(listener, app).with_graceful_shutdown(health.shutdown_signal());
+//! # health.begin_shutdown(); health.begin_shutdown();
+//! health.serve_until_drained(server).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod health;
+
+pub use health::{Health, HealthBuilder};

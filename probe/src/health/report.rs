@@ -1,0 +1,271 @@
+//! Evaluating a probe from cached results: O(number of checks), no I/O.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::state::Status;
+use super::{Criticality, Inner, Phase, Scope};
+
+/// One of the three probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/livez`
+    Liveness,
+    /// `/readyz`
+    Readiness,
+    /// `/startupz`
+    Startup,
+}
+
+impl Probe {
+    /// The endpoint name: `livez`, `readyz` or `startupz`.
+    pub fn path_name(self) -> &'static str {
+        match self {
+            Probe::Liveness => "livez",
+            Probe::Readiness => "readyz",
+            Probe::Startup => "startupz",
+        }
+    }
+}
+
+/// The status of one line of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// Passing.
+    Ok,
+    /// Failing; fails the probe.
+    Failed,
+    /// A non-critical check failing: reported, does not fail the probe.
+    Degraded,
+    /// Left out with `?exclude=`.
+    Excluded,
+}
+
+impl CheckStatus {
+    /// `ok`, `failed`, `degraded` or `excluded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Failed => "failed",
+            CheckStatus::Degraded => "degraded",
+            CheckStatus::Excluded => "excluded",
+        }
+    }
+}
+
+/// One check's line in a probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// The check's name.
+    pub name: String,
+    /// Its status for this probe.
+    pub status: CheckStatus,
+    /// Why it is failing or degraded, when known.
+    pub reason: Option<String>,
+    /// Age of the result the status comes from, for background checks.
+    pub age: Option<Duration>,
+    /// How long the last run took, for background checks.
+    pub duration: Option<Duration>,
+    /// Consecutive failed runs, for background checks.
+    pub consecutive_failures: u32,
+}
+
+/// A probe's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Which probe.
+    pub probe: Probe,
+    /// Whether the probe passes.
+    pub ok: bool,
+    /// Every line, in registration order.
+    pub checks: Vec<CheckReport>,
+    /// `?exclude=` names that matched nothing.
+    pub unknown_excludes: Vec<String>,
+}
+
+fn line(name: &str, failure: Option<String>) -> CheckReport {
+    CheckReport {
+        name: name.to_owned(),
+        status: if failure.is_some() {
+            CheckStatus::Failed
+        } else {
+            CheckStatus::Ok
+        },
+        reason: failure,
+        age: None,
+        duration: None,
+        consecutive_failures: 0,
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Evaluates `probe`. With `only`, the report holds that one line (or none
+/// when no such check exists for the probe).
+pub(crate) fn evaluate(
+    inner: &Inner,
+    probe: Probe,
+    exclude: &[&str],
+    only: Option<&str>,
+) -> Report {
+    let now = Instant::now();
+    let mut checks = Vec::new();
+    match probe {
+        Probe::Liveness => {
+            if let Some((watchdog, stamp)) = &inner.watchdog {
+                let silence = stamp.silence(now);
+                let stalled = silence > watchdog.max_stall;
+                if stamp.flag(stalled) {
+                    if stalled {
+                        tracing::error!(stalled_for = %secs(silence), "tokio runtime stalled: liveness failing");
+                    } else {
+                        tracing::info!("tokio runtime making progress again");
+                    }
+                }
+                checks.push(line(
+                    "watchdog",
+                    stalled.then(|| format!("runtime made no progress for {}", secs(silence))),
+                ));
+            }
+            let beats = inner
+                .heartbeats
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for beat in beats.iter() {
+                let silence = beat.stamp.silence(now);
+                let silent = silence > beat.max_silence;
+                if beat.stamp.flag(silent) {
+                    if silent {
+                        tracing::error!(heartbeat = %beat.name, silent_for = %secs(silence), "heartbeat silent: liveness failing");
+                    } else {
+                        tracing::info!(heartbeat = %beat.name, "heartbeat resumed");
+                    }
+                }
+                checks.push(line(
+                    &beat.name,
+                    silent.then(|| format!("no beat for {}", secs(silence))),
+                ));
+            }
+            drop(beats);
+            background(inner, Scope::Liveness, now, &mut checks);
+        }
+        Probe::Readiness => {
+            let pending_startup: Vec<&str> = inner
+                .checks
+                .iter()
+                .filter(|c| c.scope == Scope::Startup)
+                .filter(|c| {
+                    !c.state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .ever_succeeded
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            if inner.checks.iter().any(|c| c.scope == Scope::Startup) {
+                checks.push(line(
+                    "startup",
+                    (!pending_startup.is_empty())
+                        .then(|| format!("waiting for {}", pending_startup.join(", "))),
+                ));
+            }
+            background(inner, Scope::Readiness, now, &mut checks);
+            for gate in &inner.gates {
+                let (load, saturated, changed) = gate.evaluate();
+                if changed {
+                    if saturated {
+                        tracing::warn!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, "saturated: readiness failing");
+                    } else {
+                        tracing::info!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, "no longer saturated");
+                    }
+                }
+                checks.push(line(
+                    &gate.name,
+                    saturated
+                        .then(|| format!("saturated: {} of {} in use", load.in_use, load.capacity)),
+                ));
+            }
+            let phase = *inner.phase.borrow();
+            checks.push(line(
+                "shutdown",
+                (phase != Phase::Serving).then(|| "shutting down".to_owned()),
+            ));
+        }
+        Probe::Startup => {
+            for c in inner.checks.iter().filter(|c| c.scope == Scope::Startup) {
+                let state = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let failure = (!state.ever_succeeded).then(|| {
+                    state
+                        .last
+                        .as_ref()
+                        .and_then(|o| o.failure.clone())
+                        .unwrap_or_else(|| "no result yet".to_owned())
+                });
+                checks.push(CheckReport {
+                    age: state.age(now),
+                    duration: state.last.as_ref().map(|o| o.duration),
+                    consecutive_failures: state.consecutive_failures,
+                    ..line(&c.name, failure)
+                });
+            }
+        }
+    }
+
+    if let Some(name) = only {
+        checks.retain(|c| c.name == name);
+    }
+    let mut unknown_excludes = Vec::new();
+    for name in exclude {
+        match checks.iter_mut().find(|c| c.name == *name) {
+            Some(c) => c.status = CheckStatus::Excluded,
+            None if !unknown_excludes.iter().any(|u| u == name) => {
+                unknown_excludes.push((*name).to_owned())
+            }
+            None => {}
+        }
+    }
+    let ok = checks.iter().all(|c| c.status != CheckStatus::Failed);
+    Report {
+        probe,
+        ok,
+        checks,
+        unknown_excludes,
+    }
+}
+
+/// Lines for the background checks of `scope`, debounced, with staleness
+/// applied to readiness.
+fn background(inner: &Inner, scope: Scope, now: Instant, out: &mut Vec<CheckReport>) {
+    for c in inner.checks.iter().filter(|c| c.scope == scope) {
+        let state = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let age = state.age(now);
+        let last_failure = state.last.as_ref().and_then(|o| o.failure.clone());
+        let failure = match state.status {
+            Status::Pending => Some("no result yet".to_owned()),
+            Status::Failing => Some(last_failure.unwrap_or_else(|| "recovering".to_owned())),
+            Status::Passing => match age {
+                Some(age) if scope == Scope::Readiness && age > c.options.staleness() => {
+                    Some(format!("stale: last result {} old", secs(age)))
+                }
+                _ => None,
+            },
+        };
+        let status = match (&failure, c.options.criticality) {
+            (None, _) => CheckStatus::Ok,
+            (Some(_), Criticality::Critical) => CheckStatus::Failed,
+            (Some(_), Criticality::NonCritical) => CheckStatus::Degraded,
+        };
+        out.push(CheckReport {
+            name: c.name.clone(),
+            status,
+            reason: failure,
+            age,
+            duration: state.last.as_ref().map(|o| o.duration),
+            consecutive_failures: state.consecutive_failures,
+        });
+    }
+}
