@@ -82,6 +82,8 @@ pub struct Process<C>(C);
 /// ```
 /// use probity_probe::health::{process, Health};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let health = Health::builder()
 ///     .liveness("config-readable", process(|| async {
 ///         std::fs::metadata("/").map(|_| ())
@@ -89,6 +91,7 @@ pub struct Process<C>(C);
 ///     .build()
 ///     .expect("a process check may serve liveness");
 /// # drop(health);
+/// # }
 /// ```
 pub fn process<C: Check>(check: C) -> Process<C> {
     Process(check)

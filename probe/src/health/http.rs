@@ -110,14 +110,14 @@ fn respond(
     let query = parse_query(raw.as_deref());
     let exclude: Vec<&str> = query.exclude.iter().map(String::as_str).collect();
     let report = evaluate(inner, probe, &exclude, only);
-    if let Some(name) = only {
-        if report.checks.is_empty() {
-            return with_headers(
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                format!("no {} check named {name:?}\n", probe.path_name()),
-            );
-        }
+    if let Some(name) = only
+        && report.checks.is_empty()
+    {
+        return with_headers(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("no {} check named {name:?}\n", probe.path_name()),
+        );
     }
     for name in &report.unknown_excludes {
         tracing::warn!(probe = probe.path_name(), check = %name, "cannot exclude unknown health check");
@@ -204,10 +204,8 @@ pub(crate) fn json(report: &Report, show_reasons: bool) -> String {
                 v["durationSeconds"] =
                     serde_json::json!((took.as_secs_f64() * 1000.0).round() / 1000.0);
             }
-            if show_reasons {
-                if let Some(reason) = &c.reason {
-                    v["reason"] = serde_json::json!(reason);
-                }
+            if show_reasons && let Some(reason) = &c.reason {
+                v["reason"] = serde_json::json!(reason);
             }
             v
         })

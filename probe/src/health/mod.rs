@@ -29,7 +29,7 @@
 //!     .build()?;
 //! let consumer = health.heartbeat("consumer-loop", Duration::from_secs(30));
 //! consumer.beat();
-//! let app = axum::Router::new().merge(health.router());
+//! let app: axum::Router = axum::Router::new().merge(health.router());
 //! # drop(app);
 //! # Ok(())
 //! # }
@@ -335,13 +335,13 @@ impl HealthBuilder {
         for reserved in ["watchdog", "startup", "shutdown"] {
             claim(reserved)?;
         }
-        if let Some(w) = &self.watchdog {
-            if w.max_stall.is_zero() {
-                return Err(Misconfigured::ZeroDuration {
-                    name: "watchdog".into(),
-                    what: "max_stall",
-                });
-            }
+        if let Some(w) = &self.watchdog
+            && w.max_stall.is_zero()
+        {
+            return Err(Misconfigured::ZeroDuration {
+                name: "watchdog".into(),
+                what: "max_stall",
+            });
         }
         if self.drain_deadline.is_zero() {
             return Err(Misconfigured::ZeroDuration {

@@ -173,7 +173,7 @@ mod tests {
             }),
             Thresholds::default(),
         );
-        let mut at = |n: u64| {
+        let at = |n: u64| {
             in_use.store(n, Ordering::Relaxed);
             let (_, saturated, _) = gate.evaluate();
             saturated

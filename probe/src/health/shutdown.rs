@@ -83,6 +83,9 @@ impl Health {
         tokio::select! {
             result = &mut server => {
                 result?;
+                if *self.inner.phase.borrow() == Phase::Aborted {
+                    return Ok(Drain::Aborted);
+                }
                 tracing::info!("in-flight requests drained");
                 Ok(Drain::Complete)
             }
