@@ -22,10 +22,12 @@ fmt-check: ## rustfmt check
 
 clippy: ## clippy on every target, warnings are errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p probity-probe --all-targets --all-features --locked -- -D warnings
 
 unit-and-e2e: ## Unit, doc and end-to-end tests against the real control plane
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+	$(CARGO) test -p probity-probe --all-targets --all-features --locked
 
 FUZZ_SECONDS ?= 300
 TOOLS_DIR := $(or $(PROBITY_CACHE_DIR),$(HOME)/.cache/probity)/tools

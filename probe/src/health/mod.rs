@@ -37,8 +37,12 @@
 
 mod check;
 mod error;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod http;
 mod liveness;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod recommend;
 mod report;
 mod runner;
@@ -56,6 +60,8 @@ pub use check::{
     Check, CheckFuture, CheckKind, CheckOptions, Criticality, Failure, Process, TcpCheck, process,
 };
 pub use error::Misconfigured;
+#[cfg(feature = "grpc")]
+pub use grpc::GrpcHealth;
 pub use liveness::Heartbeat;
 pub use recommend::ProbeTarget;
 pub use report::{CheckReport, CheckStatus, Probe, Report};
