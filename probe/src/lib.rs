@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod breaker;
 pub mod health;
 
 pub use health::{Health, HealthBuilder};

@@ -47,6 +47,17 @@ async fn service(show_reasons: bool) -> (std::net::SocketAddr, Arc<AtomicBool>, 
     (addr, db_up, health)
 }
 
+/// Takes the dependency down and waits until readiness has failed and the
+/// check has run again, so that its reason is the dependency's.
+async fn take_db_down(addr: std::net::SocketAddr, db: &AtomicBool) {
+    db.store(false, Ordering::Release);
+    eventually("readiness fails", || async {
+        get(addr, "/readyz").await.status == 503
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 #[tokio::test]
 async fn ready_service_answers_ok_and_verbose_lists_every_check() {
     let (addr, _db, _health) = service(false).await;
@@ -74,12 +85,7 @@ async fn ready_service_answers_ok_and_verbose_lists_every_check() {
 #[tokio::test]
 async fn dependency_outage_fails_readiness_and_never_liveness() {
     let (addr, db, _health) = service(false).await;
-    db.store(false, Ordering::Release);
-    eventually("readiness fails", || async {
-        get(addr, "/readyz").await.status == 503
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    take_db_down(addr, &db).await;
 
     let ready = get(addr, "/readyz").await;
     assert_eq!(
@@ -108,12 +114,7 @@ async fn dependency_outage_fails_readiness_and_never_liveness() {
 #[tokio::test]
 async fn exclude_skips_checks_and_warns_about_unknown_names() {
     let (addr, db, _health) = service(false).await;
-    db.store(false, Ordering::Release);
-    eventually("readiness fails", || async {
-        get(addr, "/readyz").await.status == 503
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    take_db_down(addr, &db).await;
 
     let excluded = get(addr, "/readyz?exclude=db&exclude=nope&exclude=nope").await;
     assert_eq!((excluded.status, excluded.body.as_str()), (200, "ok"));
@@ -147,12 +148,7 @@ async fn unknown_check_path_is_404_and_head_has_no_body() {
 #[tokio::test]
 async fn json_reports_status_age_and_consecutive_failures() {
     let (addr, db, _health) = service(false).await;
-    db.store(false, Ordering::Release);
-    eventually("readiness fails", || async {
-        get(addr, "/readyz").await.status == 503
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    take_db_down(addr, &db).await;
     let reply = request(
         addr,
         "GET",
@@ -187,12 +183,7 @@ async fn json_reports_status_age_and_consecutive_failures() {
 #[tokio::test]
 async fn reasons_are_shown_only_when_opted_in() {
     let (addr, db, _health) = service(true).await;
-    db.store(false, Ordering::Release);
-    eventually("readiness fails", || async {
-        get(addr, "/readyz").await.status == 503
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    take_db_down(addr, &db).await;
     let body = get(addr, "/readyz/db").await.body;
     assert_eq!(
         body,
