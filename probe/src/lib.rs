@@ -31,6 +31,8 @@
 //! ```
 
 pub mod breaker;
+pub mod bulkhead;
+pub mod deadline;
 pub mod health;
 
 pub use health::{Health, HealthBuilder};
