@@ -34,5 +34,6 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod deadline;
 pub mod health;
+pub mod retry;
 
 pub use health::{Health, HealthBuilder};

@@ -1,0 +1,237 @@
+//! Retries that do not multiply an outage: exponential backoff with full
+//! jitter, an attempt cap, a shared [`RetryBudget`], never sleeping past
+//! the deadline, only for results the classifier calls retryable, and the
+//! attempt count propagated (`x-probity-attempt`) so that a downstream can
+//! refuse to retry requests that are already retries (3 layers x 3
+//! attempts would be 27x load).
+//!
+//! [`RetryPolicy`] is a [`tower::retry::Policy`] for `http::Request`s with
+//! a cloneable body; use it with `tower::retry::RetryLayer`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use probity_probe::retry::{Backoff, RetryBudget, RetryPolicy};
+//!
+//! let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 1, 0.2));
+//! let policy = RetryPolicy::new(3, Backoff::new(Duration::from_millis(50), Duration::from_secs(1)))
+//!     .budget(budget)
+//!     .retry_if(|r: &Result<http::Response<String>, std::io::Error>| match r {
+//!         Ok(resp) => resp.status().is_server_error(),
+//!         Err(_) => true,
+//!     });
+//! let layer = tower::retry::RetryLayer::new(policy);
+//! # drop(layer);
+//! ```
+
+mod backoff;
+mod budget;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use tower::{Layer, Service};
+
+pub use backoff::{Backoff, Jitter};
+pub use budget::RetryBudget;
+
+/// The header carrying the attempt number (1 for the original request).
+pub const ATTEMPT_HEADER: &str = "x-probity-attempt";
+
+tokio::task_local! {
+    static INBOUND_ATTEMPT: u32;
+}
+
+/// The attempt number of the inbound request being served, as set by
+/// [`AttemptLayer`]; 1 outside one.
+pub fn inbound_attempt() -> u32 {
+    INBOUND_ATTEMPT.try_with(|a| *a).unwrap_or(1)
+}
+
+type Retryable<Res, E> = Arc<dyn Fn(&Result<Res, E>) -> bool + Send + Sync>;
+
+/// A retry policy; one clone per request keeps its attempt count.
+pub struct RetryPolicy<Res, E> {
+    max_attempts: u32,
+    backoff: Backoff,
+    budget: Option<Arc<RetryBudget>>,
+    retryable: Retryable<Res, E>,
+    refuse_nested: bool,
+    attempt: u32,
+    previous: Duration,
+    deposited: bool,
+    rng: fastrand::Rng,
+}
+
+impl<Res, E> Clone for RetryPolicy<Res, E> {
+    fn clone(&self) -> Self {
+        Self {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            budget: self.budget.clone(),
+            retryable: Arc::clone(&self.retryable),
+            refuse_nested: self.refuse_nested,
+            attempt: 1,
+            previous: Duration::ZERO,
+            deposited: false,
+            rng: fastrand::Rng::with_seed(fastrand::u64(..)),
+        }
+    }
+}
+
+impl<Res, E> std::fmt::Debug for RetryPolicy<Res, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("budget", &self.budget)
+            .field("refuse_nested", &self.refuse_nested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Res, E> RetryPolicy<Res, E> {
+    /// At most `max_attempts` attempts in all (1 = no retries); every
+    /// `Err` is retryable until [`RetryPolicy::retry_if`] says otherwise.
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            backoff,
+            budget: None,
+            retryable: Arc::new(|r: &Result<Res, E>| r.is_err()),
+            refuse_nested: false,
+            attempt: 1,
+            previous: Duration::ZERO,
+            deposited: false,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Which results to retry.
+    pub fn retry_if(mut self, f: impl Fn(&Result<Res, E>) -> bool + Send + Sync + 'static) -> Self {
+        self.retryable = Arc::new(f);
+        self
+    }
+
+    /// Shares a retry budget (one per dependency).
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Do not retry while serving an inbound request that is itself a
+    /// retry (see [`AttemptLayer`]).
+    pub fn refuse_nested(mut self, refuse: bool) -> Self {
+        self.refuse_nested = refuse;
+        self
+    }
+
+    /// Seeds the jitter, for repeatable tests.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = fastrand::Rng::with_seed(seed);
+        self
+    }
+
+    /// Decides whether to retry after `result`, returning the delay.
+    pub fn next_delay(&mut self, result: &Result<Res, E>) -> Option<Duration> {
+        if !self.deposited {
+            self.deposited = true;
+            if let Some(b) = &self.budget {
+                b.deposit();
+            }
+        }
+        if !(self.retryable)(result) || self.attempt >= self.max_attempts {
+            return None;
+        }
+        if self.refuse_nested && inbound_attempt() > 1 {
+            return None;
+        }
+        let left = crate::deadline::remaining();
+        let delay = self
+            .backoff
+            .delay(self.attempt, self.previous, &mut self.rng, left);
+        if left.is_some_and(|left| delay >= left) {
+            return None; // the retry could not finish in time
+        }
+        if let Some(b) = &self.budget
+            && !b.withdraw()
+        {
+            return None;
+        }
+        self.attempt += 1;
+        self.previous = delay;
+        Some(delay)
+    }
+}
+
+impl<B, Res, E> tower::retry::Policy<Request<B>, Res, E> for RetryPolicy<Res, E>
+where
+    B: Clone,
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(&mut self, req: &mut Request<B>, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        let delay = self.next_delay(result)?;
+        req.headers_mut()
+            .insert(ATTEMPT_HEADER, HeaderValue::from(self.attempt));
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        let mut clone = Request::new(req.body().clone());
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        Some(clone)
+    }
+}
+
+/// Inbound: reads `x-probity-attempt` and makes it available to
+/// [`inbound_attempt`] (and so to [`RetryPolicy::refuse_nested`]) while
+/// the request is served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttemptLayer;
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = AttemptService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AttemptService { inner }
+    }
+}
+
+/// The service [`AttemptLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AttemptService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for AttemptService<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let attempt = req
+            .headers()
+            .get(ATTEMPT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1)
+            .max(1);
+        Box::pin(INBOUND_ATTEMPT.scope(attempt, self.inner.call(req)))
+    }
+}
