@@ -35,5 +35,6 @@ pub mod bulkhead;
 pub mod deadline;
 pub mod health;
 pub mod retry;
+pub mod shed;
 
 pub use health::{Health, HealthBuilder};

@@ -1,0 +1,210 @@
+//! Load shedding: refuse work early, with `503` and a jittered
+//! `Retry-After`, instead of queueing it behind work that is already late.
+//!
+//! A request is shed, without reaching the inner service, when
+//! - the bulkhead it would run in is full,
+//! - the service is draining (a shutdown began), or
+//! - its remaining deadline is below the floor the work needs.
+//!
+//! `Retry-After` is the breaker's remaining open time when a breaker is
+//! attached and open, the configured value otherwise, jittered by ±20%
+//! (rounded up to whole seconds, at least 1).
+//!
+//! ```
+//! use std::time::Duration;
+//! use probity_probe::bulkhead::Bulkhead;
+//! use probity_probe::shed::LoadShedLayer;
+//!
+//! let bulkhead = Bulkhead::new(64, Duration::ZERO);
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/orders", axum::routing::post(|| async { "created" }))
+//!     .layer(LoadShedLayer::new().bulkhead(bulkhead).min_budget(Duration::from_millis(50)));
+//! # drop(app);
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use tower::{Layer, Service};
+
+use crate::breaker::CircuitBreaker;
+use crate::bulkhead::Bulkhead;
+use crate::health::{Health, Phase};
+
+/// Why a request was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The bulkhead is full.
+    Saturated,
+    /// A shutdown is under way.
+    Draining,
+    /// The remaining deadline cannot cover the work.
+    Budget,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Saturated => "overloaded",
+            Reason::Draining => "shutting down",
+            Reason::Budget => "deadline too short",
+        }
+    }
+}
+
+/// Sheds requests before they do work; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    bulkhead: Option<Bulkhead>,
+    health: Option<Health>,
+    breaker: Option<CircuitBreaker>,
+    min_budget: Option<Duration>,
+    retry_after: Duration,
+    rng: Arc<Mutex<fastrand::Rng>>,
+}
+
+impl Default for LoadShedLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LoadShedLayer {
+    /// Sheds nothing until a source is attached; `Retry-After` 1 s.
+    pub fn new() -> Self {
+        Self {
+            bulkhead: None,
+            health: None,
+            breaker: None,
+            min_budget: None,
+            retry_after: Duration::from_secs(1),
+            rng: Arc::new(Mutex::new(fastrand::Rng::new())),
+        }
+    }
+
+    /// Shed when this bulkhead is full.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Shed while this registry is draining.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Derive `Retry-After` from this breaker's remaining open time.
+    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Shed requests whose remaining deadline is below `floor`.
+    pub fn min_budget(mut self, floor: Duration) -> Self {
+        self.min_budget = Some(floor);
+        self
+    }
+
+    /// `Retry-After` when no breaker says otherwise, and a jitter seed.
+    pub fn retry_after(mut self, after: Duration, seed: Option<u64>) -> Self {
+        self.retry_after = after;
+        if let Some(seed) = seed {
+            self.rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
+        }
+        self
+    }
+
+    /// Whether a request would be shed now, and why.
+    pub fn should_shed(&self) -> Option<Reason> {
+        if self
+            .health
+            .as_ref()
+            .is_some_and(|h| h.phase() != Phase::Serving)
+        {
+            return Some(Reason::Draining);
+        }
+        if self.bulkhead.as_ref().is_some_and(Bulkhead::is_full) {
+            return Some(Reason::Saturated);
+        }
+        if let Some(floor) = self.min_budget
+            && crate::deadline::remaining().is_some_and(|left| left < floor)
+        {
+            return Some(Reason::Budget);
+        }
+        None
+    }
+
+    /// The jittered `Retry-After`, in whole seconds.
+    pub fn retry_after_secs(&self) -> u64 {
+        let base = match &self.breaker {
+            Some(b) if b.state().is_open() => b.remaining_open().max(Duration::from_millis(1)),
+            _ => self.retry_after,
+        };
+        let factor = 0.8
+            + 0.4
+                * self
+                    .rng
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .f64();
+        base.mul_f64(factor).as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadShed {
+            inner,
+            config: self.clone(),
+        }
+    }
+}
+
+/// The service [`LoadShedLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    config: LoadShedLayer,
+}
+
+impl<S, B, R> Service<Request<B>> for LoadShed<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: From<&'static str> + Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(reason) = self.config.should_shed() else {
+            return Box::pin(self.inner.call(req));
+        };
+        tracing::debug!(reason = reason.as_str(), "shedding request");
+        let body: &'static str = match reason {
+            Reason::Saturated => "overloaded\n",
+            Reason::Draining => "shutting down\n",
+            Reason::Budget => "deadline too short\n",
+        };
+        let mut response = Response::new(R::from(body));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.config.retry_after_secs()),
+        );
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
