@@ -13,8 +13,9 @@ use super::report::{CheckStatus, Probe, Report, evaluate};
 use super::{Health, Inner};
 
 impl Health {
-    /// An axum [`Router`] serving `/livez`, `/readyz`, `/startupz` and
-    /// `/<probe>/<check>`, GET and HEAD. Merge it into the application's
+    /// An axum [`Router`] serving `/livez`, `/readyz`, `/startupz`,
+    /// `/<probe>/<check>` and the dependency inventory `/dependencies`
+    /// (JSON), GET and HEAD. Merge it into the application's
     /// router or serve it alone on an admin port.
     ///
     /// A `Router` is a tower `Service`, so it also mounts anywhere a
@@ -41,6 +42,7 @@ impl Health {
             .route("/livez/{check}", get(livez_one))
             .route("/readyz/{check}", get(readyz_one))
             .route("/startupz/{check}", get(startupz_one))
+            .route("/dependencies", get(dependencies))
             .with_state(self.clone())
     }
 }
@@ -67,6 +69,18 @@ async fn startupz_one(
     (State(h), RawQuery(q), headers): Args,
 ) -> Response {
     respond(&h.inner, Probe::Startup, Some(&check), q, &headers)
+}
+
+async fn dependencies(State(h): State<Health>) -> Response {
+    let edges: Vec<serde_json::Value> = h.inner.dependencies.iter().map(|d| d.to_json()).collect();
+    let flagged = h
+        .inner
+        .dependencies
+        .iter()
+        .filter(|d| !d.problems().is_empty())
+        .count();
+    let body = serde_json::json!({"dependencies": edges, "flagged": flagged});
+    with_headers(StatusCode::OK, "application/json", body.to_string())
 }
 
 /// `?verbose` (any value, or none) and repeated `?exclude=name`.
@@ -163,7 +177,10 @@ pub(crate) fn text(report: &Report, show_reasons: bool) -> String {
             _ => "reason withheld".to_owned(),
         };
         let _ = match c.status {
-            CheckStatus::Ok => writeln!(out, "[+]{} ok", c.name),
+            CheckStatus::Ok => match &c.detail {
+                Some(detail) => writeln!(out, "[+]{} ok ({detail})", c.name),
+                None => writeln!(out, "[+]{} ok", c.name),
+            },
             CheckStatus::Excluded => writeln!(out, "[+]{} excluded: ok", c.name),
             CheckStatus::Degraded => writeln!(out, "[+]{} degraded: {}", c.name, reason(&c.reason)),
             CheckStatus::Failed => writeln!(out, "[-]{} failed: {}", c.name, reason(&c.reason)),
@@ -196,6 +213,9 @@ pub(crate) fn json(report: &Report, show_reasons: bool) -> String {
                 "name": c.name,
                 "status": c.status.as_str(),
             });
+            if let Some(detail) = &c.detail {
+                v["detail"] = serde_json::json!(detail);
+            }
             if let Some(age) = c.age {
                 v["ageSeconds"] = serde_json::json!((age.as_secs_f64() * 1000.0).round() / 1000.0);
                 v["consecutiveFailures"] = serde_json::json!(c.consecutive_failures);

@@ -36,6 +36,7 @@
 //! ```
 
 mod check;
+mod dependency;
 mod error;
 #[cfg(feature = "grpc")]
 mod grpc;
@@ -59,6 +60,7 @@ use tokio::time::Instant;
 pub use check::{
     Check, CheckFuture, CheckKind, CheckOptions, Criticality, Failure, Process, TcpCheck, process,
 };
+pub use dependency::Dependency;
 pub use error::Misconfigured;
 #[cfg(feature = "grpc")]
 pub use grpc::GrpcHealth;
@@ -106,6 +108,7 @@ struct Inner {
     origin: Instant,
     checks: Vec<Registered>,
     gates: Vec<Gate>,
+    dependencies: Vec<Dependency>,
     heartbeats: RwLock<Vec<Arc<Beat>>>,
     watchdog: Option<(Watchdog, Stamp)>,
     phase: watch::Sender<Phase>,
@@ -127,6 +130,7 @@ pub struct Health {
 pub struct HealthBuilder {
     checks: Vec<(String, Scope, CheckOptions, Arc<dyn CheckDebug>)>,
     gates: Vec<(String, Arc<dyn Saturation>, Thresholds)>,
+    dependencies: Vec<Dependency>,
     watchdog: Option<Watchdog>,
     show_reasons: bool,
     drain_delay: Duration,
@@ -168,6 +172,7 @@ impl Default for HealthBuilder {
         Self {
             checks: Vec::new(),
             gates: Vec::new(),
+            dependencies: Vec::new(),
             watchdog: Some(Watchdog::default()),
             show_reasons: false,
             drain_delay: Duration::from_secs(5),
@@ -254,6 +259,23 @@ impl HealthBuilder {
         self
     }
 
+    /// Registers an outbound dependency: its breaker state appears in
+    /// `/readyz` as `breaker:<name>` (failing readiness only when the
+    /// dependency is [critical](Dependency::critical)), its bulkhead as the
+    /// saturation source `bulkhead:<name>`, and the whole edge in
+    /// `GET /dependencies`.
+    pub fn dependency(mut self, dependency: Dependency) -> Self {
+        if let Some(b) = &dependency.bulkhead {
+            self.gates.push((
+                format!("bulkhead:{}", dependency.name),
+                Arc::new(b.clone()),
+                Thresholds::default(),
+            ));
+        }
+        self.dependencies.push(dependency);
+        self
+    }
+
     /// `/livez` fails when the Tokio runtime has not run the watchdog task
     /// for `max_stall` (default 10 s; the task ticks every 500 ms).
     pub fn watchdog(mut self, max_stall: Duration) -> Self {
@@ -328,8 +350,14 @@ impl HealthBuilder {
             }
             validate_options(name, options)?;
         }
+        for dep in &self.dependencies {
+            claim(&dep.name)?;
+        }
         for (name, _, thresholds) in &self.gates {
-            claim(name)?;
+            // A dependency's bulkhead is named after the dependency, claimed above.
+            if !name.starts_with("bulkhead:") {
+                claim(name)?;
+            }
             if !thresholds.is_valid() {
                 return Err(Misconfigured::Thresholds {
                     name: name.clone(),
@@ -380,6 +408,7 @@ impl HealthBuilder {
                 .into_iter()
                 .map(|(name, source, thresholds)| Gate::new(name, source, thresholds))
                 .collect(),
+            dependencies: self.dependencies,
             heartbeats: RwLock::new(Vec::new()),
             watchdog: self.watchdog.map(|w| (w, Stamp::new(origin))),
             phase: watch::Sender::new(Phase::Serving),

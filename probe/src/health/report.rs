@@ -64,6 +64,8 @@ pub struct CheckReport {
     pub status: CheckStatus,
     /// Why it is failing or degraded, when known.
     pub reason: Option<String>,
+    /// Extra state shown even when passing (a breaker's `closed`).
+    pub detail: Option<String>,
     /// Age of the result the status comes from, for background checks.
     pub age: Option<Duration>,
     /// How long the last run took, for background checks.
@@ -94,6 +96,7 @@ fn line(name: &str, failure: Option<String>) -> CheckReport {
             CheckStatus::Ok
         },
         reason: failure,
+        detail: None,
         age: None,
         duration: None,
         consecutive_failures: 0,
@@ -189,6 +192,21 @@ pub(crate) fn evaluate(
                         .then(|| format!("saturated: {} of {} in use", load.in_use, load.capacity)),
                 ));
             }
+            for dep in &inner.dependencies {
+                let Some(breaker) = &dep.breaker else {
+                    continue;
+                };
+                let state = breaker.state();
+                let open = state.is_open() || state == crate::breaker::State::HalfOpen;
+                let failed = dep.critical && open;
+                checks.push(CheckReport {
+                    detail: Some(state.as_str().to_owned()),
+                    ..line(
+                        &format!("breaker:{}", dep.name),
+                        failed.then(|| format!("circuit {}", state.as_str())),
+                    )
+                });
+            }
             let phase = *inner.phase.borrow();
             checks.push(line(
                 "shutdown",
@@ -263,6 +281,7 @@ fn background(inner: &Inner, scope: Scope, now: Instant, out: &mut Vec<CheckRepo
             name: c.name.clone(),
             status,
             reason: failure,
+            detail: None,
             age,
             duration: state.last.as_ref().map(|o| o.duration),
             consecutive_failures: state.consecutive_failures,
