@@ -13,7 +13,9 @@ async fn dropped_calls_release_everything() {
         .count_window(20)
         .minimum_calls(5)
         .open_for(Duration::from_millis(20), 1.0, Duration::from_millis(20))
-        .half_open(HalfOpen::SingleProbe { lease: Duration::from_secs(3600) })
+        .half_open(HalfOpen::SingleProbe {
+            lease: Duration::from_secs(3600),
+        })
         .jitter(0.0, None)
         .build()
         .expect("valid");
@@ -23,7 +25,11 @@ async fn dropped_calls_release_everything() {
         .layer(BulkheadLayer::new(bulkhead.clone()))
         .service_fn(|work: (u64, bool)| async move {
             tokio::time::sleep(Duration::from_micros(work.0)).await;
-            if work.1 { Ok(()) } else { Err("dependency error") }
+            if work.1 {
+                Ok(())
+            } else {
+                Err("dependency error")
+            }
         });
 
     let mut events = breaker.subscribe();
@@ -45,7 +51,10 @@ async fn dropped_calls_release_everything() {
     }
 
     assert!(
-        !matches!(events.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Empty)),
+        !matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
         "the storm opened the breaker at least once"
     );
 

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tower::{BoxError, Layer, Service};
 
-use super::{CircuitBreaker, Permit, Verdict};
+use super::{CircuitBreaker, OwnedPermit, Verdict};
 
 /// Decides how a service's result counts: `Fn(&Result<Response, Error>) ->
 /// Verdict`. The default counts every `Err` as a failure.
@@ -118,7 +118,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.try_acquire() {
+        match self.breaker.try_acquire_owned() {
             Ok(permit) => ResponseFuture {
                 future: Some(self.inner.call(req)),
                 permit: Some(permit),
@@ -141,7 +141,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         future: Option<F>,
-        permit: Option<Permit>,
+        permit: Option<OwnedPermit>,
         classify: Arc<C>,
         rejected: Option<super::Open>,
     }

@@ -279,13 +279,37 @@ impl Builder {
 /// dropping it unrecorded counts as the breaker's [`OnCancel`].
 #[derive(Debug)]
 #[must_use = "a permit records the call's outcome; dropping it counts as cancelled"]
-pub struct Permit {
-    shared: Arc<Shared>,
+pub struct Permit<'a> {
+    shared: SharedRef<'a>,
     generation: u64,
     started: Option<Instant>,
     kind: PermitKind,
     done: bool,
 }
+
+/// The breaker a permit belongs to: borrowed on the direct path (no
+/// reference-count traffic), owned where the permit must be `'static`.
+#[derive(Debug)]
+enum SharedRef<'a> {
+    Borrowed(&'a Shared),
+    Owned(Arc<Shared>),
+}
+
+impl std::ops::Deref for SharedRef<'_> {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            SharedRef::Borrowed(s) => s,
+            SharedRef::Owned(s) => s,
+        }
+    }
+}
+
+/// A permit that owns a reference to its breaker, for futures that must
+/// be `'static` (the tower layer).
+pub type OwnedPermit = Permit<'static>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PermitKind {
@@ -342,12 +366,28 @@ impl CircuitBreaker {
     /// # Errors
     ///
     /// [`Open`] with the time until a call may be admitted.
-    pub fn try_acquire(&self) -> Result<Permit, Open> {
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Open> {
+        self.acquire_with(SharedRef::Borrowed(&self.shared))
+    }
+
+    /// Like [`CircuitBreaker::try_acquire`], with a permit that owns a
+    /// reference to the breaker.
+    ///
+    /// # Errors
+    ///
+    /// [`Open`] with the time until a call may be admitted.
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit, Open> {
+        self.acquire_with(SharedRef::Owned(Arc::clone(&self.shared)))
+    }
+
+    #[inline]
+    fn acquire_with<'a>(&self, shared: SharedRef<'a>) -> Result<Permit<'a>, Open> {
         let s = &self.shared;
         let state = State::from_code(s.state.load(Ordering::Acquire));
         match state {
-            State::Closed => Ok(self.permit(PermitKind::Closed)),
-            State::Disabled => Ok(self.permit(PermitKind::Uncounted)),
+            State::Closed => Ok(permit(shared, PermitKind::Closed)),
+            State::Disabled => Ok(permit(shared, PermitKind::Uncounted)),
             State::ForcedOpen => Err(Open {
                 retry_after: s.config.open_base,
             }),
@@ -362,24 +402,12 @@ impl CircuitBreaker {
                         });
                     }
                 }
-                self.admit_trial(now)
+                self.admit_trial(shared, now)
             }
         }
     }
 
-    fn permit(&self, kind: PermitKind) -> Permit {
-        let s = &self.shared;
-        Permit {
-            shared: Arc::clone(s),
-            generation: s.generation.load(Ordering::Acquire),
-            started: (s.config.slow_call.is_some() && kind != PermitKind::Uncounted)
-                .then(Instant::now),
-            kind,
-            done: false,
-        }
-    }
-
-    fn admit_trial(&self, now: Instant) -> Result<Permit, Open> {
+    fn admit_trial<'a>(&self, shared: SharedRef<'a>, now: Instant) -> Result<Permit<'a>, Open> {
         let s = &self.shared;
         let mut slow = s.slow.lock().unwrap_or_else(PoisonError::into_inner);
         let state = State::from_code(s.state.load(Ordering::Acquire));
@@ -387,14 +415,14 @@ impl CircuitBreaker {
             State::Open => {
                 if s.now_ms(now) < s.open_until.load(Ordering::Acquire) {
                     drop(slow);
-                    return self.try_acquire();
+                    return self.acquire_with(shared);
                 }
                 s.transition(&mut slow, State::Open, State::HalfOpen, now);
             }
             State::HalfOpen => {}
             _ => {
                 drop(slow);
-                return self.try_acquire();
+                return self.acquire_with(shared);
             }
         }
         match s.config.half_open {
@@ -410,7 +438,7 @@ impl CircuitBreaker {
                 slow.next_trial += 1;
                 slow.trial = Some((id, now + lease));
                 drop(slow);
-                Ok(self.permit(PermitKind::Trial(id)))
+                Ok(permit(shared, PermitKind::Trial(id)))
             }
             HalfOpen::Probes(n) => {
                 if slow.admitted >= n {
@@ -422,7 +450,7 @@ impl CircuitBreaker {
                 let id = slow.next_trial;
                 slow.next_trial += 1;
                 drop(slow);
-                Ok(self.permit(PermitKind::Trial(id)))
+                Ok(permit(shared, PermitKind::Trial(id)))
             }
         }
     }
@@ -472,13 +500,39 @@ pub enum Rejected<E> {
     Inner(E),
 }
 
-impl Permit {
+#[inline]
+fn permit(shared: SharedRef<'_>, kind: PermitKind) -> Permit<'_> {
+    let generation = shared.generation.load(Ordering::Acquire);
+    let started =
+        (shared.config.slow_call.is_some() && kind != PermitKind::Uncounted).then(Instant::now);
+    Permit {
+        shared,
+        generation,
+        started,
+        kind,
+        done: false,
+    }
+}
+
+impl Permit<'_> {
     /// Records how the call went.
+    #[inline]
     pub fn record(mut self, verdict: Verdict) {
         self.done = true;
+        // The closed path's common case: one success, no timing.
+        if verdict == Verdict::Success && self.kind == PermitKind::Closed && self.started.is_none()
+        {
+            if let Windowed::Count(w) = &self.shared.window
+                && self.shared.generation.load(Ordering::Relaxed) == self.generation
+            {
+                w.record(Outcome::Success);
+                return;
+            }
+        }
         self.finish(Some(verdict));
     }
 
+    #[inline]
     fn finish(&self, verdict: Option<Verdict>) {
         let s = &self.shared;
         let verdict = match verdict {
@@ -530,7 +584,8 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             self.done = true;

@@ -129,7 +129,7 @@ async fn n_probes_decide_by_their_own_ratio() {
         .expect("valid");
     calls(&b, &[F, F, F, F]);
     tokio::time::advance(secs(10)).await;
-    let trials: Vec<Permit> = (0..4).map(|_| b.try_acquire().expect("trial")).collect();
+    let trials: Vec<Permit<'_>> = (0..4).map(|_| b.try_acquire().expect("trial")).collect();
     assert!(b.try_acquire().is_err(), "only 4 trials");
     for (t, v) in trials.into_iter().zip([S, S, S, F]) {
         t.record(v);
@@ -138,7 +138,7 @@ async fn n_probes_decide_by_their_own_ratio() {
 
     calls(&b, &[F, F, F, F]);
     tokio::time::advance(secs(10)).await;
-    let trials: Vec<Permit> = (0..4).map(|_| b.try_acquire().expect("trial")).collect();
+    let trials: Vec<Permit<'_>> = (0..4).map(|_| b.try_acquire().expect("trial")).collect();
     for (t, v) in trials.into_iter().zip([S, S, F, F]) {
         t.record(v);
     }

@@ -128,27 +128,47 @@ impl Totals {
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    head: AtomicU64,
+    /// `u64::MAX / len + 1`, for a division-free `head % len` (Lemire's
+    /// fastmod): a hardware division would be most of the closed path.
+    fastmod: u64,
+    head: AtomicU32,
     totals: Totals,
 }
 
 impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
+        let size = size.max(1);
         Self {
-            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
-            head: AtomicU64::new(0),
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            fastmod: (u64::MAX / u64::from(size)).wrapping_add(1),
+            head: AtomicU32::new(0),
             totals: Totals::default(),
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, outcome: Outcome) {
-        let at = self.head.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        // Add before removing, so a concurrent snapshot never sees fewer
-        // calls than the window holds.
-        self.totals.add(outcome);
-        let old = self.slots[at as usize].swap(outcome.code(), Ordering::Relaxed);
-        if let Some(old) = Outcome::from_code(old) {
-            self.totals.sub(old);
+        // The counter wraps at 2^32; the one jump in slot order it causes
+        // every 4 billion calls only reuses a slot early.
+        let head = self.head.fetch_add(1, Ordering::Relaxed);
+        let at = ((u128::from(self.fastmod.wrapping_mul(u64::from(head)))
+            * self.slots.len() as u128)
+            >> 64) as usize;
+        let slot = &self.slots[at];
+        let code = outcome.code();
+        // The steady state (a success replacing a success) writes nothing.
+        if slot.load(Ordering::Relaxed) == code {
+            return;
+        }
+        let old = Outcome::from_code(slot.swap(code, Ordering::Relaxed));
+        // Adjust only what changed; totals always equal the slots' sum.
+        match old {
+            None => self.totals.add(outcome),
+            Some(old) if old != outcome => {
+                self.totals.add(outcome);
+                self.totals.sub(old);
+            }
+            Some(_) => {}
         }
     }
 
@@ -287,6 +307,15 @@ mod tests {
                     .collect();
                 prop_assert_eq!(w.snapshot(probe), expected(&live));
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fastmod_equals_modulo(len in 1u32..100_000, head: u32) {
+            let w = CountWindow::new(len);
+            let at = ((u128::from(w.fastmod.wrapping_mul(u64::from(head))) * u128::from(len)) >> 64) as u32;
+            prop_assert_eq!(at, head % len);
         }
     }
 
