@@ -9,7 +9,7 @@ K8S_BIN_DIR := $(shell $(CONTROL_PLANE) dir)
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 
-.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint control-plane demo clean-control-plane
+.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe control-plane demo clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench-lint: ## Lint throughput and peak memory against kube-score (installed wit
 	@test -x $(TOOLS_DIR)/bin/kube-linter || GOBIN=$(TOOLS_DIR)/bin go install golang.stackrox.io/kube-linter/cmd/kube-linter@v0.7.6 \
 	  || echo "[bench] kube-linter could not be installed; benchmarking without it"
 	PROBITY_BENCH_TOOLS=$(TOOLS_DIR)/bin $(CARGO) bench --locked --bench lint_throughput
+
+bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (criterion)
+	$(CARGO) bench --locked -p probity-probe --bench resilience
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build

@@ -7,7 +7,17 @@
 //! - [`health`]: a registry of background checks served as `/livez`
 //!   (the process only: runtime watchdog, progress heartbeats), `/readyz`
 //!   (dependencies, saturation, startup, shutdown) and `/startupz`, in
-//!   kube-apiserver's format, with shutdown draining.
+//!   kube-apiserver's format, with shutdown draining, and the dependency
+//!   inventory (`/dependencies`).
+//! - [`breaker`]: circuit breaker (failure and slow-call rates, lock-free
+//!   closed path, half-open with a lease), plain and as a tower layer.
+//! - [`bulkhead`]: bounded concurrency with a bounded wait; a saturation
+//!   source for readiness.
+//! - [`deadline`]: budgets carried in a task-local, read from and written
+//!   to `grpc-timeout` / `x-envoy-expected-rq-timeout-ms`.
+//! - [`retry`]: backoff with jitter, a shared retry budget, attempt
+//!   propagation.
+//! - [`shed`]: load shedding with 503 and `Retry-After`.
 //!
 //! ```
 //! use std::time::Duration;

@@ -520,14 +520,14 @@ impl Permit<'_> {
     pub fn record(mut self, verdict: Verdict) {
         self.done = true;
         // The closed path's common case: one success, no timing.
-        if verdict == Verdict::Success && self.kind == PermitKind::Closed && self.started.is_none()
+        if verdict == Verdict::Success
+            && self.kind == PermitKind::Closed
+            && self.started.is_none()
+            && let Windowed::Count(w) = &self.shared.window
+            && self.shared.generation.load(Ordering::Relaxed) == self.generation
         {
-            if let Windowed::Count(w) = &self.shared.window
-                && self.shared.generation.load(Ordering::Relaxed) == self.generation
-            {
-                w.record(Outcome::Success);
-                return;
-            }
+            w.record(Outcome::Success);
+            return;
         }
         self.finish(Some(verdict));
     }

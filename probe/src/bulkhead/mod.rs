@@ -10,14 +10,14 @@
 //! let bulkhead = Bulkhead::new(2, Duration::ZERO); // fail fast when full
 //! let a = bulkhead.acquire().await.expect("slot");
 //! let b = bulkhead.acquire().await.expect("slot");
-//! assert_eq!(bulkhead.acquire().await.unwrap_err(), Full { max_concurrent: 2 });
+//! assert_eq!(bulkhead.acquire().await.expect_err("full"), Full { max_concurrent: 2 });
 //! drop(a);
 //! assert!(bulkhead.acquire().await.is_ok());
 //! # drop(b);
 //! # }
 //! ```
 //!
-//! A `Bulkhead` is a [`Saturation`](crate::health::Saturation) source:
+//! A `Bulkhead` is a [`crate::health::Saturation`] source:
 //! register it with the health registry and a full bulkhead makes the pod
 //! unready, with hysteresis.
 
@@ -139,7 +139,10 @@ mod tests {
         let held = b.acquire().await.expect("slot");
         assert_eq!(b.in_use(), 1);
         let started = tokio::time::Instant::now();
-        assert_eq!(b.acquire().await.unwrap_err(), Full { max_concurrent: 1 });
+        assert_eq!(
+            b.acquire().await.expect_err("full"),
+            Full { max_concurrent: 1 }
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.acquire().await.map(drop) });
