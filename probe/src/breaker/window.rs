@@ -148,9 +148,13 @@ impl CountWindow {
 
     #[inline]
     pub(crate) fn record(&self, outcome: Outcome) {
-        // The counter wraps at 2^32; the one jump in slot order it causes
-        // every 4 billion calls only reuses a slot early.
-        let head = self.head.fetch_add(1, Ordering::Relaxed);
+        // A plain load and store, not a locked add: two racing calls may
+        // take the same slot, and then the window holds one call fewer than
+        // its size for a moment. The slot swap below keeps the totals exact
+        // either way. The counter wraps at 2^32; the one jump in slot order
+        // that causes every 4 billion calls only reuses a slot early.
+        let head = self.head.load(Ordering::Relaxed);
+        self.head.store(head.wrapping_add(1), Ordering::Relaxed);
         let at = ((u128::from(self.fastmod.wrapping_mul(u64::from(head)))
             * self.slots.len() as u128)
             >> 64) as usize;
