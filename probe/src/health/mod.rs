@@ -128,7 +128,7 @@ pub struct Health {
 
 /// Builds a [`Health`] registry; see [`Health::builder`].
 pub struct HealthBuilder {
-    checks: Vec<(String, Scope, CheckOptions, Arc<dyn CheckDebug>)>,
+    checks: Vec<(String, Scope, CheckOptions, Arc<dyn Check>)>,
     gates: Vec<(String, Arc<dyn Saturation>, Thresholds)>,
     dependencies: Vec<Dependency>,
     watchdog: Option<Watchdog>,
@@ -155,15 +155,6 @@ impl std::fmt::Debug for HealthBuilder {
             .field("drain_delay", &self.drain_delay)
             .field("drain_deadline", &self.drain_deadline)
             .finish_non_exhaustive()
-    }
-}
-
-/// `dyn Check` that the builder can print.
-trait CheckDebug: Check {}
-impl<C: Check> CheckDebug for C {}
-impl std::fmt::Debug for dyn CheckDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Check({:?})", self.kind())
     }
 }
 
@@ -265,13 +256,6 @@ impl HealthBuilder {
     /// saturation source `bulkhead:<name>`, and the whole edge in
     /// `GET /dependencies`.
     pub fn dependency(mut self, dependency: Dependency) -> Self {
-        if let Some(b) = &dependency.bulkhead {
-            self.gates.push((
-                format!("bulkhead:{}", dependency.name),
-                Arc::new(b.clone()),
-                Thresholds::default(),
-            ));
-        }
         self.dependencies.push(dependency);
         self
     }
@@ -354,10 +338,7 @@ impl HealthBuilder {
             claim(&dep.name)?;
         }
         for (name, _, thresholds) in &self.gates {
-            // A dependency's bulkhead is named after the dependency, claimed above.
-            if !name.starts_with("bulkhead:") {
-                claim(name)?;
-            }
+            claim(name)?;
             if !thresholds.is_valid() {
                 return Err(Misconfigured::Thresholds {
                     name: name.clone(),
@@ -400,13 +381,21 @@ impl HealthBuilder {
                     name,
                     scope,
                     options,
-                    check: check as Arc<dyn Check>,
+                    check,
                 })
                 .collect(),
             gates: self
                 .gates
                 .into_iter()
                 .map(|(name, source, thresholds)| Gate::new(name, source, thresholds))
+                .chain(self.dependencies.iter().filter_map(|d| {
+                    let bulkhead: Arc<dyn Saturation> = Arc::new(d.bulkhead.clone()?);
+                    Some(Gate::new(
+                        format!("bulkhead:{}", d.name),
+                        bulkhead,
+                        Thresholds::default(),
+                    ))
+                }))
                 .collect(),
             dependencies: self.dependencies,
             heartbeats: RwLock::new(Vec::new()),
