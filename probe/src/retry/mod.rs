@@ -30,6 +30,7 @@ mod budget;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ use tower::{Layer, Service};
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
+
+/// Distance between the seeds of successive clones (the golden-ratio
+/// increment), so that their jitter sequences are unrelated.
+const SEED_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The header carrying the attempt number (1 for the original request).
 pub const ATTEMPT_HEADER: &str = "x-probity-attempt";
@@ -65,6 +70,9 @@ pub struct RetryPolicy<Res, E> {
     previous: Duration,
     deposited: bool,
     rng: fastrand::Rng,
+    /// Seeds for per-request clones: each clone draws the next one, so
+    /// requests get different jitter and a seeded policy stays repeatable.
+    seeds: Arc<AtomicU64>,
 }
 
 impl<Res, E> Clone for RetryPolicy<Res, E> {
@@ -78,7 +86,8 @@ impl<Res, E> Clone for RetryPolicy<Res, E> {
             attempt: 1,
             previous: Duration::ZERO,
             deposited: false,
-            rng: fastrand::Rng::with_seed(fastrand::u64(..)),
+            rng: fastrand::Rng::with_seed(self.seeds.fetch_add(SEED_STEP, Ordering::Relaxed)),
+            seeds: Arc::clone(&self.seeds),
         }
     }
 }
@@ -108,6 +117,7 @@ impl<Res, E> RetryPolicy<Res, E> {
             previous: Duration::ZERO,
             deposited: false,
             rng: fastrand::Rng::new(),
+            seeds: Arc::new(AtomicU64::new(fastrand::u64(..))),
         }
     }
 
@@ -130,9 +140,11 @@ impl<Res, E> RetryPolicy<Res, E> {
         self
     }
 
-    /// Seeds the jitter, for repeatable tests.
+    /// Seeds the jitter, for repeatable tests; the per-request clones tower
+    /// makes draw their seeds from it in order.
     pub fn seed(mut self, seed: u64) -> Self {
         self.rng = fastrand::Rng::with_seed(seed);
+        self.seeds = Arc::new(AtomicU64::new(seed));
         self
     }
 
@@ -233,5 +245,30 @@ where
             .unwrap_or(1)
             .max(1);
         Box::pin(INBOUND_ATTEMPT.scope(attempt, self.inner.call(req)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delays(policy: &RetryPolicy<(), ()>) -> Vec<Duration> {
+        let mut p = policy.clone();
+        std::iter::from_fn(|| p.next_delay(&Err(()))).collect()
+    }
+
+    #[test]
+    fn clones_of_a_seeded_policy_are_repeatable_and_differ_from_each_other() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let a = RetryPolicy::new(6, backoff).seed(9);
+        let b = RetryPolicy::new(6, backoff).seed(9);
+        let (a1, a2) = (delays(&a), delays(&a));
+        assert_eq!(a1.len(), 5);
+        assert_ne!(a1, a2, "two requests do not retry in lockstep");
+        assert_eq!(
+            (a1, a2),
+            (delays(&b), delays(&b)),
+            "the same seed gives the same delays"
+        );
     }
 }
