@@ -44,6 +44,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod deadline;
 pub mod health;
+mod refuse;
 pub mod retry;
 pub mod shed;
 

@@ -1,13 +1,13 @@
 //! The inbound side: read the caller's budget, clamp it, and run the
 //! request inside a deadline scope.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderName, Request, Response, StatusCode};
 use tower::{Layer, Service};
+
+use crate::refuse::{ResponseFuture, refuse};
 
 use super::{ENVOY_TIMEOUT_MS, GRPC_TIMEOUT, parse_grpc_timeout, parse_millis, scope};
 
@@ -107,7 +107,7 @@ where
 {
     type Response = Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+    type Future = ResponseFuture<R, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -117,9 +117,7 @@ where
         let budget = self.config.budget(req.headers());
         if budget < self.config.floor || budget.is_zero() {
             tracing::debug!(?budget, floor = ?self.config.floor, "refusing request: budget exhausted");
-            let mut response = Response::new(R::from("budget exhausted\n"));
-            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-            return Box::pin(std::future::ready(Ok(response)));
+            return refuse(StatusCode::GATEWAY_TIMEOUT, "budget exhausted\n", None);
         }
         let fut = self.inner.call(req);
         Box::pin(scope(budget, fut))

@@ -22,18 +22,17 @@
 //! # drop(app);
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::health::{Health, Phase};
+use crate::refuse::{ResponseFuture, refuse};
 
 /// Why a request was shed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +46,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    fn as_str(self) -> &'static str {
+    /// The response body.
+    fn body(self) -> &'static str {
         match self {
-            Reason::Saturated => "overloaded",
-            Reason::Draining => "shutting down",
-            Reason::Budget => "deadline too short",
+            Reason::Saturated => "overloaded\n",
+            Reason::Draining => "shutting down\n",
+            Reason::Budget => "deadline too short\n",
         }
     }
 }
@@ -183,7 +183,7 @@ where
 {
     type Response = Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+    type Future = ResponseFuture<R, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -193,18 +193,12 @@ where
         let Some(reason) = self.config.should_shed() else {
             return Box::pin(self.inner.call(req));
         };
-        tracing::debug!(reason = reason.as_str(), "shedding request");
-        let body: &'static str = match reason {
-            Reason::Saturated => "overloaded\n",
-            Reason::Draining => "shutting down\n",
-            Reason::Budget => "deadline too short\n",
-        };
-        let mut response = Response::new(R::from(body));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(self.config.retry_after_secs()),
-        );
-        Box::pin(std::future::ready(Ok(response)))
+        let body = reason.body();
+        tracing::debug!(reason = body.trim_end(), "shedding request");
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body,
+            Some(self.config.retry_after_secs()),
+        )
     }
 }
