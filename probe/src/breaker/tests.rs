@@ -52,8 +52,7 @@ async fn slow_successes_trip_the_slow_call_rule() {
         permit.record(S);
     }
     assert_eq!(b.state(), State::Open);
-    let snap = b.subscribe();
-    drop(snap);
+    assert_eq!(b.snapshot().slow, 4);
 }
 
 #[tokio::test(start_paused = true)]

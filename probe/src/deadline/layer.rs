@@ -62,7 +62,7 @@ impl DeadlineLayer {
     /// The budget of a request with these headers.
     pub fn budget(&self, headers: &http::HeaderMap) -> Duration {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let mut found = [
+        [
             text(GRPC_TIMEOUT).and_then(parse_grpc_timeout),
             text(ENVOY_TIMEOUT_MS).and_then(parse_millis),
             self.header
@@ -72,11 +72,8 @@ impl DeadlineLayer {
         ]
         .into_iter()
         .flatten()
-        .peekable();
-        match found.peek() {
-            None => self.max,
-            Some(_) => found.min().unwrap_or(self.max).min(self.max),
-        }
+        .min()
+        .map_or(self.max, |budget| budget.min(self.max))
     }
 }
 
