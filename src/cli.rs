@@ -29,6 +29,51 @@ pub(crate) enum Command {
     ///
     /// Exit status: 0 clean, 1 violations, 2 usage or input errors.
     Lint(LintArgs),
+    /// Print the ReadinessPolicy and ClusterReadinessPolicy
+    /// CustomResourceDefinitions as YAML (`probity crd | kubectl apply -f -`).
+    Crd,
+    /// Run the operator: keep ReadinessPolicy status, Events and drift
+    /// detection current. Uses $KUBECONFIG or the in-cluster service account.
+    Operator(OperatorArgs),
+}
+
+/// `probity operator`.
+#[derive(Debug, Args)]
+pub(crate) struct OperatorArgs {
+    /// Address of /livez, /readyz, /startupz and /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "PROBITY_ADMIN_ADDR")]
+    pub(crate) admin_addr: std::net::SocketAddr,
+
+    /// Elect a leader on a Lease so several replicas can run; only the
+    /// leader writes status and Events.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub(crate) leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "probity-operator", value_name = "NAME")]
+    pub(crate) lease_name: String,
+
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default", value_name = "NS")]
+    pub(crate) lease_namespace: String,
+
+    /// Seconds a lease stays valid without renewal; the renew deadline is
+    /// two thirds of it.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub(crate) lease_duration: u64,
+
+    /// This replica's identity in the Lease and in Events (default:
+    /// $POD_NAME, else the host name and process id).
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub(crate) identity: Option<String>,
+
+    /// PRB303 window: most replicas restarting within it is flagged.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub(crate) restart_window: u64,
+
+    /// Apply the CRDs at start (for local runs; Helm installs them otherwise).
+    #[arg(long)]
+    pub(crate) install_crds: bool,
 }
 
 /// `probity lint`.

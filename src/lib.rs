@@ -19,5 +19,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod controller;
+pub mod emit;
 pub mod lint;
 pub mod policy;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod lint_cmd;
+mod operator_cmd;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -16,5 +17,18 @@ fn main() -> ExitCode {
     }
     match &cli.command {
         cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
+        cli::Command::Operator(args) => ExitCode::from(operator_cmd::run(args)),
+        cli::Command::Crd => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(probity::policy::crds_yaml().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("probity: writing standard output: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }

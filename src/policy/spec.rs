@@ -3,13 +3,33 @@
 //! uses. Doc comments here become the CRD's OpenAPI descriptions.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::status::PolicyStatus;
+
 /// What a policy requires of the workloads it matches. Omitted fields take
 /// the built-in defaults, so an empty spec is the default policy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
 #[serde(rename_all = "camelCase")]
+#[kube(
+    group = "probity.dev",
+    version = "v1alpha1",
+    kind = "ReadinessPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "rpol",
+    category = "probity",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matched"),
+    printcolumn(name = "Violating", type_ = "integer", json_path = ".status.violating"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = paths_differ(),
+    validation = registry_hosts(),
+    doc = "Pinned images and honest probes for the workloads of one namespace."
+)]
 pub struct ReadinessPolicySpec {
     /// Audit reports violations (admission warnings, status, events);
     /// Enforce also denies them at admission.
@@ -33,8 +53,24 @@ pub struct ReadinessPolicySpec {
 
 /// The spec of a `ClusterReadinessPolicy`: a `ReadinessPolicy` spec that
 /// applies across namespaces.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
 #[serde(rename_all = "camelCase")]
+#[kube(
+    group = "probity.dev",
+    version = "v1alpha1",
+    kind = "ClusterReadinessPolicy",
+    status = "PolicyStatus",
+    shortname = "crpol",
+    category = "probity",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matched"),
+    printcolumn(name = "Violating", type_ = "integer", json_path = ".status.violating"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = paths_differ(),
+    validation = registry_hosts(),
+    doc = "Pinned images and honest probes for workloads across namespaces."
+)]
 pub struct ClusterReadinessPolicySpec {
     /// Namespaces whose workloads the policy applies to, by label; absent
     /// selects every namespace.
@@ -43,6 +79,31 @@ pub struct ClusterReadinessPolicySpec {
     /// The rules, as in a `ReadinessPolicy`.
     #[serde(flatten)]
     pub policy: ReadinessPolicySpec,
+}
+
+/// Cross-field rule: with `distinctLiveness`, readiness and liveness paths
+/// must differ, or every compliant workload would violate PRB104.
+fn paths_differ() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "!has(self.spec.probes) || !self.spec.probes.distinctLiveness || \
+     !has(self.spec.probes.readiness.path) || !has(self.spec.probes.liveness.path) || \
+     self.spec.probes.readiness.path != self.spec.probes.liveness.path",
+    )
+    .message(
+        "spec.probes: readiness.path and liveness.path must differ while distinctLiveness is true",
+    )
+}
+
+/// Registries are host[:port] names with an optional path prefix, not URLs.
+fn registry_hosts() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "!has(self.spec.images) || !has(self.spec.images.allowedRegistries) || \
+     self.spec.images.allowedRegistries.all(r, r != '' && !r.contains('://'))",
+    )
+    .message(
+        "spec.images.allowedRegistries: use registry names such as ghcr.io, ghcr.io/acme or \
+         registry.internal:5000, without a scheme",
+    )
 }
 
 /// Whether violations are only reported or also denied.

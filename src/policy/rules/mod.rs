@@ -18,6 +18,8 @@ mod prb106_probe_timeout_out_of_bounds;
 mod prb107_liveness_window_too_short;
 mod prb108_liveness_fires_before_readiness;
 mod prb109_probe_port_not_declared;
+mod prb301_image_digest_drift;
+mod prb303_synchronized_restarts;
 mod prb900_invalid_exemption;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
@@ -56,7 +58,7 @@ macro_rules! rule {
 use rule;
 
 /// Every rule, in id order.
-pub const ALL: [&RuleMeta; 14] = [
+pub const ALL: [&RuleMeta; 16] = [
     &prb001_image_latest_tag::META,
     &prb002_image_not_pinned::META,
     &prb003_image_registry_not_allowed::META,
@@ -70,8 +72,16 @@ pub const ALL: [&RuleMeta; 14] = [
     &prb107_liveness_window_too_short::META,
     &prb108_liveness_fires_before_readiness::META,
     &prb109_probe_port_not_declared::META,
+    &prb301_image_digest_drift::META,
+    &prb303_synchronized_restarts::META,
     &prb900_invalid_exemption::META,
 ];
+
+/// PRB301, evaluated by the operator from pod status.
+pub const IMAGE_DIGEST_DRIFT: &RuleMeta = &prb301_image_digest_drift::META;
+
+/// PRB303, evaluated by the operator from pod status.
+pub const SYNCHRONIZED_RESTARTS: &RuleMeta = &prb303_synchronized_restarts::META;
 
 /// The rule with this id (`PRB104`) or name (`liveness-same-as-readiness`),
 /// case-insensitively.

@@ -1,0 +1,291 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go
+//! does it: the holder renews; a candidate takes over only after it has
+//! seen the same record, unchanged, for a whole lease duration on its own
+//! clock (so clock skew between replicas does not matter); writes require
+//! leadership confirmed within the renew deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+/// Where the lease lives and how it is timed.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+    /// How long a lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// The leader stops writing when it could not renew for this long;
+    /// shorter than the lease duration.
+    pub renew_deadline: Duration,
+    /// How often to try to acquire or renew.
+    pub retry_period: Duration,
+}
+
+impl LeaseOptions {
+    /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry.
+    pub fn new(name: &str, namespace: &str, identity: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether this replica may write. Cheap to clone and to ask.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    state: Arc<Mutex<State>>,
+    changes: watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Last successful acquire or renew started at this instant.
+    renewed: Option<Instant>,
+    renew_deadline: Duration,
+    holder: Option<String>,
+    always: bool,
+}
+
+impl Leadership {
+    /// Leadership without election: a single replica.
+    pub fn always() -> Self {
+        let (_tx, changes) = watch::channel(true);
+        Self {
+            state: Arc::new(Mutex::new(State {
+                renewed: None,
+                renew_deadline: Duration::MAX,
+                holder: None,
+                always: true,
+            })),
+            changes,
+        }
+    }
+
+    /// Leader now: the lease was renewed within the renew deadline. Checked
+    /// before every write, so a leader cut off from the API server stops
+    /// writing on its own clock, without waiting for the renew loop.
+    pub fn is_leader(&self) -> bool {
+        let Ok(state) = self.state.lock() else {
+            return false;
+        };
+        state.always
+            || state
+                .renewed
+                .is_some_and(|at| at.elapsed() < state.renew_deadline)
+    }
+
+    /// The current holder as last observed, for status reports.
+    pub fn holder(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.holder.clone())
+    }
+
+    /// Changes of leadership as the election loop sees them (`true` on
+    /// becoming leader).
+    pub fn changes(&self) -> watch::Receiver<bool> {
+        self.changes.clone()
+    }
+}
+
+/// Starts the election loop; it runs until the returned handle's task is
+/// aborted or `stop` resolves, and then releases the lease if held.
+pub fn spawn(
+    client: Client,
+    options: LeaseOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, changes) = watch::channel(false);
+    let state = Arc::new(Mutex::new(State {
+        renewed: None,
+        renew_deadline: options.renew_deadline,
+        holder: None,
+        always: false,
+    }));
+    let leadership = Leadership {
+        state: Arc::clone(&state),
+        changes,
+    };
+    let reader = leadership.clone();
+    let task = tokio::spawn(async move {
+        let api: Api<Lease> = Api::namespaced(client, &options.namespace);
+        let mut elector = Elector {
+            api,
+            options,
+            observed: None,
+        };
+        tokio::pin!(stop);
+        loop {
+            let started = Instant::now();
+            let outcome = elector.try_acquire_or_renew().await;
+            match &outcome {
+                Ok((true, holder)) => {
+                    if let Ok(mut s) = state.lock() {
+                        s.renewed = Some(started);
+                        s.holder = holder.clone();
+                    }
+                }
+                Ok((false, holder)) => {
+                    if let Ok(mut s) = state.lock() {
+                        s.renewed = None;
+                        s.holder = holder.clone();
+                    }
+                }
+                Err(e) => tracing::warn!(lease = %elector.options.name, error = %e, "lease acquire/renew failed"),
+            }
+            let leader = reader.is_leader();
+            if *tx.borrow() != leader {
+                if leader {
+                    tracing::info!(identity = %elector.options.identity, "became leader");
+                } else {
+                    tracing::warn!(identity = %elector.options.identity, "lost leadership; status and event writes stop");
+                }
+                let _ = tx.send(leader);
+            }
+            let period = jittered(elector.options.retry_period);
+            // Wake early when leadership would lapse, so `changes` is prompt.
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = &mut stop => {
+                    if reader.is_leader() {
+                        elector.release().await;
+                    }
+                    if let Ok(mut s) = state.lock() {
+                        s.renewed = None;
+                    }
+                    let _ = tx.send(false);
+                    return;
+                }
+            }
+        }
+    });
+    (leadership, task)
+}
+
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(1.0 + fastrand::f64() * 0.2)
+}
+
+struct Elector {
+    api: Api<Lease>,
+    options: LeaseOptions,
+    /// The record last seen and when it was first seen in that form.
+    observed: Option<(LeaseSpec, Instant)>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl Elector {
+    /// `Ok((leader, holder))`.
+    async fn try_acquire_or_renew(&mut self) -> Result<(bool, Option<String>), kube::Error> {
+        let me = self.options.identity.clone();
+        let duration_secs = i32::try_from(self.options.lease_duration.as_secs().max(1)).unwrap_or(15);
+        let lease = match self.api.get_opt(&self.options.name).await? {
+            Some(lease) => lease,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.options.name.clone()),
+                        namespace: Some(self.options.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(me.clone()),
+                        lease_duration_seconds: Some(duration_secs),
+                        acquire_time: Some(now()),
+                        renew_time: Some(now()),
+                        lease_transitions: Some(0),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                return match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok((true, Some(me))),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok((false, None)),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let held_by_me = holder.as_deref() == Some(me.as_str());
+        if !held_by_me {
+            // Expired only after the same record sat unchanged for a lease
+            // duration on our clock.
+            let changed = self.observed.as_ref().is_none_or(|(seen, _)| *seen != spec);
+            if changed {
+                self.observed = Some((spec.clone(), Instant::now()));
+            }
+            let their_duration = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(self.options.lease_duration, Duration::from_secs);
+            let expired = holder.is_none()
+                || self
+                    .observed
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() >= their_duration);
+            if !expired {
+                return Ok((false, holder));
+            }
+        }
+        let mut next = lease.clone();
+        let mut new_spec = spec.clone();
+        if !held_by_me {
+            new_spec.acquire_time = Some(now());
+            new_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        new_spec.holder_identity = Some(me.clone());
+        new_spec.lease_duration_seconds = Some(duration_secs);
+        new_spec.renew_time = Some(now());
+        next.spec = Some(new_spec);
+        // `replace` carries the resourceVersion we read: a concurrent writer
+        // makes this a 409, never two leaders.
+        match self
+            .api
+            .replace(&self.options.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(_) => Ok((true, Some(me))),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok((false, holder)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up so a standby takes over at once.
+    async fn release(&mut self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.options.name).await else {
+            return;
+        };
+        if let Some(spec) = lease.spec.as_mut() {
+            if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
+                return;
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now());
+        }
+        match self
+            .api
+            .replace(&self.options.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %self.options.name, "lease released"),
+            Err(e) => tracing::warn!(lease = %self.options.name, error = %e, "releasing the lease failed"),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The operator's Prometheus metrics.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a policy kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: String,
+}
+
+/// Labels of a reconcile outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReconcileLabels {
+    pub(crate) kind: String,
+    pub(crate) result: String,
+}
+
+/// Labels of a violation count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RuleLabels {
+    pub(crate) policy: String,
+    pub(crate) rule: String,
+}
+
+/// Labels of a watched resource.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResourceLabel {
+    pub(crate) resource: String,
+}
+
+/// Every metric the operator exports, and the registry holding them.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) reconciles: Family<ReconcileLabels, Counter>,
+    pub(crate) reconcile_errors: Family<KindLabel, Counter>,
+    pub(crate) reconcile_duration: Family<KindLabel, Histogram>,
+    pub(crate) violations: Family<RuleLabels, Gauge>,
+    pub(crate) watch_restarts: Family<ResourceLabel, Counter>,
+    pub(crate) events: Counter,
+    pub(crate) leader: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("probity");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Policy reconciliations by policy kind and result (ok, error)",
+            reconciles.clone(),
+        );
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Policy reconciliations that failed and were retried",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration =
+            Family::<KindLabel, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to evaluate a policy and write its status",
+            reconcile_duration.clone(),
+        );
+        let violations = Family::<RuleLabels, Gauge>::default();
+        registry.register(
+            "policy_violations",
+            "Violations currently found, by policy and rule",
+            violations.clone(),
+        );
+        let watch_restarts = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "watch_restarts",
+            "Watch streams that failed and were restarted with backoff, by resource",
+            watch_restarts.clone(),
+        );
+        let events = Counter::default();
+        registry.register(
+            "events_published",
+            "Kubernetes Events published on violating workloads",
+            events.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            violations,
+            watch_restarts,
+            events,
+            leader,
+        }
+    }
+
+    /// The text exposition format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        }
+        text
+    }
+}

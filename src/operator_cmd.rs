@@ -1,0 +1,78 @@
+//! `probity operator`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use probity::controller::{self, LeaseOptions, Options};
+
+use crate::cli::OperatorArgs;
+
+/// Runs until SIGTERM or SIGINT; exit status 0 after a clean stop, 1 on a
+/// fatal error.
+pub(crate) fn run(args: &OperatorArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("probity: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(operate(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "operator failed");
+            eprintln!("probity: {e:#}");
+            1
+        }
+    }
+}
+
+async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster (set KUBECONFIG or run in a pod)")?;
+    if args.install_crds {
+        controller::install_crds(&client, Duration::from_secs(60))
+            .await
+            .context("installing CRDs")?;
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "probity".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let mut options = Options::new(&identity);
+    options.admin_addr = args.admin_addr;
+    options.restart_window = Duration::from_secs(args.restart_window);
+    if args.leader_election {
+        let mut lease = LeaseOptions::new(&args.lease_name, &args.lease_namespace, &identity);
+        lease.lease_duration = Duration::from_secs(args.lease_duration);
+        lease.renew_deadline = lease.lease_duration.mul_f64(2.0 / 3.0);
+        lease.retry_period = (lease.lease_duration / 7).max(Duration::from_millis(250));
+        options.lease = Some(lease);
+    }
+    controller::run(client, options, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
