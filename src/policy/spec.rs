@@ -225,6 +225,7 @@ pub struct ImageRules {
     /// empty allows any (PRB003). `docker.io` covers references without a
     /// registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 255)))]
     pub allowed_registries: Vec<String>,
     /// Digest pinning: Off; Report resolves tags and records digests in
     /// status; Admission rewrites `tag` to `tag@digest` when workloads are

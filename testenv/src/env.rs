@@ -45,6 +45,7 @@ pub struct TestEnv {
     dir: PathBuf,
     binaries: Binaries,
     apiserver: Managed,
+    apiserver_args: Vec<String>,
     etcd: Managed,
     reaper: Option<std::process::Child>,
     config: Config,
@@ -135,6 +136,7 @@ impl TestEnv {
             &api_args,
             &dir,
         )?;
+        let apiserver_args = api_args;
 
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
@@ -155,6 +157,7 @@ impl TestEnv {
             dir,
             binaries,
             apiserver,
+            apiserver_args,
             etcd,
             reaper,
             config,
@@ -293,6 +296,32 @@ impl TestEnv {
             .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
             .env("HELM_DATA_HOME", self.dir.join("helm/data"));
         cmd
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL after 5 s), leaving etcd
+    /// and its data in place, as in an API server upgrade or crash.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+
+    /// Starts kube-apiserver again on the same port, certificates and etcd,
+    /// and waits for `/readyz`.
+    ///
+    /// # Errors
+    ///
+    /// As [`TestEnv::start`].
+    pub fn start_apiserver(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.apiserver.stop(Duration::from_secs(5));
+        // Keep the first run's log: the new one is appended next to it.
+        let old_log = self.dir.join("kube-apiserver.log");
+        let _ = std::fs::rename(&old_log, self.dir.join("kube-apiserver.1.log"));
+        self.apiserver = Managed::spawn(
+            "kube-apiserver",
+            &self.binaries.kube_apiserver(),
+            &self.apiserver_args,
+            &self.dir,
+        )?;
+        self.wait_ready(timeout)
     }
 
     /// The pids of etcd and kube-apiserver.

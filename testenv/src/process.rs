@@ -236,6 +236,8 @@ pub(crate) fn spawn_reaper(owner: u32, dir: &Path, pids: &[u32]) -> Result<Child
     const SCRIPT: &str = r#"
 owner=$1; dir=$2; shift 2
 while kill -0 "$owner" 2>/dev/null; do sleep 0.2; done
+# The pid file also lists components restarted after the reaper started.
+set -- "$@" $(grep -vx "$$" "$dir/pids" 2>/dev/null)
 kill -TERM "$@" 2>/dev/null
 i=0
 while [ $i -lt 50 ]; do

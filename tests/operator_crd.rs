@@ -1,0 +1,131 @@
+//! The CRDs: `crds/` is exactly what `probity crd` prints, and the real API
+//! server accepts them (structural schema), applies their defaults, and
+//! enforces their CEL rules.
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{DynamicObject, PostParams};
+use probity::policy::{ClusterReadinessPolicy, Mode, ReadinessPolicy};
+use serde_json::json;
+
+#[test]
+fn crds_directory_is_up_to_date() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/crds.yaml");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let generated = probity::policy::crds_yaml();
+    if committed != generated {
+        let first = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+        let line = |text: &str| text.lines().nth(first).unwrap_or("<end of file>").to_owned();
+        panic!(
+            "crds/crds.yaml is stale (first difference at line {}):\n  committed: {}\n  generated: {}\n\
+             Regenerate it with: cargo run -q -- crd > crds/crds.yaml",
+            first + 1,
+            line(&committed),
+            line(&generated),
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_server_accepts_defaults_and_validates_policies() -> anyhow::Result<()> {
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let ns = env.namespace(&client, "crd-policy").await?;
+
+    // An empty spec is the default policy, and the server fills it in.
+    let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
+    let empty: ReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "defaults"}, "spec": {},
+    }))?;
+    let stored = policies.create(&PostParams::default(), &empty).await?;
+    assert_eq!(stored.spec, probity::policy::ReadinessPolicySpec::default());
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<ReadinessPolicy>(&()),
+    );
+    let raw = raw.get("defaults").await?;
+    assert_eq!(raw.data["spec"]["images"]["requireDigest"], true, "{:?}", raw.data);
+    assert_eq!(raw.data["spec"]["mode"], "Audit");
+
+    // CEL: the same path for readiness and liveness contradicts PRB104.
+    let same_paths: ReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "same-paths"},
+        "spec": {"probes": {"readiness": {"required": true, "path": "/health"},
+                            "liveness": {"required": true, "path": "/health"}}},
+    }))?;
+    let err = policies
+        .create(&PostParams::default(), &same_paths)
+        .await
+        .expect_err("CEL rule rejects equal paths");
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API status, got {err:?}");
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status.message.contains("readiness.path and liveness.path must differ"),
+        "{}",
+        status.message
+    );
+
+    // Enum values are enforced by the schema.
+    let bad_mode = json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": format!("{ns}-bad-mode")}, "spec": {"mode": "Deny"},
+    });
+    let cluster: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<ClusterReadinessPolicy>(&()),
+    );
+    let err = cluster
+        .create(&PostParams::default(), &serde_json::from_value(bad_mode)?)
+        .await
+        .expect_err("mode Deny is not an enum value");
+    assert!(err.to_string().contains("spec.mode"), "{err}");
+
+    // CEL on registries, and the cluster kind's namespaceSelector.
+    let url_registry: ClusterReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": format!("{ns}-url")},
+        "spec": {"images": {"allowedRegistries": ["https://ghcr.io"]}},
+    }))?;
+    let typed: Api<ClusterReadinessPolicy> = Api::all(client.clone());
+    let err = typed
+        .create(&PostParams::default(), &url_registry)
+        .await
+        .expect_err("registries are names, not URLs");
+    assert!(err.to_string().contains("without a scheme"), "{err}");
+    let scoped: ClusterReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": format!("{ns}-scoped")},
+        "spec": {"mode": "Enforce", "namespaceSelector": {"matchLabels": {"team": "a"}},
+                 "images": {"allowedRegistries": ["ghcr.io/acme"]}},
+    }))?;
+    let stored = typed.create(&PostParams::default(), &scoped).await?;
+    assert_eq!(stored.spec.policy.mode, Mode::Enforce);
+    assert!(stored.spec.namespace_selector.is_some());
+
+    // kubectl shows the printer columns and knows the short name.
+    let out = env
+        .kubectl()
+        .args(["get", "rpol", "-n", &ns])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let header = text.lines().next().unwrap_or_default();
+    for column in ["NAME", "MODE", "MATCHED", "VIOLATING", "READY", "AGE"] {
+        assert!(header.contains(column), "{text}");
+    }
+    assert!(text.contains("defaults") && text.contains("Audit"), "{text}");
+    Ok(())
+}
