@@ -11,7 +11,8 @@ pub(crate) fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
         EnvFilter::try_new(filter).with_context(|| format!("invalid --log-level {filter:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

@@ -563,11 +563,13 @@ async fn admin_server(
     };
     let lead = leadership.clone();
     let health = Health::builder()
-        .startup("caches", caches(Arc::clone(synced)))
+        .startup("informers-synced", caches(Arc::clone(synced)))
         .readiness_with(
             "caches",
             caches(Arc::clone(synced)),
-            CheckOptions::new().interval(Duration::from_secs(1)),
+            CheckOptions::new()
+                .interval(Duration::from_secs(1))
+                .timeout(Duration::from_millis(500)),
         )
         .readiness_with(
             "leader",
@@ -586,6 +588,7 @@ async fn admin_server(
             },
             CheckOptions::new()
                 .interval(Duration::from_secs(1))
+                .timeout(Duration::from_millis(500))
                 .non_critical(),
         )
         .build()

@@ -130,7 +130,7 @@ pub(crate) struct EventJob {
     rule: String,
     fingerprint: u64,
     regarding: ObjectReference,
-    reason: &'static str,
+    reason: String,
     note: String,
 }
 
@@ -568,11 +568,7 @@ fn queue_events(ctx: &Context, policy: &Policy, policy_uid: &str, outcome: &Outc
                 note.push_str(&f.message);
             }
             note.push_str(&format!(" (policy {})", policy.name));
-            let reason = match rule {
-                "PRB301" => "ImageDigestDrift",
-                "PRB303" => "SynchronizedRestarts",
-                _ => "PolicyViolation",
-            };
+            let reason = camel_case(first.rule.name);
             let k = workload.key.kind;
             let _ = ctx.events.unbounded_send(EventJob {
                 key: key.clone(),
@@ -592,6 +588,20 @@ fn queue_events(ctx: &Context, policy: &Policy, policy_uid: &str, outcome: &Outc
         }
     }
     seen.retain(|(p, w), _| p != policy_uid || current.contains(w));
+}
+
+/// `image-latest-tag` -> `ImageLatestTag`, the Event reason of a rule:
+/// Events aggregate by reason, so each rule keeps its own.
+fn camel_case(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -666,7 +676,7 @@ pub(crate) async fn publish_events(
         }
         let event = Event {
             type_: EventType::Warning,
-            reason: job.reason.to_owned(),
+            reason: job.reason,
             note: Some(job.note),
             action: "Audit".to_owned(),
             secondary: None,

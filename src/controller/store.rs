@@ -122,6 +122,8 @@ impl Slim {
             ..ObjectMeta::default()
         };
         let pod = (kind == WorkloadKind::Pod).then(|| {
+            // `data` holds everything but metadata.
+            data["metadata"] = json!({"name": meta.name, "labels": meta.labels});
             let previous = previous.and_then(|p| p.pod.as_ref()).map(|p| &p.observation);
             let observation = PodObservation::from_pod(&data, previous, now);
             Arc::new(PodInfo {
@@ -318,6 +320,9 @@ mod tests {
         assert!(slim.body.is_none(), "owned pods are judged through their owner");
         let owner = slim.pod.as_ref().and_then(|p| p.owner.clone()).expect("owner");
         assert_eq!((owner.kind, owner.name.as_str()), (WorkloadKind::Deployment, "web"));
+        let observation = &slim.pod.as_ref().expect("pod").observation;
+        assert_eq!(observation.name, "web-5d8f-x");
+        assert_eq!(observation.revision.as_deref(), Some("5d8f"));
 
         let cached = |_: &str, rs: &str| (rs == "web-5d8f").then(|| "frontend".to_owned());
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs), None, &cached, 0);
