@@ -591,6 +591,8 @@ async fn admin_server(
                 .timeout(Duration::from_millis(500))
                 .non_critical(),
         )
+        // Nothing secret here; the leader line names the current holder.
+        .show_reasons(true)
         .build()
         .map_err(|e| Error::Health(e.to_string()))?;
     if let Ok(mut registry) = metrics.registry.lock() {
