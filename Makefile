@@ -9,7 +9,7 @@ K8S_BIN_DIR := $(shell $(CONTROL_PLANE) dir)
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 
-.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe control-plane demo clean-control-plane
+.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator control-plane demo clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-lint: ## Lint throughput and peak memory against kube-score (installed wit
 
 bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (criterion)
 	$(CARGO) bench --locked -p probity-probe --bench resilience
+
+bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000 and 10,000 Deployments
+	$(CARGO) bench --locked --bench operator_convergence
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build

@@ -119,6 +119,7 @@ pub(crate) struct Context {
     leadership: Leadership,
     metrics: Arc<Metrics>,
     synced: Arc<AtomicBool>,
+    synced_tx: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -126,7 +127,18 @@ impl Context {
         self.workloads.get(&kind)
     }
 
+    /// Waits until [`report_sync`] has seen every store listed. Only that
+    /// one task waits on the stores themselves: a store's readiness wakes a
+    /// single waiter.
     async fn wait_synced(&self) -> Result<(), Error> {
+        let mut rx = self.synced_tx.subscribe();
+        rx.wait_for(|synced| *synced)
+            .await
+            .map(drop)
+            .map_err(|e| Error::Cache(e.to_string()))
+    }
+
+    async fn wait_stores(&self) -> Result<(), Error> {
         for store in self.workloads.values() {
             store
                 .wait_until_ready()
@@ -217,6 +229,7 @@ pub async fn run(
         leadership: leadership.clone(),
         metrics: Arc::clone(&metrics),
         synced: Arc::clone(&synced),
+        synced_tx: tokio::sync::watch::Sender::new(false),
     });
 
     let triggers = Triggers {
@@ -434,7 +447,7 @@ async fn watch_workloads(
         })
         .clone();
     let slim_ctx = Arc::clone(&ctx);
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, watcher::Config::default().page_size(100))
         .default_backoff()
         .map_ok(move |event| {
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
@@ -483,10 +496,17 @@ async fn watch_workloads(
                     );
                 }
             }
-            watcher::Event::InitDone => triggers.all(&ctx),
+            watcher::Event::InitDone => {
+                tracing::info!(kind = kind.as_str(), objects = reader_len(&ctx, kind), "listed");
+                triggers.all(&ctx);
+            }
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
+}
+
+fn reader_len(ctx: &Context, kind: WorkloadKind) -> usize {
+    ctx.store(kind).map_or(0, Store::len)
 }
 
 /// Namespace labels decide where cluster policies apply.
@@ -504,7 +524,7 @@ async fn watch_namespaces(
             resource: "namespaces".to_owned(),
         })
         .clone();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, watcher::Config::default().page_size(100))
         .default_backoff()
         .modify(|ns| ns.managed_fields_mut().clear());
     let events = reflector::reflector(writer, stream).take_until(stop);
@@ -526,9 +546,10 @@ async fn watch_namespaces(
 /// Marks the caches synced once every store has listed.
 async fn report_sync(ctx: Arc<Context>, started: Instant, stop: Stop) {
     tokio::select! {
-        synced = ctx.wait_synced() => {
+        synced = ctx.wait_stores() => {
             if synced.is_ok() {
                 ctx.synced.store(true, Ordering::Release);
+                ctx.synced_tx.send_replace(true);
                 let cached: usize = ctx.workloads.values().map(Store::len).sum();
                 tracing::info!(
                     elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
