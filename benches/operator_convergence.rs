@@ -24,7 +24,7 @@ const NAMESPACES: usize = 10;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn deployment(i: usize) -> Deployment {
-    let violating = i % 50 == 0;
+    let violating = i.is_multiple_of(50);
     let image = if violating {
         "nginx:latest".to_owned()
     } else {
@@ -42,7 +42,7 @@ fn deployment(i: usize) -> Deployment {
             json!({"httpGet": {"path": "/livez", "port": 8080}, "failureThreshold": 6});
     }
     let name = format!("app-{i}");
-    let team = if i % 2 == 0 { "a" } else { "b" };
+    let team = if i.is_multiple_of(2) { "a" } else { "b" };
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": {"app": name, "team": team}},
@@ -119,20 +119,32 @@ struct Run {
 }
 
 async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let admin = format!("127.0.0.1:{port}");
     let started = Instant::now();
     let log_path = std::env::temp_dir().join(format!("probity-bench-operator-{n}.log"));
     let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_probity"))
-        .args(["--log-level", "info", "operator", "--admin-addr", &admin, "--identity", "bench", "--lease-namespace", "bench-0"])
+    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+        .args([
+            "--log-level",
+            "info",
+            "operator",
+            "--admin-addr",
+            &admin,
+            "--identity",
+            "bench",
+            "--lease-namespace",
+            "bench-0",
+        ])
         .env("KUBECONFIG", env.kubeconfig())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
     let pid = child.id();
-    let mut child = KillOnDrop(child);
+    let child = KillOnDrop(child);
     let deadline = started + Duration::from_secs(300);
     let mut synced = None;
     while synced.is_none() {
@@ -152,8 +164,17 @@ async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run
     let sync = std::fs::read_to_string(&log_path)
         .ok()
         .and_then(|log| {
-            let line = log.lines().find(|l| l.contains("caches synced"))?.to_owned();
-            let ms = line.split("elapsed_ms=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let line = log
+                .lines()
+                .find(|l| l.contains("caches synced"))?
+                .to_owned();
+            let ms = line
+                .split("elapsed_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
             Some(Duration::from_millis(ms))
         })
         .or(synced)
@@ -167,7 +188,11 @@ async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run
             "status did not converge in 300 s; operator log: {}",
             log_path.display()
         );
-        let all = cluster.get("bench-all").await?.status.map(|s| (s.matched, s.violating));
+        let all = cluster
+            .get("bench-all")
+            .await?
+            .status
+            .map(|s| (s.matched, s.violating));
         let team = cluster.get("bench-team-a").await?.status.map(|s| s.matched);
         let local = ns0.get("bench-local").await?.status.map(|s| s.matched);
         let want = |m: usize| i64::try_from(m).unwrap_or(i64::MAX);
@@ -204,7 +229,10 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let Some(binaries) = probity_testenv::binaries_or_skip() else {
-        anyhow::bail!("the control plane is needed: {}", probity_testenv::BUILD_HINT);
+        anyhow::bail!(
+            "the control plane is needed: {}",
+            probity_testenv::BUILD_HINT
+        );
     };
     let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
         .await??;
@@ -213,12 +241,20 @@ async fn main() -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for i in 0..NAMESPACES {
         namespaces
-            .create(&PostParams::default(), &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_name(i)}}))?)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_name(i)}}))?,
+            )
             .await?;
     }
     let post = PostParams::default();
-    cluster_policy(&client, "bench-all", json!({"match": {"kinds": ["Deployment"]}})).await?;
+    cluster_policy(
+        &client,
+        "bench-all",
+        json!({"match": {"kinds": ["Deployment"]}}),
+    )
+    .await?;
     cluster_policy(
         &client,
         "bench-team-a",
@@ -226,14 +262,21 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     Api::<ReadinessPolicy>::namespaced(client.clone(), "bench-0")
-        .create(&post, &serde_json::from_value(json!({
-            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
-            "metadata": {"name": "bench-local"}, "spec": {},
-        }))?)
+        .create(
+            &post,
+            &serde_json::from_value(json!({
+                "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+                "metadata": {"name": "bench-local"}, "spec": {},
+            }))?,
+        )
         .await?;
 
-    println!("operator convergence: 3 policies, Deployments in {NAMESPACES} namespaces, 2% violating");
-    println!("| Deployments | load (create) | start -> caches synced | synced -> all status converged | peak RSS |");
+    println!(
+        "operator convergence: 3 policies, Deployments in {NAMESPACES} namespaces, 2% violating"
+    );
+    println!(
+        "| Deployments | load (create) | start -> caches synced | synced -> all status converged | peak RSS |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     let mut loaded = 0;
     for n in sizes {
@@ -253,12 +296,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cluster_policy(client: &Client, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+async fn cluster_policy(
+    client: &Client,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
     Api::<ClusterReadinessPolicy>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({
-            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
-            "metadata": {"name": name}, "spec": spec,
-        }))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+                "metadata": {"name": name}, "spec": spec,
+            }))?,
+        )
         .await?;
     Ok(())
 }

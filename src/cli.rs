@@ -31,7 +31,11 @@ pub(crate) enum Command {
     Lint(LintArgs),
     /// Print the ReadinessPolicy and ClusterReadinessPolicy
     /// CustomResourceDefinitions as YAML (`probity crd | kubectl apply -f -`).
-    Crd,
+    Crd {
+        /// Print a Markdown field reference instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
     Operator(OperatorArgs),
@@ -41,7 +45,12 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct OperatorArgs {
     /// Address of /livez, /readyz, /startupz and /metrics.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "PROBITY_ADMIN_ADDR")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "PROBITY_ADMIN_ADDR"
+    )]
     pub(crate) admin_addr: std::net::SocketAddr,
 
     /// Elect a leader on a Lease so several replicas can run; only the
@@ -54,7 +63,12 @@ pub(crate) struct OperatorArgs {
     pub(crate) lease_name: String,
 
     /// Namespace of the leader Lease (default: $POD_NAMESPACE, else `default`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default", value_name = "NS")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
     pub(crate) lease_namespace: String,
 
     /// Seconds a lease stays valid without renewal; the renew deadline is

@@ -151,7 +151,11 @@ mod tests {
 
     #[test]
     fn plain_where_safe() {
-        let text = document(&json!({"kind": "CustomResourceDefinition", "n": "1.0"}));
-        assert_eq!(text, "---\nkind: CustomResourceDefinition\nn: \"1.0\"\n");
+        let text = document(&json!({"kind": "CustomResourceDefinition", "v": "1.0", "n": 1}));
+        // `n` is a YAML 1.1 boolean, so even as a key it is quoted.
+        assert_eq!(
+            text,
+            "---\nkind: CustomResourceDefinition\n\"n\": 1\nv: \"1.0\"\n"
+        );
     }
 }

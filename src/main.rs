@@ -18,10 +18,15 @@ fn main() -> ExitCode {
     match &cli.command {
         cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
         cli::Command::Operator(args) => ExitCode::from(operator_cmd::run(args)),
-        cli::Command::Crd => {
+        cli::Command::Crd { reference } => {
             use std::io::Write as _;
+            let text = if *reference {
+                probity::policy::crd_reference()
+            } else {
+                probity::policy::crds_yaml()
+            };
             let mut out = std::io::stdout().lock();
-            match out.write_all(probity::policy::crds_yaml().as_bytes()) {
+            match out.write_all(text.as_bytes()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(e) => {

@@ -53,7 +53,10 @@ async fn status_of(api: &Api<ReadinessPolicy>, name: &str) -> Result<PolicyStatu
     let policy = api.get(name).await.map_err(|e| e.to_string())?;
     let status = policy.status.clone().ok_or("no status yet")?;
     if status.observed_generation != policy.metadata.generation {
-        return Err(format!("status of generation {:?}", status.observed_generation));
+        return Err(format!(
+            "status of generation {:?}",
+            status.observed_generation
+        ));
     }
     Ok(status)
 }
@@ -92,7 +95,9 @@ async fn kubelet_pod(
     }))
     .expect("pod");
     if pods.get_opt(name).await.ok().flatten().is_none() {
-        pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
     }
     write_status(pods, name, digest, restarts).await;
 }
@@ -122,8 +127,12 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let post = PostParams::default();
-    deployments.create(&post, &deployment("good", &pinned(), true)).await?;
-    deployments.create(&post, &deployment("bad", "nginx:latest", false)).await?;
+    deployments
+        .create(&post, &deployment("good", &pinned(), true))
+        .await?;
+    deployments
+        .create(&post, &deployment("bad", "nginx:latest", false))
+        .await?;
     Api::<Deployment>::namespaced(client.clone(), &other)
         .create(&post, &deployment("elsewhere", "nginx", false))
         .await?;
@@ -135,48 +144,90 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         "metadata": {"name": "audit"}, "spec": {"mode": "Audit"},
     }))?;
     policies.create(&post, &policy).await?;
-    let status = eventually(WAIT, "audit policy status: 1 compliant, 1 violating", || async {
-        let s = status_of(&policies, "audit").await?;
-        (s.matched == 2 && s.compliant == 1 && s.violating == 1)
-            .then_some(s.clone())
-            .ok_or(format!("{s:?}"))
-    })
+    let status = eventually(
+        WAIT,
+        "audit policy status: 1 compliant, 1 violating",
+        || async {
+            let s = status_of(&policies, "audit").await?;
+            (s.matched == 2 && s.compliant == 1 && s.violating == 1)
+                .then_some(s.clone())
+                .ok_or(format!("{s:?}"))
+        },
+    )
     .await;
     let rules: Vec<&str> = status.violations.iter().map(|v| v.rule.as_str()).collect();
-    assert_eq!(rules, ["PRB001", "PRB002", "PRB101", "PRB102"], "{status:?}");
-    assert!(status.violations.iter().all(|v| v.name == "bad" && v.namespace == ns));
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Evaluated"));
-    let compliant = status.conditions.iter().find(|c| c.type_ == "Compliant").expect("Compliant");
+    assert_eq!(
+        rules,
+        ["PRB001", "PRB002", "PRB101", "PRB102"],
+        "{status:?}"
+    );
+    assert!(
+        status
+            .violations
+            .iter()
+            .all(|v| v.name == "bad" && v.namespace == ns)
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Evaluated")
+    );
+    let compliant = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .expect("Compliant");
     assert_eq!(compliant.reason, "ViolationsFound");
 
     // Step 2: one Warning Event per workload and rule.
     let events = eventually(WAIT, "events on the violating Deployment", || async {
         let events = events_about(&client, &ns, "bad").await;
-        (events.len() == 4).then_some(events.clone()).ok_or(format!("{} events", events.len()))
+        (events.len() == 4)
+            .then_some(events.clone())
+            .ok_or(format!("{} events", events.len()))
     })
     .await;
     let notes: Vec<String> = events.iter().filter_map(|e| e.note.clone()).collect();
-    assert!(notes.iter().any(|n| n.starts_with("PRB001 image-latest-tag: container app:")), "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("PRB001 image-latest-tag: container app:")),
+        "{notes:?}"
+    );
     let mut reasons: Vec<&str> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
     reasons.sort_unstable();
     assert_eq!(
         reasons,
-        ["ImageLatestTag", "ImageNotPinned", "LivenessProbeMissing", "ReadinessProbeMissing"]
+        [
+            "ImageLatestTag",
+            "ImageNotPinned",
+            "LivenessProbeMissing",
+            "ReadinessProbeMissing"
+        ]
     );
     assert!(events.iter().all(|e| e.type_.as_deref() == Some("Warning")
         && e.reporting_controller.as_deref() == Some("probity")));
     assert!(events_about(&client, &ns, "good").await.is_empty());
 
     // A change elsewhere re-reconciles the policy; no duplicate Events.
-    deployments.create(&post, &deployment("another-good", &pinned(), true)).await?;
+    deployments
+        .create(&post, &deployment("another-good", &pinned(), true))
+        .await?;
     eventually(WAIT, "3 matched", || async {
         let s = status_of(&policies, "audit").await?;
         (s.matched == 3).then_some(()).ok_or(format!("{s:?}"))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(events_about(&client, &ns, "bad").await.len(), 4, "events were duplicated");
+    assert_eq!(
+        events_about(&client, &ns, "bad").await.len(),
+        4,
+        "events were duplicated"
+    );
 
     // Step 3: fixing the workload makes status follow.
     deployments
@@ -189,12 +240,21 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         .await?;
     let status = eventually(WAIT, "all compliant after the fix", || async {
         let s = status_of(&policies, "audit").await?;
-        (s.violating == 0 && s.compliant == 3).then_some(s.clone()).ok_or(format!("{s:?}"))
+        (s.violating == 0 && s.compliant == 3)
+            .then_some(s.clone())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     assert!(status.violations.is_empty());
-    let compliant = status.conditions.iter().find(|c| c.type_ == "Compliant").expect("Compliant");
-    assert_eq!((compliant.status.as_str(), compliant.reason.as_str()), ("True", "NoViolations"));
+    let compliant = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Compliant")
+        .expect("Compliant");
+    assert_eq!(
+        (compliant.status.as_str(), compliant.reason.as_str()),
+        ("True", "NoViolations")
+    );
 
     // Step 4: scoping. The namespaced policy never counted `other`; a
     // cluster policy selecting `other` by namespace label sees only it, and
@@ -209,12 +269,22 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         }))?)
         .await?;
     let status = eventually(WAIT, "cluster policy sees only its namespace", || async {
-        let p = cluster.get(&cluster_name).await.map_err(|e| e.to_string())?;
+        let p = cluster
+            .get(&cluster_name)
+            .await
+            .map_err(|e| e.to_string())?;
         let s = p.status.ok_or("no status")?;
-        (s.matched == 1 && s.violating == 1).then_some(s.clone()).ok_or(format!("{s:?}"))
+        (s.matched == 1 && s.violating == 1)
+            .then_some(s.clone())
+            .ok_or(format!("{s:?}"))
     })
     .await;
-    assert!(status.violations.iter().all(|v| v.namespace == other && v.name == "elsewhere"));
+    assert!(
+        status
+            .violations
+            .iter()
+            .all(|v| v.namespace == other && v.name == "elsewhere")
+    );
     policies
         .create(&post, &serde_json::from_value(json!({
             "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
@@ -224,12 +294,16 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         .await?;
     eventually(WAIT, "selector narrows to one workload", || async {
         let s = status_of(&policies, "only-good").await?;
-        (s.matched == 1 && s.compliant == 1).then_some(()).ok_or(format!("{s:?}"))
+        (s.matched == 1 && s.compliant == 1)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
 
     // Step 5: PRB301. Three replicas of one revision, one on another digest.
-    deployments.create(&post, &deployment("drift", &pinned(), true)).await?;
+    deployments
+        .create(&post, &deployment("drift", &pinned(), true))
+        .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     kubelet_pod(&pods, "drift", "7c9d", "drift-7c9d-a", DIGEST_A, 0).await;
     kubelet_pod(&pods, "drift", "7c9d", "drift-7c9d-b", DIGEST_A, 0).await;
@@ -243,9 +317,20 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
             .ok_or(format!("{s:?}"))
     })
     .await;
-    assert_eq!((status.name.as_str(), status.kind.as_str()), ("drift", "Deployment"));
-    assert!(status.message.contains("drift-7c9d-c"), "{}", status.message);
-    assert!(!status.message.contains("drift-7c9d-a ("), "{}", status.message);
+    assert_eq!(
+        (status.name.as_str(), status.kind.as_str()),
+        ("drift", "Deployment")
+    );
+    assert!(
+        status.message.contains("drift-7c9d-c"),
+        "{}",
+        status.message
+    );
+    assert!(
+        !status.message.contains("drift-7c9d-a ("),
+        "{}",
+        status.message
+    );
     let event = eventually(WAIT, "ImageDigestDrift event", || async {
         events_about(&client, &ns, "drift")
             .await
@@ -265,7 +350,9 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
     .await;
 
     // Step 6: PRB303. Two of three replicas restart together.
-    deployments.create(&post, &deployment("flappy", &pinned(), true)).await?;
+    deployments
+        .create(&post, &deployment("flappy", &pinned(), true))
+        .await?;
     for pod in ["flappy-1a2b-x", "flappy-1a2b-y", "flappy-1a2b-z"] {
         kubelet_pod(&pods, "flappy", "1a2b", pod, DIGEST_A, 0).await;
     }
@@ -286,7 +373,13 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
     })
     .await;
     assert_eq!(restart.name, "flappy");
-    assert!(restart.message.starts_with("2 of 3 replicas restarted within 5m"), "{}", restart.message);
+    assert!(
+        restart
+            .message
+            .starts_with("2 of 3 replicas restarted within 5m"),
+        "{}",
+        restart.message
+    );
 
     // Step 7: the operator's own endpoints.
     for path in ["/livez", "/readyz", "/startupz"] {
@@ -294,7 +387,10 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         assert_eq!((code, body.trim()), (200, "ok"), "{path}");
     }
     let (_, verbose) = operator.get("/readyz?verbose").await.expect("verbose");
-    assert!(verbose.contains("[+]caches ok") && verbose.contains("[+]leader ok"), "{verbose}");
+    assert!(
+        verbose.contains("[+]caches ok") && verbose.contains("[+]leader ok"),
+        "{verbose}"
+    );
     let (code, metrics) = operator.get("/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     for needle in [
@@ -305,7 +401,10 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         "probity_leader 1",
         "probity_watch_restarts_total",
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
     }
     let _ = Value::Null;
     Ok(())

@@ -30,8 +30,9 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
         return Ok(());
     };
     // A control plane of its own: this test stops its API server.
-    let mut env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
-        .await??;
+    let mut env =
+        tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
+            .await??;
     let client = env.client()?;
     probity::controller::install_crds(&client, WAIT).await?;
     let ns = env.namespace(&client, "restart").await?;
@@ -40,13 +41,17 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
     let post = PostParams::default();
     let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
     policies
-        .create(&post, &serde_json::from_value(json!({
-            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
-            "metadata": {"name": "p"}, "spec": {"match": {"kinds": ["Pod"]}},
-        }))?)
+        .create(
+            &post,
+            &serde_json::from_value(json!({
+                "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+                "metadata": {"name": "p"}, "spec": {"match": {"kinds": ["Pod"]}},
+            }))?,
+        )
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&post, &bare_pod("before", "nginx:latest")).await?;
+    pods.create(&post, &bare_pod("before", "nginx:latest"))
+        .await?;
     let matched = |n: i64| {
         let policies = policies.clone();
         move || {
@@ -60,7 +65,7 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
     };
     eventually(WAIT, "status before the restart", matched(1)).await;
 
-    let mut env = tokio::task::spawn_blocking(move || {
+    let env = tokio::task::spawn_blocking(move || {
         env.stop_apiserver();
         std::thread::sleep(Duration::from_secs(4));
         env.start_apiserver(Duration::from_secs(120)).map(|()| env)
@@ -68,7 +73,8 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
     .await??;
     let client = env.client()?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&post, &bare_pod("after", "nginx:latest")).await?;
+    pods.create(&post, &bare_pod("after", "nginx:latest"))
+        .await?;
     let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
     let matched = |n: i64| {
         let policies = policies.clone();
@@ -77,13 +83,18 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
             async move {
                 let p = policies.get("p").await.map_err(|e| e.to_string())?;
                 let s = p.status.ok_or("no status")?;
-                (s.matched == n && s.violating == n).then_some(()).ok_or(format!("{s:?}"))
+                (s.matched == n && s.violating == n)
+                    .then_some(())
+                    .ok_or(format!("{s:?}"))
             }
         }
     };
     eventually(WAIT, "status after the restart", matched(2)).await;
 
-    let (code, metrics) = operator.get("/metrics").await.expect("operator still serving");
+    let (code, metrics) = operator
+        .get("/metrics")
+        .await
+        .expect("operator still serving");
     assert_eq!(code, 200);
     let restarts: f64 = metrics
         .lines()

@@ -11,22 +11,39 @@ use serde_json::json;
 
 #[test]
 fn crds_directory_is_up_to_date() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/crds.yaml");
+    up_to_date("crds/crds.yaml", &probity::policy::crds_yaml(), "crd");
+}
+
+#[test]
+fn field_reference_is_up_to_date() {
+    up_to_date(
+        "docs/crd-reference.md",
+        &probity::policy::crd_reference(),
+        "crd --reference",
+    );
+}
+
+fn up_to_date(file: &str, generated: &str, command: &str) {
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
     let committed = std::fs::read_to_string(path).unwrap_or_default();
-    let generated = probity::policy::crds_yaml();
     if committed != generated {
         let first = committed
             .lines()
             .zip(generated.lines())
             .position(|(a, b)| a != b)
             .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
-        let line = |text: &str| text.lines().nth(first).unwrap_or("<end of file>").to_owned();
+        let line = |text: &str| {
+            text.lines()
+                .nth(first)
+                .unwrap_or("<end of file>")
+                .to_owned()
+        };
         panic!(
-            "crds/crds.yaml is stale (first difference at line {}):\n  committed: {}\n  generated: {}\n\
-             Regenerate it with: cargo run -q -- crd > crds/crds.yaml",
+            "{file} is stale (first difference at line {}):\n  committed: {}\n  generated: {}\n\
+             Regenerate it with: cargo run -q -- {command} > {file}",
             first + 1,
             line(&committed),
-            line(&generated),
+            line(generated),
         );
     }
 }
@@ -54,7 +71,11 @@ async fn api_server_accepts_defaults_and_validates_policies() -> anyhow::Result<
         &kube::api::ApiResource::erase::<ReadinessPolicy>(&()),
     );
     let raw = raw.get("defaults").await?;
-    assert_eq!(raw.data["spec"]["images"]["requireDigest"], true, "{:?}", raw.data);
+    assert_eq!(
+        raw.data["spec"]["images"]["requireDigest"], true,
+        "{:?}",
+        raw.data
+    );
     assert_eq!(raw.data["spec"]["mode"], "Audit");
 
     // CEL: the same path for readiness and liveness contradicts PRB104.
@@ -73,7 +94,9 @@ async fn api_server_accepts_defaults_and_validates_policies() -> anyhow::Result<
     };
     assert_eq!(status.code, 422, "{status:?}");
     assert!(
-        status.message.contains("readiness.path and liveness.path must differ"),
+        status
+            .message
+            .contains("readiness.path and liveness.path must differ"),
         "{}",
         status.message
     );
@@ -115,17 +138,43 @@ async fn api_server_accepts_defaults_and_validates_policies() -> anyhow::Result<
     assert_eq!(stored.spec.policy.mode, Mode::Enforce);
     assert!(stored.spec.namespace_selector.is_some());
 
-    // kubectl shows the printer columns and knows the short name.
+    // The documented examples are accepted as written.
     let out = env
         .kubectl()
-        .args(["get", "rpol", "-n", &ns])
+        .args(["apply", "--dry-run=server", "-n", &ns, "-f"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/examples/policies.yaml"
+        ))
         .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["payments-baseline", "consumers"] {
+        assert!(
+            stdout.contains(&format!("{name} created (server dry run)")),
+            "{stdout}"
+        );
+    }
+
+    // kubectl shows the printer columns and knows the short name.
+    let out = env.kubectl().args(["get", "rpol", "-n", &ns]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let header = text.lines().next().unwrap_or_default();
     for column in ["NAME", "MODE", "MATCHED", "VIOLATING", "READY", "AGE"] {
         assert!(header.contains(column), "{text}");
     }
-    assert!(text.contains("defaults") && text.contains("Audit"), "{text}");
+    assert!(
+        text.contains("defaults") && text.contains("Audit"),
+        "{text}"
+    );
     Ok(())
 }

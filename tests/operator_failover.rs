@@ -26,7 +26,10 @@ fn bare_pod(name: &str) -> Pod {
 }
 
 async fn holder(leases: &Api<Lease>) -> Result<String, String> {
-    let lease = leases.get("probity-operator").await.map_err(|e| e.to_string())?;
+    let lease = leases
+        .get("probity-operator")
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(lease
         .spec
         .and_then(|s| s.holder_identity)
@@ -53,7 +56,9 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     // The standby is ready (it serves, its caches are warm) and says so.
     let verbose = eventually(WAIT, "beta ready as standby", || async {
         match beta.get("/readyz?verbose").await {
-            Some((200, body)) if body.contains("[+]caches ok") && body.contains("leader: alpha") => {
+            Some((200, body))
+                if body.contains("[+]caches ok") && body.contains("leader: alpha") =>
+            {
                 Ok(body)
             }
             other => Err(format!("{other:?}")),
@@ -68,10 +73,13 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let post = PostParams::default();
     let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
     policies
-        .create(&post, &serde_json::from_value(json!({
-            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
-            "metadata": {"name": "p"}, "spec": {"match": {"kinds": ["Pod"]}},
-        }))?)
+        .create(
+            &post,
+            &serde_json::from_value(json!({
+                "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+                "metadata": {"name": "p"}, "spec": {"match": {"kinds": ["Pod"]}},
+            }))?,
+        )
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&post, &bare_pod("one")).await?;
@@ -82,23 +90,33 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
             async move {
                 let p = policies.get("p").await.map_err(|e| e.to_string())?;
                 let s = p.status.ok_or("no status")?;
-                (s.matched == n && s.violating == n).then_some(()).ok_or(format!("{s:?}"))
+                (s.matched == n && s.violating == n)
+                    .then_some(())
+                    .ok_or(format!("{s:?}"))
             }
         }
     };
     eventually(WAIT, "status by the leader", matched(1)).await;
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let instances = eventually(WAIT, "events by the leader", || async {
-        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
         let instances: Vec<String> = list
             .items
             .iter()
             .filter_map(|e| e.reporting_instance.clone())
             .collect();
-        (!instances.is_empty()).then_some(instances).ok_or("none".to_owned())
+        (!instances.is_empty())
+            .then_some(instances)
+            .ok_or("none".to_owned())
     })
     .await;
-    assert!(instances.iter().all(|i| i == "alpha"), "the standby wrote: {instances:?}");
+    assert!(
+        instances.iter().all(|i| i == "alpha"),
+        "the standby wrote: {instances:?}"
+    );
 
     // Kill the leader without a chance to release the lease.
     alpha.kill();

@@ -82,7 +82,11 @@ impl PodObservation {
                     name,
                     digest,
                     restart_count,
-                    last_restart: if restart_count > 0 { last_restart } else { None },
+                    last_restart: if restart_count > 0 {
+                        last_restart
+                    } else {
+                        None
+                    },
                 })
             })
             .collect();
@@ -249,7 +253,10 @@ mod tests {
 
     #[test]
     fn digest_is_read_from_every_image_id_form() {
-        assert_eq!(digest_of(&format!("docker-pullable://nginx@{A}")).as_deref(), Some(A));
+        assert_eq!(
+            digest_of(&format!("docker-pullable://nginx@{A}")).as_deref(),
+            Some(A)
+        );
         assert_eq!(digest_of(A).as_deref(), Some(A));
         assert_eq!(digest_of("nginx:latest"), None);
         assert_eq!(digest_of("sha256:abc"), None);
@@ -257,14 +264,26 @@ mod tests {
 
     #[test]
     fn the_odd_replica_is_named() {
-        let pods = [pod("web-a", "h1", A), pod("web-b", "h1", A), pod("web-c", "h1", B)];
+        let pods = [
+            pod("web-a", "h1", A),
+            pod("web-b", "h1", A),
+            pod("web-c", "h1", B),
+        ];
         let found = digest_drift(&pods);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].rule.id, "PRB301");
         assert_eq!(found[0].pods, ["web-c"]);
         assert_eq!(found[0].container.as_deref(), Some("app"));
-        assert!(found[0].message.contains("web-c (sha256:222222222222)"), "{}", found[0].message);
-        assert!(found[0].message.contains("2 other pod(s) of revision h1"), "{}", found[0].message);
+        assert!(
+            found[0].message.contains("web-c (sha256:222222222222)"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[0].message.contains("2 other pod(s) of revision h1"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]
@@ -324,14 +343,29 @@ mod tests {
                 last_restart: t,
             }],
         };
-        let pods = [at("a", Some(now - 10)), at("b", Some(now - 200)), at("c", None)];
+        let pods = [
+            at("a", Some(now - 10)),
+            at("b", Some(now - 200)),
+            at("c", None),
+        ];
         let found = synchronized_restarts(&pods, now, 300).expect("2 of 3 within 5m");
         assert_eq!(found.pods, ["a", "b"]);
-        assert!(found.message.starts_with("2 of 3 replicas restarted within 5m"), "{}", found.message);
+        assert!(
+            found
+                .message
+                .starts_with("2 of 3 replicas restarted within 5m"),
+            "{}",
+            found.message
+        );
         // Outside the window, half, or a single pod: quiet.
         assert!(synchronized_restarts(&pods, now + 400, 300).is_none());
         assert!(synchronized_restarts(&pods[..1], now, 300).is_none());
-        let half = [at("a", Some(now)), at("b", Some(now)), at("c", None), at("d", None)];
+        let half = [
+            at("a", Some(now)),
+            at("b", Some(now)),
+            at("c", None),
+            at("d", None),
+        ];
         assert!(synchronized_restarts(&half, now, 300).is_none());
     }
 }

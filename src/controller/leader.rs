@@ -144,7 +144,9 @@ pub fn spawn(
                         s.holder = holder.clone();
                     }
                 }
-                Err(e) => tracing::warn!(lease = %elector.options.name, error = %e, "lease acquire/renew failed"),
+                Err(e) => {
+                    tracing::warn!(lease = %elector.options.name, error = %e, "lease acquire/renew failed")
+                }
             }
             let leader = reader.is_leader();
             if *tx.borrow() != leader {
@@ -194,7 +196,8 @@ impl Elector {
     /// `Ok((leader, holder))`.
     async fn try_acquire_or_renew(&mut self) -> Result<(bool, Option<String>), kube::Error> {
         let me = self.options.identity.clone();
-        let duration_secs = i32::try_from(self.options.lease_duration.as_secs().max(1)).unwrap_or(15);
+        let duration_secs =
+            i32::try_from(self.options.lease_duration.as_secs().max(1)).unwrap_or(15);
         let lease = match self.api.get_opt(&self.options.name).await? {
             Some(lease) => lease,
             None => {
@@ -285,7 +288,9 @@ impl Elector {
             .await
         {
             Ok(_) => tracing::info!(lease = %self.options.name, "lease released"),
-            Err(e) => tracing::warn!(lease = %self.options.name, error = %e, "releasing the lease failed"),
+            Err(e) => {
+                tracing::warn!(lease = %self.options.name, error = %e, "releasing the lease failed")
+            }
         }
     }
 }

@@ -50,49 +50,50 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("probity");
+        // No registry prefix: probity-probe's health metrics already carry
+        // theirs.
+        let mut registry = Registry::default();
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
-            "reconciles",
+            "probity_reconciles",
             "Policy reconciliations by policy kind and result (ok, error)",
             reconciles.clone(),
         );
         let reconcile_errors = Family::<KindLabel, Counter>::default();
         registry.register(
-            "reconcile_errors",
+            "probity_reconcile_errors",
             "Policy reconciliations that failed and were retried",
             reconcile_errors.clone(),
         );
-        let reconcile_duration =
-            Family::<KindLabel, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            });
+        let reconcile_duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
         registry.register(
-            "reconcile_duration_seconds",
+            "probity_reconcile_duration_seconds",
             "Time to evaluate a policy and write its status",
             reconcile_duration.clone(),
         );
         let violations = Family::<RuleLabels, Gauge>::default();
         registry.register(
-            "policy_violations",
+            "probity_policy_violations",
             "Violations currently found, by policy and rule",
             violations.clone(),
         );
         let watch_restarts = Family::<ResourceLabel, Counter>::default();
         registry.register(
-            "watch_restarts",
+            "probity_watch_restarts",
             "Watch streams that failed and were restarted with backoff, by resource",
             watch_restarts.clone(),
         );
         let events = Counter::default();
         registry.register(
-            "events_published",
+            "probity_events_published",
             "Kubernetes Events published on violating workloads",
             events.clone(),
         );
         let leader = Gauge::default();
         registry.register(
-            "leader",
+            "probity_leader",
             "1 while this replica holds the leader lease",
             leader.clone(),
         );

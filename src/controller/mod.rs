@@ -39,7 +39,7 @@ use kube::{Api, Client, ResourceExt as _};
 use probity_probe::health::{CheckOptions, Health};
 
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
-pub use leader::{LeaseOptions, Leadership};
+pub use leader::{Leadership, LeaseOptions};
 use metrics::{Metrics, ResourceLabel};
 use reconcile::{EventJob, PolicyObject};
 use store::{PodIndex, Slim, WorkloadKey};
@@ -377,8 +377,7 @@ impl Triggers {
         labels: &std::collections::BTreeMap<String, String>,
     ) {
         for policy in ctx.policies.state() {
-            if policy.namespace().as_deref() == Some(namespace)
-                && policy.spec.matches(kind, labels)
+            if policy.namespace().as_deref() == Some(namespace) && policy.spec.matches(kind, labels)
             {
                 let _ = self.rp.unbounded_send(ObjectRef::from_obj(&*policy));
             }
@@ -436,8 +435,7 @@ async fn watch_workloads(
         Some((group, version)) => GroupVersionKind::gvk(group, version, kind.as_str()),
         None => GroupVersionKind::gvk("", kind.api_version(), kind.as_str()),
     };
-    let api: Api<DynamicObject> =
-        Api::all_with(ctx.client.clone(), &ApiResource::from_gvk(&gvk));
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::from_gvk(&gvk));
     let reader = writer.as_reader();
     let restarts = ctx
         .metrics
@@ -457,9 +455,7 @@ async fn watch_workloads(
                     .name
                     .as_deref()
                     .zip(object.metadata.namespace.as_deref())
-                    .and_then(|(name, ns)| {
-                        reader.get(&ObjectRef::new_with(name, kind).within(ns))
-                    });
+                    .and_then(|(name, ns)| reader.get(&ObjectRef::new_with(name, kind).within(ns)));
                 Slim::from_dynamic(
                     kind,
                     object,
@@ -497,7 +493,11 @@ async fn watch_workloads(
                 }
             }
             watcher::Event::InitDone => {
-                tracing::info!(kind = kind.as_str(), objects = reader_len(&ctx, kind), "listed");
+                tracing::info!(
+                    kind = kind.as_str(),
+                    objects = reader_len(&ctx, kind),
+                    "listed"
+                );
                 triggers.all(&ctx);
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => {}

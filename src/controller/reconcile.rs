@@ -28,8 +28,7 @@ use crate::lint::policies::Policy;
 use crate::policy::rules::RuleMeta;
 use crate::policy::status::{MAX_LISTED_VIOLATIONS, PolicyStatus, ViolationRef};
 use crate::policy::{
-    Classified, ClusterReadinessPolicy, ReadinessPolicy, Workload, WorkloadKind, evaluate,
-    selector,
+    Classified, ClusterReadinessPolicy, ReadinessPolicy, Workload, WorkloadKind, evaluate, selector,
 };
 
 /// What the reconciler needs of either policy kind.
@@ -222,7 +221,9 @@ pub(crate) fn error_policy<P: PolicyObject>(obj: Arc<P>, err: &Error, ctx: Arc<C
         })
         .unwrap_or(1);
     let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(7).saturating_sub(1));
-    let delay = base.min(Duration::from_secs(60)).mul_f64(0.5 + fastrand::f64() * 0.5);
+    let delay = base
+        .min(Duration::from_secs(60))
+        .mul_f64(0.5 + fastrand::f64() * 0.5);
     tracing::warn!(
         policy = %obj.name_any(),
         kind = P::KIND,
@@ -301,9 +302,10 @@ fn evaluate_matched(
             }
             let in_scope = if policy.cluster {
                 *ns_cache.entry(namespace.clone()).or_insert_with(|| {
-                    policy.namespace_selector.as_ref().is_none_or(|sel| {
-                        selector::matches(sel, &ctx.namespace_labels(&namespace))
-                    })
+                    policy
+                        .namespace_selector
+                        .as_ref()
+                        .is_none_or(|sel| selector::matches(sel, &ctx.namespace_labels(&namespace)))
                 })
             } else {
                 policy.namespace.as_deref() == Some(namespace.as_str())
@@ -408,7 +410,8 @@ fn runtime_findings(ctx: &Context, key: &WorkloadKey, now: i64, window: i64) -> 
     let pods: Vec<PodObservation> = names
         .iter()
         .filter_map(|name| {
-            let pod = store.get(&ObjectRef::new_with(name, WorkloadKind::Pod).within(&key.namespace))?;
+            let pod =
+                store.get(&ObjectRef::new_with(name, WorkloadKind::Pod).within(&key.namespace))?;
             Some(pod.pod.as_ref()?.observation.clone())
         })
         .collect();
@@ -432,7 +435,13 @@ fn runtime_findings(ctx: &Context, key: &WorkloadKey, now: i64, window: i64) -> 
     out
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.to_owned(),
         status: if ok { "True" } else { "False" }.to_owned(),
@@ -443,7 +452,11 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: O
     }
 }
 
-fn build_status<P: PolicyObject>(obj: &P, outcome: &Outcome, invalid: Option<String>) -> PolicyStatus {
+fn build_status<P: PolicyObject>(
+    obj: &P,
+    outcome: &Outcome,
+    invalid: Option<String>,
+) -> PolicyStatus {
     let generation = obj.meta().generation;
     let mut violations: Vec<ViolationRef> = outcome
         .violations
@@ -466,9 +479,13 @@ fn build_status<P: PolicyObject>(obj: &P, outcome: &Outcome, invalid: Option<Str
     }
     violations.sort();
     let conditions = match &invalid {
-        Some(why) => vec![
-            condition("Ready", false, "InvalidSelector", why.clone(), generation),
-        ],
+        Some(why) => vec![condition(
+            "Ready",
+            false,
+            "InvalidSelector",
+            why.clone(),
+            generation,
+        )],
         None => vec![
             condition(
                 "Ready",
@@ -500,7 +517,10 @@ fn build_status<P: PolicyObject>(obj: &P, outcome: &Outcome, invalid: Option<Str
         ],
     };
     // A condition keeps its transition time while its status stays.
-    let previous = obj.status().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous = obj
+        .status()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let conditions = conditions
         .into_iter()
         .map(|mut c| {
@@ -519,7 +539,8 @@ fn build_status<P: PolicyObject>(obj: &P, outcome: &Outcome, invalid: Option<Str
         compliant: outcome.compliant,
         violating: outcome.violating,
         exempt: outcome.exempt,
-        violations_omitted: i64::try_from(total.saturating_sub(MAX_LISTED_VIOLATIONS)).unwrap_or(i64::MAX),
+        violations_omitted: i64::try_from(total.saturating_sub(MAX_LISTED_VIOLATIONS))
+            .unwrap_or(i64::MAX),
         violations,
     }
 }

@@ -104,7 +104,12 @@ impl Slim {
         let controller: Option<Vec<OwnerReference>> = metadata
             .owner_references
             .as_ref()
-            .map(|refs| refs.iter().filter(|o| o.controller == Some(true)).cloned().collect())
+            .map(|refs| {
+                refs.iter()
+                    .filter(|o| o.controller == Some(true))
+                    .cloned()
+                    .collect()
+            })
             .filter(|refs: &Vec<OwnerReference>| !refs.is_empty());
         let exempt: Option<BTreeMap<String, String>> = metadata
             .annotations
@@ -124,7 +129,9 @@ impl Slim {
         let pod = (kind == WorkloadKind::Pod).then(|| {
             // `data` holds everything but metadata.
             data["metadata"] = json!({"name": meta.name, "labels": meta.labels});
-            let previous = previous.and_then(|p| p.pod.as_ref()).map(|p| &p.observation);
+            let previous = previous
+                .and_then(|p| p.pod.as_ref())
+                .map(|p| &p.observation);
             let observation = PodObservation::from_pod(&data, previous, now);
             Arc::new(PodInfo {
                 owner: pod_owner(&meta, &observation, owner_of_rs),
@@ -299,9 +306,15 @@ mod tests {
         assert!(slim.meta.managed_fields.is_none());
         assert!(slim.meta.annotations.is_none());
         let body: Value = serde_json::from_str(slim.body.as_deref().expect("body")).expect("json");
-        assert_eq!(body["metadata"]["annotations"], json!({"probity.dev/exempt": "PRB002: vendor image"}));
+        assert_eq!(
+            body["metadata"]["annotations"],
+            json!({"probity.dev/exempt": "PRB002: vendor image"})
+        );
         assert!(body.get("status").is_none());
-        assert_eq!(body["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
+        assert_eq!(
+            body["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx"
+        );
     }
 
     #[test]
@@ -317,22 +330,43 @@ mod tests {
         let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
             "uid": "r", "controller": true});
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs.clone()), None, &|_, _| None, 0);
-        assert!(slim.body.is_none(), "owned pods are judged through their owner");
-        let owner = slim.pod.as_ref().and_then(|p| p.owner.clone()).expect("owner");
-        assert_eq!((owner.kind, owner.name.as_str()), (WorkloadKind::Deployment, "web"));
+        assert!(
+            slim.body.is_none(),
+            "owned pods are judged through their owner"
+        );
+        let owner = slim
+            .pod
+            .as_ref()
+            .and_then(|p| p.owner.clone())
+            .expect("owner");
+        assert_eq!(
+            (owner.kind, owner.name.as_str()),
+            (WorkloadKind::Deployment, "web")
+        );
         let observation = &slim.pod.as_ref().expect("pod").observation;
         assert_eq!(observation.name, "web-5d8f-x");
         assert_eq!(observation.revision.as_deref(), Some("5d8f"));
 
         let cached = |_: &str, rs: &str| (rs == "web-5d8f").then(|| "frontend".to_owned());
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs), None, &cached, 0);
-        let owner = slim.pod.as_ref().and_then(|p| p.owner.clone()).expect("owner");
+        let owner = slim
+            .pod
+            .as_ref()
+            .and_then(|p| p.owner.clone())
+            .expect("owner");
         assert_eq!(owner.name, "frontend");
 
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
             "uid": "s", "controller": true});
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(sts), None, &|_, _| None, 0);
-        let owner = slim.pod.as_ref().and_then(|p| p.owner.clone()).expect("owner");
-        assert_eq!((owner.kind, owner.name.as_str()), (WorkloadKind::StatefulSet, "db"));
+        let owner = slim
+            .pod
+            .as_ref()
+            .and_then(|p| p.owner.clone())
+            .expect("owner");
+        assert_eq!(
+            (owner.kind, owner.name.as_str()),
+            (WorkloadKind::StatefulSet, "db")
+        );
     }
 }

@@ -142,12 +142,11 @@ where
     Fut: std::future::Future<Output = Result<T, String>>,
 {
     let deadline = Instant::now() + timeout;
-    let mut last = String::new();
     loop {
-        match probe().await {
+        let last = match probe().await {
             Ok(value) => return value,
-            Err(seen) => last = seen,
-        }
+            Err(seen) => seen,
+        };
         assert!(
             Instant::now() < deadline,
             "{what}: not reached within {timeout:?}; last seen: {last}"
