@@ -15,8 +15,9 @@ pub(crate) struct Cli {
     pub(crate) log_format: LogFormat,
 
     /// Log filter, in `tracing` env-filter syntax (e.g. `info,probity=debug`).
-    #[arg(long, global = true, default_value = "warn", env = "PROBITY_LOG")]
-    pub(crate) log_level: String,
+    /// Default: `info` for `operator`, `warn` otherwise.
+    #[arg(long, global = true, env = "PROBITY_LOG")]
+    pub(crate) log_level: Option<String>,
 
     #[command(subcommand)]
     pub(crate) command: Command,

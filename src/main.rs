@@ -11,7 +11,12 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Err(err) = telemetry::init(cli.log_format, &cli.log_level) {
+    let default_level = match cli.command {
+        cli::Command::Operator(_) => "info",
+        _ => "warn",
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    if let Err(err) = telemetry::init(cli.log_format, level) {
         eprintln!("probity: {err:#}");
         return ExitCode::from(2);
     }

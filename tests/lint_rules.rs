@@ -35,7 +35,8 @@ fn text(report: &Report) -> String {
 
 #[test]
 fn each_rule_fires_on_its_fixture_and_not_on_the_fixed_one() {
-    for rule in rules::ALL {
+    // Runtime rules come from pod status: the operator's tests cover them.
+    for rule in rules::ALL.into_iter().filter(|r| !r.is_runtime()) {
         let dir = Path::new("tests/fixtures/lint").join(rule.id);
         assert!(
             dir.is_dir(),

@@ -17,7 +17,7 @@ pub struct PolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`: the policy is evaluated (reasons `Evaluated`,
-    /// `InvalidSelector`, `Pending`). `Compliant`: no matched workload
+    /// `InvalidSelector`). `Compliant`: no matched workload
     /// violates it (reasons `NoViolations`, `ViolationsFound`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -90,7 +90,16 @@ pub fn find(id_or_name: &str) -> Option<&'static RuleMeta> {
         .find(|r| r.id.eq_ignore_ascii_case(id_or_name) || r.name.eq_ignore_ascii_case(id_or_name))
 }
 
+/// The rules only the operator can evaluate, from pod status; manifests
+/// alone never show them.
+pub const RUNTIME: [&RuleMeta; 2] = [IMAGE_DIGEST_DRIFT, SYNCHRONIZED_RESTARTS];
+
 impl RuleMeta {
+    /// Whether this is a runtime rule (see [`RUNTIME`]).
+    pub fn is_runtime(&self) -> bool {
+        RUNTIME.iter().any(|r| r.id == self.id)
+    }
+
     /// The explanation with the one leading space of each doc line removed.
     pub fn explain(&self) -> String {
         let mut text = String::with_capacity(self.explanation.len());
