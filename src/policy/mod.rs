@@ -12,11 +12,12 @@ pub mod workload;
 
 pub use reference::{Digest, InvalidReference, Reference};
 pub use rules::{Finding, RuleMeta, evaluate};
-pub use spec::{ClusterReadinessPolicy, ReadinessPolicy};
 pub use spec::{
-    ClusterReadinessPolicySpec, ImageRules, Match, Mode, PinMode, ProbeRule, ProbeRules, Profile,
-    ReadinessPolicySpec, WorkloadKind,
+    AdmissionRules, ClusterReadinessPolicySpec, ExistingViolations, ImageRules, Match, Mode,
+    PinMode, ProbeRule, ProbeRules, Profile, ReadinessPolicySpec, RegistryUnavailable,
+    WorkloadKind,
 };
+pub use spec::{ClusterReadinessPolicy, ReadinessPolicy};
 pub use status::{PolicyStatus, ViolationRef};
 pub use workload::{Classified, InvalidWorkload, Workload};
 

@@ -49,6 +49,46 @@ pub struct ReadinessPolicySpec {
     /// Rules for probes.
     #[serde(default)]
     pub probes: ProbeRules,
+    /// How the admission webhooks apply the policy.
+    #[serde(default)]
+    pub admission: AdmissionRules,
+}
+
+/// How the admission webhooks apply a policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdmissionRules {
+    /// On UPDATE in Enforce mode, violations the workload already had in
+    /// containers the update leaves unchanged: Warn admits the update with
+    /// a warning, so a compliant edit (a scale, a label) is never blocked by
+    /// an old mistake; Deny blocks it as a CREATE would be.
+    #[serde(default)]
+    pub existing_violations: ExistingViolations,
+    /// With `images.pin: Admission`, when the registry cannot resolve a
+    /// tag in time: Allow admits the workload unpinned with a warning (fail
+    /// open); Deny rejects it with the reason (fail closed).
+    #[serde(default)]
+    pub registry_unavailable: RegistryUnavailable,
+}
+
+/// What an UPDATE meets for violations it did not introduce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ExistingViolations {
+    /// Admit with a warning.
+    #[default]
+    Warn,
+    /// Deny, as on CREATE.
+    Deny,
+}
+
+/// What admission does when a tag cannot be resolved to a digest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RegistryUnavailable {
+    /// Admit unpinned, with a warning.
+    #[default]
+    Allow,
+    /// Deny with the reason.
+    Deny,
 }
 
 /// The spec of a `ClusterReadinessPolicy`: a `ReadinessPolicy` spec that

@@ -1,0 +1,475 @@
+//! The validating webhook's decision: every matching policy, evaluated with
+//! the shared engine. Enforce denies, Audit warns, exemptions are recorded.
+//!
+//! UPDATE semantics: a violation blocks an update when the update introduces
+//! it, or changes the container it is about (the update keeps it). A
+//! violation the workload already had, in a container the update leaves
+//! unchanged, is a warning, so scaling or relabelling an old workload is
+//! never blocked by an old mistake. A policy with
+//! `admission.existingViolations: Deny` blocks those too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::review::{Operation, Request, Response};
+use crate::lint::policies::Policy;
+use crate::policy::{Classified, ExistingViolations, Finding, Mode, Workload, evaluate};
+
+/// Kubernetes shows at most this many characters of one warning.
+pub const MAX_WARNING_CHARS: usize = 120;
+/// Warnings returned per request; the rest are summarised in one more.
+pub const MAX_WARNINGS: usize = 20;
+/// Bound on a denial message, well inside what clients display.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// The workload in a request, ready for evaluation: `None` when the request
+/// is not about a workload probity judges on its own.
+///
+/// # Errors
+///
+/// When the object is of a supported kind but unreadable.
+pub fn workload_of(request: &Request, object: &Value) -> Result<Option<Workload>, String> {
+    match Workload::classify(object) {
+        Ok(Classified::Workload(w)) => {
+            let mut w = *w;
+            // Judged through its controller (a Deployment's ReplicaSet, a
+            // CronJob's Job, a controller's Pod): reported once, there.
+            if w.controller.is_some() {
+                return Ok(None);
+            }
+            if w.namespace.is_none() {
+                w.namespace.clone_from(&request.namespace);
+            }
+            if w.name.is_empty() {
+                w.name.clone_from(&request.name);
+            }
+            Ok(Some(w))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Decides a validating request against `policies`; `namespace_labels` are
+/// the labels of the request's namespace.
+pub fn validate(
+    request: &Request,
+    policies: &[Policy],
+    namespace_labels: &BTreeMap<String, String>,
+) -> Response {
+    if !matches!(request.operation, Operation::Create | Operation::Update)
+        || request.sub_resource.is_some()
+    {
+        return Response::allow();
+    }
+    let Some(object) = &request.object else {
+        return Response::allow();
+    };
+    let workload = match workload_of(request, object) {
+        Ok(Some(w)) => w,
+        Ok(None) => return Response::allow(),
+        Err(e) => return Response::deny(format!("probity cannot evaluate the object: {e}")),
+    };
+    let old = match (request.operation, &request.old_object) {
+        (Operation::Update, Some(old)) => workload_of(request, old).ok().flatten(),
+        _ => None,
+    };
+    let ns = workload.namespace.clone().unwrap_or_default();
+    let ns_map: BTreeMap<String, BTreeMap<String, String>> =
+        [(ns, namespace_labels.clone())].into();
+
+    let mut denials: Vec<String> = Vec::new();
+    let mut warnings: BTreeSet<String> = BTreeSet::new();
+    let mut exempt: BTreeSet<String> = BTreeSet::new();
+    for policy in policies {
+        if !policy.applies_to(&workload, &ns_map) {
+            continue;
+        }
+        let findings = evaluate(&policy.spec, &workload);
+        let old_findings = old.as_ref().map(|o| evaluate(&policy.spec, o));
+        for finding in &findings {
+            if let Some(reason) = &finding.exempt {
+                exempt.insert(format!("{}: {reason}", finding.rule.id));
+                warnings.insert(warning(finding, "exempt"));
+                continue;
+            }
+            let blocking = policy.spec.mode == Mode::Enforce
+                && match (&old_findings, policy.spec.admission.existing_violations) {
+                    (Some(before), ExistingViolations::Warn) => {
+                        introduced_or_kept(finding, before, object, request.old_object.as_ref())
+                    }
+                    _ => true,
+                };
+            if blocking {
+                denials.push(denial_line(finding, &policy.name));
+            } else {
+                let tag = match policy.spec.mode {
+                    Mode::Audit => "audit",
+                    Mode::Enforce => "existing",
+                };
+                warnings.insert(warning(finding, tag));
+            }
+        }
+    }
+
+    let mut response = if denials.is_empty() {
+        Response::allow()
+    } else {
+        denials.sort();
+        denials.dedup();
+        Response::deny(denial_message(&workload, &denials))
+    };
+    response.warnings = bounded_warnings(warnings);
+    if !exempt.is_empty() {
+        response.audit.insert(
+            "exempt".to_owned(),
+            exempt.into_iter().collect::<Vec<_>>().join("; "),
+        );
+    }
+    response
+}
+
+/// Whether an UPDATE introduces `finding` or keeps it in a container it
+/// changes.
+fn introduced_or_kept(
+    finding: &Finding,
+    before: &[Finding],
+    new_object: &Value,
+    old_object: Option<&Value>,
+) -> bool {
+    let had_it = before.iter().any(|b| {
+        b.exempt.is_none()
+            && b.rule.id == finding.rule.id
+            && b.container == finding.container
+            && b.message == finding.message
+    });
+    if !had_it {
+        return true;
+    }
+    let Some(old_object) = old_object else {
+        return true;
+    };
+    // The container the finding is about, compared by name so that adding
+    // a sidecar does not count as changing the others.
+    let scope = |object: &Value| -> Option<Value> {
+        let pointer = container_pointer(&finding.pointer)?;
+        let list_pointer = pointer.rsplit_once('/').map(|(list, _)| list)?;
+        let name = finding.container.as_deref()?;
+        object
+            .pointer(list_pointer)?
+            .as_array()?
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    };
+    match (scope(new_object), scope(old_object)) {
+        (Some(new), Some(old)) => new != old,
+        // Not about a container: compare the field itself.
+        _ => new_object.pointer(&finding.pointer) != old_object.pointer(&finding.pointer),
+    }
+}
+
+/// `/spec/template/spec/containers/0` from a pointer inside a container.
+fn container_pointer(pointer: &str) -> Option<&str> {
+    for list in ["/containers/", "/initContainers/"] {
+        if let Some(at) = pointer.find(list) {
+            let after = at + list.len();
+            let end = pointer[after..]
+                .find('/')
+                .map_or(pointer.len(), |i| after + i);
+            return Some(&pointer[..end]);
+        }
+    }
+    None
+}
+
+fn denial_line(finding: &Finding, policy: &str) -> String {
+    let container = finding
+        .container
+        .as_deref()
+        .map(|c| format!("container {c}: "))
+        .unwrap_or_default();
+    format!(
+        "{} [{}] {container}{} (fix: {}; policy {policy})",
+        finding.rule.id, finding.rule.name, finding.message, finding.rule.help
+    )
+}
+
+fn denial_message(workload: &Workload, lines: &[String]) -> String {
+    let mut message = format!(
+        "probity: {} {} violates {} rule{} in Enforce mode:",
+        workload.kind.as_str(),
+        workload.name,
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let more = format!("\n... and {} more", lines.len() - i);
+        if message.len() + line.len() + 3 + more.len() > MAX_MESSAGE_BYTES {
+            message.push_str(&more);
+            break;
+        }
+        message.push_str("\n- ");
+        message.push_str(line);
+    }
+    message
+}
+
+fn warning(finding: &Finding, tag: &str) -> String {
+    let container = finding
+        .container
+        .as_deref()
+        .map(|c| format!(" {c}"))
+        .unwrap_or_default();
+    truncate_chars(
+        format!(
+            "probity {tag}: {}{container}: {}",
+            finding.rule.id, finding.message
+        ),
+        MAX_WARNING_CHARS,
+    )
+}
+
+fn bounded_warnings(all: BTreeSet<String>) -> Vec<String> {
+    let total = all.len();
+    let mut out: Vec<String> = all.into_iter().take(MAX_WARNINGS).collect();
+    if total > MAX_WARNINGS {
+        out.push(format!(
+            "probity: {} more findings not shown",
+            total - MAX_WARNINGS
+        ));
+    }
+    out
+}
+
+fn truncate_chars(s: String, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut out: String = s.chars().take(max - 3).collect();
+    out.push_str("...");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::admission::review::Gvk;
+    use crate::policy::ReadinessPolicySpec;
+
+    fn deployment(image: &str, replicas: i64) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [
+                {"name": "web", "image": image, "ports": [{"containerPort": 8080}],
+                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}},
+                 "livenessProbe": {"httpGet": {"path": "/livez", "port": 8080},
+                                   "periodSeconds": 10, "failureThreshold": 6}},
+            ]}}},
+        })
+    }
+
+    fn request(op: Operation, object: Value, old: Option<Value>) -> Request {
+        Request {
+            uid: "u".to_owned(),
+            kind: Gvk {
+                group: "apps".to_owned(),
+                version: "v1".to_owned(),
+                kind: "Deployment".to_owned(),
+            },
+            sub_resource: None,
+            name: "web".to_owned(),
+            namespace: Some("shop".to_owned()),
+            operation: op,
+            object: Some(object),
+            old_object: old,
+            dry_run: false,
+        }
+    }
+
+    fn policy(mode: Mode) -> Policy {
+        let spec = ReadinessPolicySpec {
+            mode,
+            ..ReadinessPolicySpec::default()
+        };
+        Policy {
+            name: "ClusterReadinessPolicy/p".to_owned(),
+            spec,
+            namespace: None,
+            namespace_selector: None,
+            cluster: true,
+        }
+    }
+
+    const PINNED: &str =
+        "nginx:1.27@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn enforce_denies_listing_every_violation_with_its_fix() {
+        let r = validate(
+            &request(Operation::Create, deployment("nginx:latest", 1), None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        assert!(!r.allowed);
+        let message = r.message.unwrap_or_default();
+        assert!(
+            message.contains("Deployment web violates 2 rules"),
+            "{message}"
+        );
+        assert!(
+            message.contains("- PRB001 [image-latest-tag] container web:"),
+            "{message}"
+        );
+        assert!(message.contains("- PRB002 [image-not-pinned]"), "{message}");
+        assert!(message.contains("fix: "), "{message}");
+    }
+
+    #[test]
+    fn audit_allows_with_short_warnings() {
+        let r = validate(
+            &request(Operation::Create, deployment("nginx", 1), None),
+            &[policy(Mode::Audit)],
+            &BTreeMap::new(),
+        );
+        assert!(r.allowed);
+        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+        assert!(
+            r.warnings
+                .iter()
+                .all(|w| w.chars().count() <= MAX_WARNING_CHARS)
+        );
+        assert!(
+            r.warnings[0].starts_with("probity audit: PRB001 web:"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn compliant_workloads_pass() {
+        let r = validate(
+            &request(Operation::Create, deployment(PINNED, 1), None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        assert_eq!(r, Response::allow());
+    }
+
+    #[test]
+    fn updates_block_only_what_they_introduce_or_keep() {
+        let p = [policy(Mode::Enforce)];
+        let ns = BTreeMap::new();
+        // Scaling a workload that already uses :latest: a warning.
+        let scale = request(
+            Operation::Update,
+            deployment("nginx:latest", 3),
+            Some(deployment("nginx:latest", 1)),
+        );
+        let r = validate(&scale, &p, &ns);
+        assert!(r.allowed, "{r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("probity existing: PRB001")),
+            "{r:?}"
+        );
+        // Changing the image to another unpinned tag keeps PRB002 in a
+        // changed container: denied.
+        let retag = request(
+            Operation::Update,
+            deployment("nginx:1.27", 1),
+            Some(deployment("nginx:latest", 1)),
+        );
+        let r = validate(&retag, &p, &ns);
+        assert!(!r.allowed);
+        assert!(r.message.unwrap_or_default().contains("PRB002"));
+        // Introducing :latest on a compliant workload: denied.
+        let regress = request(
+            Operation::Update,
+            deployment("nginx:latest", 1),
+            Some(deployment(PINNED, 1)),
+        );
+        assert!(!validate(&regress, &p, &ns).allowed);
+        // The policy can make existing violations block too.
+        let mut strict = policy(Mode::Enforce);
+        strict.spec.admission.existing_violations = ExistingViolations::Deny;
+        assert!(!validate(&scale, &[strict], &ns).allowed);
+    }
+
+    #[test]
+    fn exemptions_are_recorded_not_denied() {
+        let mut d = deployment("nginx:1.27", 1);
+        d["metadata"]["annotations"] =
+            json!({"probity.dev/exempt": "PRB002: pinned by the release pipeline"});
+        let r = validate(
+            &request(Operation::Create, d, None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        assert!(r.allowed, "{r:?}");
+        assert_eq!(
+            r.audit.get("exempt").map(String::as_str),
+            Some("PRB002: pinned by the release pipeline")
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("probity exempt: PRB002"))
+        );
+    }
+
+    #[test]
+    fn controlled_objects_subresources_and_deletes_pass() {
+        let mut rs = deployment("nginx:latest", 1);
+        rs["kind"] = json!("ReplicaSet");
+        rs["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "1", "controller": true}]);
+        let p = [policy(Mode::Enforce)];
+        let ns = BTreeMap::new();
+        assert!(validate(&request(Operation::Create, rs, None), &p, &ns).allowed);
+        let mut scale = request(Operation::Update, deployment("nginx:latest", 2), None);
+        scale.sub_resource = Some("scale".to_owned());
+        assert!(validate(&scale, &p, &ns).allowed);
+        let delete = request(Operation::Delete, deployment("nginx:latest", 2), None);
+        assert!(validate(&delete, &p, &ns).allowed);
+    }
+
+    #[test]
+    fn namespace_selectors_scope_cluster_policies() {
+        let mut p = policy(Mode::Enforce);
+        p.namespace_selector = serde_json::from_value(json!({"matchLabels": {"team": "a"}})).ok();
+        let req = request(Operation::Create, deployment("nginx:latest", 1), None);
+        assert!(validate(&req, std::slice::from_ref(&p), &BTreeMap::new()).allowed);
+        let labels = [("team".to_owned(), "a".to_owned())].into();
+        assert!(!validate(&req, &[p], &labels).allowed);
+    }
+
+    #[test]
+    fn long_output_is_bounded() {
+        let containers: Vec<Value> = (0..300)
+            .map(|i| json!({"name": format!("c{i}"), "image": "nginx"}))
+            .collect();
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "big"},
+            "spec": {"template": {"spec": {"containers": containers}}},
+        });
+        let enforce = validate(
+            &request(Operation::Create, d.clone(), None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        let message = enforce.message.unwrap_or_default();
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+        assert!(message.ends_with("more"), "{message}");
+        let audit = validate(
+            &request(Operation::Create, d, None),
+            &[policy(Mode::Audit)],
+            &BTreeMap::new(),
+        );
+        assert_eq!(audit.warnings.len(), MAX_WARNINGS + 1);
+    }
+}
