@@ -89,6 +89,96 @@ pub(crate) struct OperatorArgs {
     /// Apply the CRDs at start (for local runs; Helm installs them otherwise).
     #[arg(long)]
     pub(crate) install_crds: bool,
+
+    /// Serve the admission webhooks (/validate, /mutate) over HTTPS on this
+    /// address; without it no webhooks are served.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "PROBITY_WEBHOOK_ADDR",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) webhook_addr: Option<std::net::SocketAddr>,
+
+    /// Serving certificate chain (PEM), e.g. a mounted cert-manager Secret;
+    /// reloaded when it changes. Without it the operator manages its own CA
+    /// and certificate in --tls-secret.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key_file",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert_file",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) tls_key_file: Option<PathBuf>,
+
+    /// Self-managed certificates: the Secret (in the lease namespace) that
+    /// holds the CA and serving certificate.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "probity-webhook-tls",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) tls_secret: String,
+
+    /// Self-managed certificates: DNS names to cover (the webhook Service,
+    /// `svc.ns.svc`). Repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub(crate) tls_dns_name: Vec<String>,
+
+    /// Self-managed certificates: IP addresses to cover. Repeatable or
+    /// comma-separated.
+    #[arg(
+        long,
+        value_name = "IP",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub(crate) tls_ip_address: Vec<std::net::IpAddr>,
+
+    /// Self-managed certificates: lifetime of a serving certificate; it is
+    /// renewed after two thirds of it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 31_536_000, value_parser = clap::value_parser!(u64).range(10..), help_heading = "Webhooks")]
+    pub(crate) tls_cert_validity: u64,
+
+    /// Self-managed certificates: the ValidatingWebhookConfiguration whose
+    /// caBundle the operator keeps current (empty: none).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "probity",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) validating_webhook_configuration: String,
+
+    /// Self-managed certificates: the MutatingWebhookConfiguration whose
+    /// caBundle the operator keeps current (empty: none).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "probity",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) mutating_webhook_configuration: String,
+
+    /// Time budget of one mutating review, registry calls included; keep it
+    /// under the webhook's timeoutSeconds.
+    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(50..=29_000), help_heading = "Webhooks")]
+    pub(crate) admission_budget_ms: u64,
 }
 
 /// `probity lint`.

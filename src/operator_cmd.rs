@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use probity::controller::{self, LeaseOptions, Options};
+use probity::admission::certs::SelfManaged;
+use probity::controller::{self, LeaseOptions, Options, TlsSource, WebhookOptions};
 
 use crate::cli::OperatorArgs;
 
@@ -56,8 +57,36 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
         lease.retry_period = (lease.lease_duration / 7).max(Duration::from_millis(250));
         options.lease = Some(lease);
     }
+    if let Some(addr) = args.webhook_addr {
+        options.webhooks = Some(webhook_options(args, addr));
+    }
     controller::run(client, options, shutdown_signal()).await?;
     Ok(())
+}
+
+fn webhook_options(args: &OperatorArgs, addr: std::net::SocketAddr) -> WebhookOptions {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => TlsSource::SelfManaged(SelfManaged {
+            namespace: args.lease_namespace.clone(),
+            secret: args.tls_secret.clone(),
+            dns_names: args.tls_dns_name.clone(),
+            ip_addresses: args.tls_ip_address.clone(),
+            validating_config: non_empty(&args.validating_webhook_configuration),
+            mutating_config: non_empty(&args.mutating_webhook_configuration),
+            validity: Duration::from_secs(args.tls_cert_validity),
+        }),
+    };
+    WebhookOptions {
+        addr,
+        tls,
+        budget: Duration::from_millis(args.admission_budget_ms),
+        resolver: None,
+    }
 }
 
 /// SIGTERM or SIGINT.

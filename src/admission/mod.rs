@@ -8,6 +8,7 @@
 //! - [`tls`]: the serving certificate, from files (reloaded when they
 //!   change) or self-managed in a Secret.
 
+pub mod certs;
 pub mod mutate;
 pub mod review;
 pub mod server;

@@ -35,6 +35,19 @@ pub(crate) struct ResourceLabel {
     pub(crate) resource: String,
 }
 
+/// Labels of an admission review.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AdmissionLabels {
+    pub(crate) webhook: String,
+    pub(crate) result: String,
+}
+
+/// Labels naming a webhook.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct WebhookLabel {
+    pub(crate) webhook: String,
+}
+
 /// Every metric the operator exports, and the registry holding them.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -46,6 +59,8 @@ pub(crate) struct Metrics {
     pub(crate) watch_restarts: Family<ResourceLabel, Counter>,
     pub(crate) events: Counter,
     pub(crate) leader: Gauge,
+    pub(crate) admission: Family<AdmissionLabels, Counter>,
+    pub(crate) admission_duration: Family<WebhookLabel, Histogram>,
 }
 
 impl Metrics {
@@ -97,8 +112,24 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let admission = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "probity_admission_reviews",
+            "Admission reviews by webhook (validate, mutate) and result",
+            admission.clone(),
+        );
+        let admission_duration = Family::<WebhookLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+        });
+        registry.register(
+            "probity_admission_duration_seconds",
+            "Time to answer an admission review, registry calls included",
+            admission_duration.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            admission,
+            admission_duration,
             reconciles,
             reconcile_errors,
             reconcile_duration,

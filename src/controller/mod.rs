@@ -18,6 +18,7 @@ pub mod leader;
 mod metrics;
 mod reconcile;
 mod store;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub use leader::{Leadership, LeaseOptions};
 use metrics::{Metrics, ResourceLabel};
 use reconcile::{EventJob, PolicyObject};
 use store::{PodIndex, Slim, WorkloadKey};
+pub use webhooks::{TlsSource, WebhookOptions};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "probity-operator";
@@ -63,6 +65,8 @@ pub struct Options {
     pub debounce: Duration,
     /// Every policy is re-evaluated at least this often.
     pub resync: Duration,
+    /// The admission webhooks; `None` serves none.
+    pub webhooks: Option<WebhookOptions>,
 }
 
 impl Options {
@@ -75,6 +79,7 @@ impl Options {
             restart_window: Duration::from_secs(300),
             debounce: Duration::from_millis(500),
             resync: Duration::from_secs(600),
+            webhooks: None,
         }
     }
 }
@@ -99,6 +104,9 @@ pub enum Error {
     /// A reconcile could not read its caches.
     #[error("caches: {0}")]
     Cache(String),
+    /// The webhooks could not be served.
+    #[error("webhooks: {0}")]
+    Webhook(String),
 }
 
 type Stop = Shared<BoxFuture<'static, ()>>;
@@ -146,6 +154,14 @@ impl Context {
                 .map_err(|e| Error::Cache(e.to_string()))?;
         }
         self.namespaces
+            .wait_until_ready()
+            .await
+            .map_err(|e| Error::Cache(e.to_string()))?;
+        self.policies
+            .wait_until_ready()
+            .await
+            .map_err(|e| Error::Cache(e.to_string()))?;
+        self.cluster_policies
             .wait_until_ready()
             .await
             .map_err(|e| Error::Cache(e.to_string()))
@@ -296,6 +312,11 @@ pub async fn run(
     )
     .for_each(|_| futures::future::ready(()));
 
+    let webhook_task = match &options.webhooks {
+        Some(w) => Some(webhooks::start(&ctx, w, stop.clone()).await?),
+        None => None,
+    };
+
     tracing::info!(identity = %options.identity, admin = %options.admin_addr, "operator started");
     futures::join!(rp_controller, crp_controller);
     stop.clone().await;
@@ -306,6 +327,9 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    if let Some(task) = webhook_task {
+        let _ = tokio::time::timeout(Duration::from_secs(11), task).await;
+    }
     tracing::info!("operator stopped");
     Ok(())
 }

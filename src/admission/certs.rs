@@ -1,0 +1,435 @@
+//! Self-managed webhook certificates: a CA and a serving certificate kept
+//! in a Secret of the operator's namespace (shared by every replica), the
+//! CA patched into the operator's own webhook configurations, the serving
+//! certificate renewed when two thirds of its lifetime have passed.
+//!
+//! Replicas race safely: the Secret is created once (a conflict means
+//! another replica won, and its certificate is used) and replaced with
+//! its `resourceVersion`, so only one renewal lands. Deleting the Secret
+//! rotates the CA as well; the next pass patches the new CA in.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use super::tls::{CertStore, PemPair, TlsError};
+
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Secret keys: the serving pair (kubernetes.io/tls) and the CA.
+const TLS_CRT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+const CA_CRT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+
+/// Where the certificate lives and what it must cover.
+#[derive(Debug, Clone)]
+pub struct SelfManaged {
+    /// Namespace of the Secret (the operator's own).
+    pub namespace: String,
+    /// Name of the Secret.
+    pub secret: String,
+    /// DNS names the serving certificate covers (the webhook Service).
+    pub dns_names: Vec<String>,
+    /// IP addresses it covers (`clientConfig.url` by IP).
+    pub ip_addresses: Vec<IpAddr>,
+    /// ValidatingWebhookConfiguration whose webhooks get the CA bundle.
+    pub validating_config: Option<String>,
+    /// MutatingWebhookConfiguration whose webhooks get the CA bundle.
+    pub mutating_config: Option<String>,
+    /// Lifetime of a serving certificate.
+    pub validity: Duration,
+}
+
+/// What the Secret holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The CA certificate (PEM): the webhook configurations' caBundle.
+    pub ca_cert: String,
+    ca_key: String,
+    /// The serving certificate and key.
+    pub serving: PemPair,
+}
+
+/// Why the certificate could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// A Kubernetes call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Certificate material was unusable or could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn at(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// A new CA.
+fn generate_ca() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("probity-webhook-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = unix_now();
+    params.not_before = at(now - 300);
+    params.not_after = at(now + secs(CA_VALIDITY));
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A serving certificate for `opts`' names, signed by the CA.
+fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged) -> Result<PemPair, TlsError> {
+    let ca_key = KeyPair::from_pem(ca_key)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(opts
+        .dns_names
+        .first()
+        .map_or("probity-webhook", String::as_str));
+    let mut sans = Vec::new();
+    for name in &opts.dns_names {
+        sans.push(SanType::DnsName(name.as_str().try_into()?));
+    }
+    sans.extend(opts.ip_addresses.iter().copied().map(SanType::IpAddress));
+    params.subject_alt_names = sans;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = unix_now();
+    // A little backdating absorbs clock skew between replicas and the API
+    // server.
+    params.not_before = at(now - 60);
+    params.not_after = at(now + secs(opts.validity));
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Whether `cert` must be replaced: unreadable, past two thirds of its
+/// lifetime, or not covering every name in `opts`.
+pub fn needs_renewal(cert: &str, opts: &SelfManaged, now: i64) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert.as_bytes()) else {
+        return true;
+    };
+    let Ok(x509) = pem.parse_x509() else {
+        return true;
+    };
+    let start = x509.validity().not_before.timestamp();
+    let end = x509.validity().not_after.timestamp();
+    if now >= start + (end - start) * 2 / 3 {
+        return true;
+    }
+    let Ok(Some(san)) = x509.subject_alternative_name() else {
+        return !(opts.dns_names.is_empty() && opts.ip_addresses.is_empty());
+    };
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for name in &san.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                let ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                    _ => None,
+                };
+                ips.extend(ip);
+            }
+            _ => {}
+        }
+    }
+    !(opts.dns_names.iter().all(|d| dns.contains(d))
+        && opts.ip_addresses.iter().all(|ip| ips.contains(ip)))
+}
+
+/// Whether the bundle's CA certificate and key can sign.
+fn usable_ca(bundle: &Bundle) -> bool {
+    KeyPair::from_pem(&bundle.ca_key)
+        .and_then(|key| Issuer::from_ca_cert_pem(&bundle.ca_cert, key))
+        .is_ok()
+}
+
+fn read_bundle(secret: &Secret) -> Option<Bundle> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(Bundle {
+        ca_cert: text(CA_CRT)?,
+        ca_key: text(CA_KEY)?,
+        serving: PemPair {
+            cert: text(TLS_CRT)?,
+            key: text(TLS_KEY)?,
+        },
+    })
+}
+
+fn secret_of(bundle: &Bundle, opts: &SelfManaged, resource_version: Option<String>) -> Secret {
+    let data = [
+        (CA_CRT, &bundle.ca_cert),
+        (CA_KEY, &bundle.ca_key),
+        (TLS_CRT, &bundle.serving.cert),
+        (TLS_KEY, &bundle.serving.key),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(opts.secret.clone()),
+            namespace: Some(opts.namespace.clone()),
+            resource_version,
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "probity-operator".to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Reads the Secret, creating or renewing what is missing or due, and
+/// returns what it holds afterwards.
+///
+/// # Errors
+///
+/// When the API refuses (other than a lost race) or generation fails.
+pub async fn ensure_secret(client: &Client, opts: &SelfManaged) -> Result<Bundle, CertError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    for _ in 0..3 {
+        let existing = api.get_opt(&opts.secret).await?;
+        let current = existing.as_ref().and_then(read_bundle);
+        let (ca_cert, ca_key) = match &current {
+            Some(b) if usable_ca(b) => {
+                if !needs_renewal(&b.serving.cert, opts, unix_now()) {
+                    return Ok(b.clone());
+                }
+                (b.ca_cert.clone(), b.ca_key.clone())
+            }
+            _ => generate_ca()?,
+        };
+        let serving = issue(&ca_cert, &ca_key, opts)?;
+        let bundle = Bundle {
+            ca_cert,
+            ca_key,
+            serving,
+        };
+        let result = match existing {
+            Some(secret) => {
+                let rv = secret.metadata.resource_version.clone();
+                api.replace(
+                    &opts.secret,
+                    &PostParams::default(),
+                    &secret_of(&bundle, opts, rv),
+                )
+                .await
+                .map(drop)
+            }
+            None => api
+                .create(&PostParams::default(), &secret_of(&bundle, opts, None))
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(secret = %opts.secret, "webhook serving certificate issued");
+                return Ok(bundle);
+            }
+            // Another replica wrote first: use what it wrote.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let existing = api.get(&opts.secret).await?;
+    read_bundle(&existing).ok_or_else(|| {
+        CertError::Tls(TlsError::Pem(format!(
+            "Secret {}/{} lacks {CA_CRT}, {CA_KEY}, {TLS_CRT} or {TLS_KEY}",
+            opts.namespace, opts.secret
+        )))
+    })
+}
+
+/// Writes `ca` into every webhook of the named configurations whose
+/// caBundle differs. A configuration that does not exist yet is skipped.
+///
+/// # Errors
+///
+/// When the API refuses a read or an update.
+pub async fn ensure_ca_bundle(
+    client: &Client,
+    opts: &SelfManaged,
+    ca: &str,
+) -> Result<(), kube::Error> {
+    let want = ByteString(ca.as_bytes().to_vec());
+    if let Some(name) = &opts.validating_config {
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        if let Some(mut config) = api.get_opt(name).await? {
+            let mut changed = false;
+            for webhook in config.webhooks.iter_mut().flatten() {
+                if webhook.client_config.ca_bundle.as_ref() != Some(&want) {
+                    webhook.client_config.ca_bundle = Some(want.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                api.replace(name, &PostParams::default(), &config).await?;
+                tracing::info!(configuration = %name, "caBundle updated");
+            }
+        }
+    }
+    if let Some(name) = &opts.mutating_config {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        if let Some(mut config) = api.get_opt(name).await? {
+            let mut changed = false;
+            for webhook in config.webhooks.iter_mut().flatten() {
+                if webhook.client_config.ca_bundle.as_ref() != Some(&want) {
+                    webhook.client_config.ca_bundle = Some(want.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                api.replace(name, &PostParams::default(), &config).await?;
+                tracing::info!(configuration = %name, "caBundle updated");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first certificate to serve, from the Secret (created if needed).
+///
+/// # Errors
+///
+/// When the Secret cannot be read or written.
+pub async fn initial(
+    client: &Client,
+    opts: &SelfManaged,
+) -> Result<(CertStore, Bundle), CertError> {
+    let bundle = ensure_secret(client, opts).await?;
+    let store = CertStore::new(&bundle.serving)?;
+    if let Err(e) = ensure_ca_bundle(client, opts, &bundle.ca_cert).await {
+        tracing::warn!(error = %e, "cannot write the caBundle yet; retrying");
+    }
+    Ok((store, bundle))
+}
+
+/// How often the Secret is re-read: often enough to renew well before
+/// expiry and to pick up another replica's renewal.
+pub fn check_interval(validity: Duration) -> Duration {
+    (validity / 12).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Keeps the served certificate, the Secret and the caBundles current.
+pub async fn maintain(client: Client, opts: SelfManaged, store: CertStore, mut served: Bundle) {
+    let every = check_interval(opts.validity);
+    loop {
+        tokio::time::sleep(every + Duration::from_millis(fastrand::u64(0..250))).await;
+        match ensure_secret(&client, &opts).await {
+            Ok(bundle) => {
+                if bundle.serving != served.serving {
+                    match store.replace(&bundle.serving) {
+                        Ok(()) => {
+                            tracing::info!("webhook serving certificate reloaded");
+                            served = bundle.clone();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "new webhook certificate is unusable"),
+                    }
+                }
+                if let Err(e) = ensure_ca_bundle(&client, &opts, &bundle.ca_cert).await {
+                    tracing::warn!(error = %e, "cannot update the caBundle; retrying");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot maintain the webhook certificate; retrying")
+            }
+        }
+    }
+}
+
+/// The CA of a bundle, base64 as in a `caBundle` field.
+pub fn ca_bundle_base64(bundle: &Bundle) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bundle.ca_cert.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn opts(validity: Duration) -> SelfManaged {
+        SelfManaged {
+            namespace: "probity".to_owned(),
+            secret: "probity-webhook-tls".to_owned(),
+            dns_names: vec!["probity-webhook.probity.svc".to_owned()],
+            ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            validating_config: None,
+            mutating_config: None,
+            validity,
+        }
+    }
+
+    #[test]
+    fn issued_certificates_cover_the_names_and_renew_at_two_thirds() -> Result<(), TlsError> {
+        let o = opts(Duration::from_secs(3000));
+        let (ca_cert, ca_key) = generate_ca()?;
+        let pair = issue(&ca_cert, &ca_key, &o)?;
+        pair.certified_key()?;
+        let now = unix_now();
+        assert!(!needs_renewal(&pair.cert, &o, now));
+        // not_before is backdated 60 s: two thirds of 3060 s is 2040 s.
+        assert!(!needs_renewal(&pair.cert, &o, now + 1900));
+        assert!(needs_renewal(&pair.cert, &o, now + 2000));
+        let mut more = o.clone();
+        more.dns_names.push("other.svc".to_owned());
+        assert!(needs_renewal(&pair.cert, &more, now));
+        assert!(needs_renewal("not a certificate", &o, now));
+        Ok(())
+    }
+}

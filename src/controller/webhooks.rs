@@ -1,0 +1,162 @@
+//! The admission webhooks inside `probity operator`: served by every
+//! replica from the same caches the controller reads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::metrics::{AdmissionLabels, Metrics, WebhookLabel};
+use super::reconcile::PolicyObject as _;
+use super::{Context, Error, Stop};
+use crate::admission::Resolve;
+use crate::admission::certs::{self, SelfManaged};
+use crate::admission::server::{self, Observer, Outcome, PolicySource, Webhooks};
+use crate::admission::tls::{self, CertStore};
+use crate::lint::policies::Policy;
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files (a mounted Secret), reloaded when they change.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A CA and certificate the operator keeps in a Secret.
+    SelfManaged(SelfManaged),
+}
+
+/// How the webhooks are served.
+#[derive(Clone)]
+pub struct WebhookOptions {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Certificate source.
+    pub tls: TlsSource,
+    /// Budget of one mutating review (registry calls included).
+    pub budget: Duration,
+    /// Tag-to-digest resolution for `images.pin: Admission`.
+    pub resolver: Option<Arc<dyn Resolve>>,
+}
+
+impl std::fmt::Debug for WebhookOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookOptions")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("budget", &self.budget)
+            .field("resolver", &self.resolver.is_some())
+            .finish()
+    }
+}
+
+/// The controller's caches, as the webhooks see them.
+struct Caches(Arc<Context>);
+
+impl PolicySource for Caches {
+    fn ready(&self) -> bool {
+        self.0.synced.load(Ordering::Acquire)
+    }
+
+    fn policies(&self) -> Arc<[Policy]> {
+        let namespaced = self.0.policies.state().into_iter().map(|p| p.policy());
+        let cluster = self
+            .0
+            .cluster_policies
+            .state()
+            .into_iter()
+            .map(|p| p.policy());
+        namespaced.chain(cluster).collect()
+    }
+
+    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.0.namespace_labels(ns)
+    }
+}
+
+fn observer(metrics: &Arc<Metrics>) -> Observer {
+    let metrics = Arc::clone(metrics);
+    Arc::new(
+        move |webhook: &'static str, outcome: Outcome, took: Duration| {
+            metrics
+                .admission
+                .get_or_create(&AdmissionLabels {
+                    webhook: webhook.to_owned(),
+                    result: outcome.as_str().to_owned(),
+                })
+                .inc();
+            metrics
+                .admission_duration
+                .get_or_create(&WebhookLabel {
+                    webhook: webhook.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        },
+    )
+}
+
+/// Binds the webhook port, loads the first certificate, and serves until
+/// `stop`.
+pub(crate) async fn start(
+    ctx: &Arc<Context>,
+    options: &WebhookOptions,
+    stop: Stop,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let addr = options.addr;
+    let (store, maintainer): (CertStore, tokio::task::JoinHandle<()>) = match &options.tls {
+        TlsSource::Files { cert, key } => {
+            let pair = tls::read_files(cert, key).map_err(|e| Error::Webhook(e.to_string()))?;
+            let store = CertStore::new(&pair).map_err(|e| Error::Webhook(e.to_string()))?;
+            let task = tokio::spawn(tls::watch_files(
+                store.clone(),
+                cert.clone(),
+                key.clone(),
+                Duration::from_secs(2),
+            ));
+            (store, task)
+        }
+        TlsSource::SelfManaged(opts) => {
+            let (store, bundle) = loop {
+                match certs::initial(&ctx.client, opts).await {
+                    Ok(found) => break found,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot set up the webhook certificate; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            () = stop.clone() => return Err(Error::Webhook("stopped before the certificate was ready".to_owned())),
+                        }
+                    }
+                }
+            };
+            let task = tokio::spawn(certs::maintain(
+                ctx.client.clone(),
+                opts.clone(),
+                store.clone(),
+                bundle,
+            ));
+            (store, task)
+        }
+    };
+    let config = store
+        .server_config()
+        .map_err(|e| Error::Webhook(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Admin { addr, source })?;
+    let webhooks = Webhooks {
+        source: Arc::new(Caches(Arc::clone(ctx))),
+        resolver: options.resolver.clone(),
+        mutate_budget: options.budget,
+        observer: Some(observer(&ctx.metrics)),
+    };
+    tracing::info!(%addr, "admission webhooks listening (/validate /mutate)");
+    Ok(tokio::spawn(async move {
+        server::serve(listener, config, server::router(webhooks), stop).await;
+        maintainer.abort();
+    }))
+}
