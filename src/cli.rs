@@ -39,7 +39,7 @@ pub(crate) enum Command {
     },
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
 }
 
 /// `probity operator`.

@@ -134,8 +134,8 @@ fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged) -> Result<PemPair, Tls
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let now = unix_now();
     // A little backdating absorbs clock skew between replicas and the API
-    // server.
-    params.not_before = at(now - 60);
+    // server (at most a tenth of the lifetime, which counts it).
+    params.not_before = at(now - (secs(opts.validity) / 10).min(60));
     params.not_after = at(now + secs(opts.validity));
     let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair {

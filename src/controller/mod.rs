@@ -128,6 +128,8 @@ pub(crate) struct Context {
     metrics: Arc<Metrics>,
     synced: Arc<AtomicBool>,
     synced_tx: tokio::sync::watch::Sender<bool>,
+    /// Set when each policy watch (namespaced, cluster) has listed once.
+    policy_lists: [Arc<AtomicBool>; 2],
 }
 
 impl Context {
@@ -156,15 +158,14 @@ impl Context {
         self.namespaces
             .wait_until_ready()
             .await
-            .map_err(|e| Error::Cache(e.to_string()))?;
-        self.policies
-            .wait_until_ready()
-            .await
-            .map_err(|e| Error::Cache(e.to_string()))?;
-        self.cluster_policies
-            .wait_until_ready()
-            .await
             .map_err(|e| Error::Cache(e.to_string()))
+    }
+
+    /// Whether the workload caches and both policy caches are synced: what
+    /// the webhooks need before they can judge anything.
+    pub(crate) fn policies_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+            && self.policy_lists.iter().all(|l| l.load(Ordering::Acquire))
     }
 
     fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
@@ -246,6 +247,10 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         synced: Arc::clone(&synced),
         synced_tx: tokio::sync::watch::Sender::new(false),
+        policy_lists: [
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        ],
     });
 
     let triggers = Triggers {
@@ -282,12 +287,11 @@ pub async fn run(
 
     let config = controller::Config::default().debounce(options.debounce);
     let rp_controller = policy_controller(
-        &client,
+        &ctx,
         policies_writer,
         rp_rx,
-        &leadership,
         config.clone(),
-        &metrics,
+        Arc::clone(&ctx.policy_lists[0]),
         stop.clone(),
     )
     .run(
@@ -297,12 +301,11 @@ pub async fn run(
     )
     .for_each(|_| futures::future::ready(()));
     let crp_controller = policy_controller(
-        &client,
+        &ctx,
         cluster_writer,
         crp_rx,
-        &leadership,
         config,
-        &metrics,
+        Arc::clone(&ctx.policy_lists[1]),
         stop.clone(),
     )
     .run(
@@ -335,14 +338,14 @@ pub async fn run(
 }
 
 fn policy_controller<P: PolicyObject>(
-    client: &Client,
+    ctx: &Context,
     writer: reflector::store::Writer<P>,
     triggers: mpsc::UnboundedReceiver<ObjectRef<P>>,
-    leadership: &Leadership,
     config: controller::Config,
-    metrics: &Arc<Metrics>,
+    listed: Arc<AtomicBool>,
     stop: Stop,
 ) -> Controller<P> {
+    let (client, leadership, metrics) = (&ctx.client, &ctx.leadership, &ctx.metrics);
     let reader = writer.as_reader();
     let restarts = metrics
         .watch_restarts
@@ -357,6 +360,11 @@ fn policy_controller<P: PolicyObject>(
     .inspect_err(move |e| {
         restarts.inc();
         tracing::warn!(error = %e, resource = P::PLURAL, "policy watch failed; retrying");
+    })
+    .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            listed.store(true, Ordering::Release);
+        }
     })
     .applied_objects()
     // Our own status writes change resourceVersion, never generation.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::metrics::{AdmissionLabels, Metrics, WebhookLabel};
@@ -60,7 +59,7 @@ struct Caches(Arc<Context>);
 
 impl PolicySource for Caches {
     fn ready(&self) -> bool {
-        self.0.synced.load(Ordering::Acquire)
+        self.0.policies_synced()
     }
 
     fn policies(&self) -> Arc<[Policy]> {

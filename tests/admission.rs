@@ -1,0 +1,474 @@
+//! The admission webhooks, called by a real kube-apiserver over HTTPS:
+//! Enforce denies with the message, Audit admits with warnings, dry runs
+//! are judged, UPDATE blocks only what it introduces or keeps, exemptions
+//! pass, malformed reviews get a 400; certificates from files are reloaded
+//! and self-managed ones rotate while admission requests keep succeeding.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{Operator, eventually, free_port, https};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use probity::policy::{ClusterReadinessPolicy, ReadinessPolicy};
+use probity_testenv::TestEnv;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(40);
+const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
+                "name": "app", "image": image,
+                "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}},
+                "livenessProbe": {"httpGet": {"path": "/livez", "port": 8080}, "failureThreshold": 6},
+            }]}},
+        },
+    })
+}
+
+fn pinned() -> String {
+    format!("registry.example/app:1.0@{DIGEST}")
+}
+
+/// A ValidatingWebhookConfiguration calling `127.0.0.1:port` for the
+/// workload kinds in `namespaces`, failing closed so a broken webhook shows.
+fn webhook_config(name: &str, port: u16, namespaces: &[&str], ca: Option<&str>) -> Value {
+    let mut client_config = json!({"url": format!("https://127.0.0.1:{port}/validate")});
+    if let Some(ca) = ca {
+        use base64::Engine as _;
+        client_config["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(ca));
+    }
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "validate.probity.dev",
+            "clientConfig": client_config,
+            "rules": [
+                {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"]},
+                {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["jobs", "cronjobs"]},
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["pods"]},
+            ],
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces,
+            }]},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+            "matchPolicy": "Equivalent",
+        }],
+    })
+}
+
+async fn apply_webhook(client: &Client, config: &Value) -> anyhow::Result<()> {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let name = config["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply("probity-test").force(),
+        &Patch::Apply(config),
+    )
+    .await?;
+    Ok(())
+}
+
+fn kubectl(env: &TestEnv, args: &[&str], stdin: &Value) -> Output {
+    use std::io::Write as _;
+    let mut child = env
+        .kubectl()
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.to_string().as_bytes());
+    }
+    child.wait_with_output().expect("kubectl output")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn create(api: &Api<Deployment>, object: &Value, dry_run: bool) -> Result<(), kube::Error> {
+    let d: Deployment = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    api.create(&params, &d).await.map(drop)
+}
+
+fn denial(result: Result<(), kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            status.message
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() -> anyhow::Result<()>
+{
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "adm-system").await?;
+    let enforce = env.namespace(&client, "adm-enforce").await?;
+    let audit = env.namespace(&client, "adm-audit").await?;
+    let enforced: Api<Deployment> = Api::namespaced(client.clone(), &enforce);
+    let audited: Api<Deployment> = Api::namespaced(client.clone(), &audit);
+
+    // A workload that violates the policy before the policy exists.
+    create(&enforced, &deployment("legacy", "nginx:latest"), false).await?;
+
+    let port = free_port();
+    let config = format!("{system}-validate");
+    apply_webhook(
+        &client,
+        &webhook_config(&config, port, &[&enforce, &audit], None),
+    )
+    .await?;
+    let crp: ClusterReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": format!("{enforce}-strict")},
+        "spec": {"mode": "Enforce",
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": enforce}}},
+    }))?;
+    Api::<ClusterReadinessPolicy>::all(client.clone())
+        .create(&PostParams::default(), &crp)
+        .await?;
+    let rp: ReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "report"}, "spec": {"mode": "Audit"},
+    }))?;
+    Api::<ReadinessPolicy>::namespaced(client.clone(), &audit)
+        .create(&PostParams::default(), &rp)
+        .await?;
+
+    let addr = format!("127.0.0.1:{port}");
+    let operator = Operator::start(
+        env.kubeconfig(),
+        "webhooks",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--tls-cert-validity",
+            "15",
+            "--validating-webhook-configuration",
+            &config,
+            "--mutating-webhook-configuration",
+            "",
+        ],
+    );
+
+    // The operator writes its CA into the configuration, then the API
+    // server's calls succeed and `:latest` is denied with the message.
+    let latest = deployment("web", "nginx:latest");
+    let message = eventually(WAIT, "a denial from the webhook", || async {
+        match create(&enforced, &latest, true).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("probity") => {
+                Ok(s.message)
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for needle in [
+        "denied the request",
+        "Deployment web violates",
+        "PRB001 [image-latest-tag] container app:",
+        "PRB002 [image-not-pinned]",
+        "fix: ",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    assert!(
+        denial(create(&enforced, &latest, false).await).contains("PRB001"),
+        "{}",
+        operator.log()
+    );
+    assert!(enforced.get_opt("web").await?.is_none());
+
+    // Compliant workloads are admitted.
+    create(&enforced, &deployment("good", &pinned()), false).await?;
+
+    // Audit: admitted, with short warnings kubectl prints.
+    let out = kubectl(
+        env,
+        &["apply", "-n", &audit],
+        &deployment("web", "nginx:latest"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let warnings: Vec<&str> = std::str::from_utf8(&out.stderr)?
+        .lines()
+        .filter(|l| l.starts_with("Warning: probity"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("probity audit: PRB001 app:")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        warnings.iter().all(|w| w.len() <= "Warning: ".len() + 120),
+        "{warnings:?}"
+    );
+    assert!(audited.get_opt("web").await?.is_some());
+
+    // Dry runs are judged like the real thing and leave nothing behind.
+    let out = kubectl(
+        env,
+        &["create", "--dry-run=server", "-n", &enforce],
+        &deployment("dry", "nginx:latest"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("PRB001"), "{}", text(&out));
+    let out = kubectl(
+        env,
+        &["create", "--dry-run=server", "-n", &audit],
+        &deployment("dry", "nginx:latest"),
+    );
+    assert!(
+        text(&out).contains("created (server dry run)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("Warning: probity audit"),
+        "{}",
+        text(&out)
+    );
+    assert!(audited.get_opt("dry").await?.is_none());
+
+    // UPDATE: scaling the legacy workload is a compliant edit (a warning);
+    // retagging its image keeps a violation in the changed container.
+    let out = env
+        .kubectl()
+        .args(["patch", "deployment", "legacy", "-n", &enforce, "-p"])
+        .arg(r#"{"spec":{"replicas":3}}"#)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Warning: probity existing: PRB001"),
+        "{}",
+        text(&out)
+    );
+    let retag = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "nginx:1.27"}]}}}});
+    let result = enforced
+        .patch("legacy", &PatchParams::default(), &Patch::Strategic(&retag))
+        .await
+        .map(drop);
+    let message = denial(result);
+    assert!(message.contains("PRB002"), "{message}");
+
+    // Exempt workloads pass; the exemption is reported.
+    let mut exempt = deployment("exempt", "nginx:latest");
+    exempt["metadata"]["annotations"] = json!({"probity.dev/exempt": "PRB001,PRB002: vendor image, pinned by the vendor's pipeline"});
+    let out = kubectl(env, &["create", "-n", &enforce], &exempt);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Warning: probity exempt: PRB001"),
+        "{}",
+        text(&out)
+    );
+
+    // Malformed reviews: a clear 400, never a crash; wrong content type 415.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &system);
+    let ca_of = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let secret = secrets.get("probity-webhook-tls").await?;
+    let ca = ca_of(&secret);
+    let (status, body, _) = https(
+        port,
+        &ca,
+        "POST",
+        "/validate",
+        "application/json",
+        b"{\"apiVersion\":1",
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("malformed AdmissionReview"), "{body}");
+    let (status, _, _) = https(port, &ca, "POST", "/validate", "text/plain", b"{}")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(status, 415);
+
+    // Rotation while requests flow: the serving certificate lives 15 s and
+    // is renewed after 10; no admission fails meanwhile.
+    let first = secret.data.as_ref().and_then(|d| d.get("tls.crt")).cloned();
+    let started = Instant::now();
+    let mut admitted = 0;
+    let good = deployment("flow", &pinned());
+    while started.elapsed() < Duration::from_secs(24) {
+        create(&enforced, &good, true).await.map_err(|e| {
+            anyhow::anyhow!("admission failed during rotation: {e}\n{}", operator.log())
+        })?;
+        admitted += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secret = secrets.get("probity-webhook-tls").await?;
+    let now = secret.data.as_ref().and_then(|d| d.get("tls.crt")).cloned();
+    assert_ne!(first, now, "the serving certificate was not renewed");
+    assert_eq!(ca_of(&secret), ca, "renewal keeps the CA");
+    assert!(admitted > 50, "{admitted}");
+
+    let (_, metrics) = operator.get("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("probity_admission_reviews_total{webhook=\"validate\",result=\"denied\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificates_from_files_are_reloaded_when_they_change() -> anyhow::Result<()> {
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "adm-files").await?;
+    let target = env.namespace(&client, "adm-files-target").await?;
+
+    let dir = tempfile::tempdir()?;
+    let (ca, ca_key) = ca()?;
+    let (cert1, key1) = leaf(&ca, &ca_key)?;
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, &cert1)?;
+    std::fs::write(&key_path, &key1)?;
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _operator = Operator::start(
+        env.kubeconfig(),
+        "files",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-cert-file",
+            cert_path.to_str().unwrap_or_default(),
+            "--tls-key-file",
+            key_path.to_str().unwrap_or_default(),
+        ],
+    );
+    apply_webhook(
+        &client,
+        &webhook_config(&format!("{system}-validate"), port, &[&target], Some(&ca)),
+    )
+    .await?;
+    let crp: ClusterReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": format!("{target}-strict")},
+        "spec": {"mode": "Enforce",
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": target}}},
+    }))?;
+    Api::<ClusterReadinessPolicy>::all(client.clone())
+        .create(&PostParams::default(), &crp)
+        .await?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &target);
+    eventually(WAIT, "the webhook denies :latest", || async {
+        match create(&api, &deployment("web", "nginx:latest"), true).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("PRB001") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let served = |cert: String| {
+        let ca = ca.clone();
+        move || {
+            let (ca, cert) = (ca.clone(), cert.clone());
+            async move {
+                let (_, _, leaf) =
+                    https(port, &ca, "POST", "/validate", "application/json", b"{}").await?;
+                let want = x509_der(&cert);
+                (leaf == want)
+                    .then_some(())
+                    .ok_or_else(|| "old certificate".to_owned())
+            }
+        }
+    };
+    eventually(WAIT, "the first certificate is served", served(cert1)).await;
+
+    // Replace the files (as a Secret update does): the new certificate is
+    // served without a restart, and admission keeps working.
+    let (cert2, key2) = leaf(&ca, &ca_key)?;
+    std::fs::write(&key_path, &key2)?;
+    std::fs::write(&cert_path, &cert2)?;
+    eventually(WAIT, "the renewed certificate is served", served(cert2)).await;
+    create(&api, &deployment("good", &pinned()), true).await?;
+    Ok(())
+}
+
+fn x509_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .unwrap_or_default()
+}
+
+fn ca() -> Result<(String, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn leaf(ca: &str, ca_key: &str) -> Result<(String, String), rcgen::Error> {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca, rcgen::KeyPair::from_pem(ca_key)?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([
+        127, 0, 0, 1,
+    ]))];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
