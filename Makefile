@@ -8,13 +8,14 @@ K8S_BIN_DIR := $(shell $(CONTROL_PLANE) dir)
 # End-to-end tests fail, rather than skip, when the control plane is missing.
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
+export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator control-plane demo clean-control-plane
+.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator control-plane demo clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-test: control-plane fmt-check clippy unit-and-e2e fuzz-smoke ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run
+test: control-plane registry fmt-check clippy unit-and-e2e fuzz-smoke ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
@@ -51,6 +52,9 @@ bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (c
 
 bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000 and 10,000 Deployments
 	$(CARGO) bench --locked --bench operator_convergence
+
+registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
+	@hack/registry.sh install
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build

@@ -179,6 +179,35 @@ pub(crate) struct OperatorArgs {
     /// under the webhook's timeoutSeconds.
     #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(50..=29_000), help_heading = "Webhooks")]
     pub(crate) admission_budget_ms: u64,
+
+    /// Registry credentials for digest pinning: a Docker config file
+    /// (`config.json`, or a mounted `.dockerconfigjson`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PROBITY_REGISTRY_CONFIG",
+        help_heading = "Registries"
+    )]
+    pub(crate) registry_config: Option<PathBuf>,
+
+    /// A registry (`host[:port]`) that may be reached over plain HTTP;
+    /// loopback registries always may. Repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "HOST",
+        value_delimiter = ',',
+        help_heading = "Registries"
+    )]
+    pub(crate) insecure_registry: Vec<String>,
+
+    /// Seconds a resolved tag -> digest answer is reused.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        help_heading = "Registries"
+    )]
+    pub(crate) registry_cache_ttl: u64,
 }
 
 /// `probity lint`.

@@ -24,3 +24,4 @@ pub mod controller;
 pub mod emit;
 pub mod lint;
 pub mod policy;
+pub mod registry;

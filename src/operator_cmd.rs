@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use probity::admission::certs::SelfManaged;
 use probity::controller::{self, LeaseOptions, Options, TlsSource, WebhookOptions};
+use probity::registry::{self, DockerConfig, RegistryClient};
+use std::sync::Arc;
 
 use crate::cli::OperatorArgs;
 
@@ -58,13 +60,16 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
         options.lease = Some(lease);
     }
     if let Some(addr) = args.webhook_addr {
-        options.webhooks = Some(webhook_options(args, addr));
+        options.webhooks = Some(webhook_options(args, addr)?);
     }
     controller::run(client, options, shutdown_signal()).await?;
     Ok(())
 }
 
-fn webhook_options(args: &OperatorArgs, addr: std::net::SocketAddr) -> WebhookOptions {
+fn webhook_options(
+    args: &OperatorArgs,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<WebhookOptions> {
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => TlsSource::Files {
@@ -81,12 +86,21 @@ fn webhook_options(args: &OperatorArgs, addr: std::net::SocketAddr) -> WebhookOp
             validity: Duration::from_secs(args.tls_cert_validity),
         }),
     };
-    WebhookOptions {
+    let credentials = match &args.registry_config {
+        Some(path) => DockerConfig::read(path).context("--registry-config")?,
+        None => DockerConfig::default(),
+    };
+    let registry = RegistryClient::new(registry::Options {
+        cache_ttl: Duration::from_secs(args.registry_cache_ttl),
+        insecure: args.insecure_registry.clone(),
+        credentials,
+    })?;
+    Ok(WebhookOptions {
         addr,
         tls,
         budget: Duration::from_millis(args.admission_budget_ms),
-        resolver: None,
-    }
+        resolver: Some(Arc::new(registry)),
+    })
 }
 
 /// SIGTERM or SIGINT.

@@ -472,3 +472,145 @@ fn leaf(ca: &str, ca_key: &str) -> Result<(String, String), rcgen::Error> {
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
+
+/// A MutatingWebhookConfiguration calling `/mutate` for Deployments in
+/// `namespaces`; the operator writes its caBundle.
+fn mutating_config(name: &str, port: u16, namespaces: &[&str]) -> Value {
+    let mut config = webhook_config(name, port, namespaces, None);
+    config["kind"] = json!("MutatingWebhookConfiguration");
+    config["webhooks"][0]["name"] = json!("mutate.probity.dev");
+    config["webhooks"][0]["clientConfig"]["url"] =
+        json!(format!("https://127.0.0.1:{port}/mutate"));
+    config["webhooks"][0]["reinvocationPolicy"] = json!("Never");
+    config
+}
+
+#[tokio::test]
+async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_policy()
+-> anyhow::Result<()> {
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let Some(mut registry) = probity_testenv::registry::Registry::start_or_skip() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "pin-system").await?;
+    let open = env.namespace(&client, "pin-open").await?;
+    let closed = env.namespace(&client, "pin-closed").await?;
+    for (ns, failure) in [(&open, "Allow"), (&closed, "Deny")] {
+        let crp: ClusterReadinessPolicy = serde_json::from_value(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+            "metadata": {"name": format!("{ns}-pin")},
+            "spec": {"mode": "Audit", "images": {"pin": "Admission"},
+                     "admission": {"registryUnavailable": failure},
+                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        }))?;
+        Api::<ClusterReadinessPolicy>::all(client.clone())
+            .create(&PostParams::default(), &crp)
+            .await?;
+    }
+    let first = registry.push("team/api", "1.0", "first")?;
+    let image = format!("{}/team/api:1.0", registry.host);
+
+    let port = free_port();
+    let name = format!("{system}-mutate");
+    let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply("probity-test").force(),
+        &Patch::Apply(mutating_config(&name, port, &[&open, &closed])),
+    )
+    .await?;
+    let addr = format!("127.0.0.1:{port}");
+    let operator = Operator::start(
+        env.kubeconfig(),
+        "pin",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            "",
+            "--mutating-webhook-configuration",
+            &name,
+            "--registry-cache-ttl",
+            "1",
+            "--admission-budget-ms",
+            "1500",
+        ],
+    );
+
+    let stored_image = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    };
+    let opened: Api<Deployment> = Api::namespaced(client.clone(), &open);
+    let want = format!("{image}@{first}");
+    let pinned_image = eventually(WAIT, "the mutating webhook pins the tag", || async {
+        let d: Deployment =
+            serde_json::from_value(deployment("web", &image)).map_err(|e| e.to_string())?;
+        let params = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let created = opened
+            .create(&params, &d)
+            .await
+            .map_err(|e| e.to_string())?;
+        let got = stored_image(&created);
+        (got == want).then_some(got.clone()).ok_or(got)
+    })
+    .await;
+    assert_eq!(pinned_image, want, "{}", operator.log());
+
+    // Stored, not only in a dry run.
+    let d: Deployment = serde_json::from_value(deployment("web", &image))?;
+    let created = opened.create(&PostParams::default(), &d).await?;
+    assert_eq!(stored_image(&created), want);
+
+    // Already pinned: untouched.
+    let other = format!("{}/team/api:0.9@{DIGEST}", registry.host);
+    let d: Deployment = serde_json::from_value(deployment("pinned", &other))?;
+    assert_eq!(
+        stored_image(&opened.create(&PostParams::default(), &d).await?),
+        other
+    );
+
+    // The tag moves: after the cache TTL the new digest is used.
+    let second = registry.push("team/api", "1.0", "second")?;
+    assert_ne!(first, second);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d: Deployment = serde_json::from_value(deployment("moved", &image))?;
+    assert_eq!(
+        stored_image(&opened.create(&PostParams::default(), &d).await?),
+        format!("{image}@{second}")
+    );
+
+    // The registry goes down. Fail open: admitted unpinned, with a warning.
+    registry.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = kubectl(env, &["create", "-n", &open], &deployment("down", &image));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Warning: probity: not pinned:"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(stored_image(&opened.get("down").await?), image);
+    // Fail closed: denied with the reason.
+    let locked: Api<Deployment> = Api::namespaced(client.clone(), &closed);
+    let result = create(&locked, &deployment("down", &image), false).await;
+    let message = denial(result);
+    assert!(message.contains("cannot pin images"), "{message}");
+    assert!(message.contains(&registry.host), "{message}");
+    Ok(())
+}

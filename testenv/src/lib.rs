@@ -38,6 +38,7 @@ mod binaries;
 mod env;
 mod pki;
 mod process;
+pub mod registry;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

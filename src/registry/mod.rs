@@ -1,0 +1,497 @@
+//! OCI distribution client: resolves `repo:tag` to the digest the registry
+//! serves now (`HEAD /v2/<repo>/manifests/<tag>`, `Docker-Content-Digest`).
+//!
+//! - Accepts OCI and Docker manifests and indexes (a registry answers 404
+//!   to a manifest request whose `Accept` it cannot satisfy).
+//! - Anonymous access, `Basic` credentials, and the bearer-token challenge
+//!   (`WWW-Authenticate: Bearer realm=...,service=...,scope=...`); tokens
+//!   are cached until they expire.
+//! - Credentials from a Docker config file (`auths`: `auth` or
+//!   `username`/`password`, `identitytoken`).
+//! - Plain HTTP only for loopback registries or ones explicitly allowed.
+//! - Every call is bounded by the caller's `probity-probe` deadline, and
+//!   each registry has a circuit breaker, so a registry that is down costs
+//!   one fast failure rather than a timeout per admission.
+//! - Resolved digests are cached for a TTL.
+
+mod auth;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use probity_probe::breaker::{CircuitBreaker, Verdict};
+
+use auth::Challenge;
+pub use auth::{Credential, DockerConfig};
+
+use crate::admission::{Resolve, ResolveError};
+use crate::policy::{Digest, Reference};
+
+/// Every manifest type a tag may point at.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Upper bound on one registry call when the caller set no deadline.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest manifest read when a registry omits `Docker-Content-Digest`.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// How the client behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a resolved digest is reused.
+    pub cache_ttl: Duration,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP,
+    /// besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Credentials by registry host.
+    pub credentials: DockerConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(60),
+            insecure: Vec::new(),
+            credentials: DockerConfig::default(),
+        }
+    }
+}
+
+/// Resolves tags to digests; cheap to share behind an `Arc`.
+pub struct RegistryClient {
+    http: HttpClient,
+    options: Options,
+    digests: Mutex<HashMap<String, (Digest, Instant)>>,
+    tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+    breakers: Mutex<HashMap<String, CircuitBreaker>>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("registry client: {0}")]
+pub struct BuildError(String);
+
+impl RegistryClient {
+    /// A client trusting the platform's root certificates.
+    ///
+    /// # Errors
+    ///
+    /// When the TLS configuration cannot be built.
+    pub fn new(options: Options) -> Result<Self, BuildError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            tracing::warn!(
+                "no platform root certificates found; only plain-HTTP registries can be reached"
+            );
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BuildError(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            http,
+            options,
+            digests: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn breaker(&self, registry: &str) -> Option<CircuitBreaker> {
+        let mut breakers = self.breakers.lock().ok()?;
+        if let Some(b) = breakers.get(registry) {
+            return Some(b.clone());
+        }
+        let b = CircuitBreaker::builder()
+            .count_window(10)
+            .minimum_calls(3)
+            .failure_rate(0.5)
+            .open_for(Duration::from_secs(5), 2.0, Duration::from_secs(60))
+            .build()
+            .ok()?;
+        breakers.insert(registry.to_owned(), b.clone());
+        Some(b)
+    }
+
+    fn scheme(&self, registry: &str) -> &'static str {
+        if is_loopback(registry) || self.options.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// The digest `reference`'s tag points at now.
+    ///
+    /// # Errors
+    ///
+    /// When the registry is unreachable, refuses, has no such tag, its
+    /// breaker is open, or the deadline passes.
+    pub async fn digest(&self, reference: &Reference) -> Result<Digest, ResolveError> {
+        let fail = |reason: String| ResolveError {
+            image: reference.to_string(),
+            reason,
+        };
+        let key = reference.to_string();
+        if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let registry = reference.registry().to_owned();
+        let breaker = self.breaker(&registry);
+        let permit = match &breaker {
+            Some(b) => Some(b.try_acquire().map_err(|open| {
+                fail(format!(
+                    "registry {registry} is failing; not asked again for {} ms",
+                    open.retry_after.as_millis()
+                ))
+            })?),
+            None => None,
+        };
+        let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_TIMEOUT);
+        let outcome = tokio::time::timeout(budget, self.head_manifest(reference)).await;
+        let (result, verdict) = match outcome {
+            Ok(Ok(digest)) => (Ok(digest), Verdict::Success),
+            Ok(Err(CallError::Refused(reason))) => (Err(fail(reason)), Verdict::Ignore),
+            Ok(Err(CallError::Down(reason))) => (Err(fail(reason)), Verdict::Failure),
+            Err(_) => (
+                Err(fail(format!(
+                    "registry {registry} did not answer within {} ms",
+                    budget.as_millis()
+                ))),
+                Verdict::Failure,
+            ),
+        };
+        if let Some(permit) = permit {
+            permit.record(verdict);
+        }
+        if let (Ok(digest), Ok(mut cache)) = (&result, self.digests.lock()) {
+            cache.insert(key, (digest.clone(), Instant::now()));
+        }
+        result
+    }
+
+    fn cached(&self, key: &str) -> Option<Digest> {
+        let cache = self.digests.lock().ok()?;
+        let (digest, at) = cache.get(key)?;
+        (at.elapsed() < self.options.cache_ttl).then(|| digest.clone())
+    }
+
+    async fn head_manifest(&self, reference: &Reference) -> Result<Digest, CallError> {
+        let registry = reference.registry();
+        let host = api_host(registry);
+        let repository = reference.repository();
+        let tag = reference.tag().unwrap_or("latest");
+        let url = format!(
+            "{}://{host}/v2/{repository}/manifests/{tag}",
+            self.scheme(registry)
+        );
+        let scope = format!("repository:{repository}:pull");
+        let credential = self.options.credentials.for_registry(registry);
+
+        let mut authorization = self.token(registry, &scope).map(|t| format!("Bearer {t}"));
+        for attempt in 0..2 {
+            let response = self
+                .send(Method::HEAD, &url, authorization.as_deref(), true)
+                .await?;
+            match response.status() {
+                s if s.is_success() => {
+                    return digest_of(&self.http, &url, authorization.as_deref(), &response).await;
+                }
+                StatusCode::UNAUTHORIZED if attempt == 0 => {
+                    let challenge = response
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(Challenge::parse)
+                        .ok_or_else(|| {
+                            CallError::Refused(format!(
+                                "{registry} answered 401 without a WWW-Authenticate challenge"
+                            ))
+                        })?;
+                    authorization = Some(match challenge {
+                        Challenge::Basic => {
+                            let c = credential.as_ref().ok_or_else(|| {
+                                CallError::Refused(format!(
+                                    "{registry} requires credentials and none are configured"
+                                ))
+                            })?;
+                            c.basic()
+                        }
+                        Challenge::Bearer {
+                            realm,
+                            service,
+                            scope: offered,
+                        } => {
+                            let scope = offered.unwrap_or(scope.clone());
+                            let token = self
+                                .fetch_token(
+                                    &realm,
+                                    service.as_deref(),
+                                    &scope,
+                                    credential.as_ref(),
+                                )
+                                .await?;
+                            if let Ok(mut tokens) = self.tokens.lock() {
+                                tokens.insert(
+                                    (registry.to_owned(), scope.clone()),
+                                    (token.clone(), Instant::now() + Duration::from_secs(50)),
+                                );
+                            }
+                            format!("Bearer {token}")
+                        }
+                        Challenge::Other(scheme) => {
+                            return Err(CallError::Refused(format!(
+                                "{registry} asks for unsupported authentication {scheme:?}"
+                            )));
+                        }
+                    });
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(CallError::Refused(format!(
+                        "{registry} refused access to {repository} ({})",
+                        response.status()
+                    )));
+                }
+                StatusCode::NOT_FOUND => {
+                    return Err(CallError::Refused(format!(
+                        "{registry} has no manifest {repository}:{tag}"
+                    )));
+                }
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    return Err(CallError::Down(format!("{registry} answered {s}")));
+                }
+                s => return Err(CallError::Refused(format!("{registry} answered {s}"))),
+            }
+        }
+        Err(CallError::Refused(format!(
+            "{registry} rejected the credentials it asked for"
+        )))
+    }
+
+    fn token(&self, registry: &str, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        let (token, until) = tokens.get(&(registry.to_owned(), scope.to_owned()))?;
+        (Instant::now() < *until).then(|| token.clone())
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<String, CallError> {
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+            query.finish()
+        };
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let url = format!("{realm}{separator}{query}");
+        let authorization = credential.map(Credential::basic);
+        let response = self
+            .send(Method::GET, &url, authorization.as_deref(), false)
+            .await?;
+        let status = response.status();
+        let body = read_limited(response, 64 * 1024).await?;
+        if !status.is_success() {
+            return Err(CallError::Refused(format!(
+                "token service {realm} answered {status}"
+            )));
+        }
+        auth::token_from(&body)
+            .ok_or_else(|| CallError::Refused(format!("token service {realm} sent no token")))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        authorization: Option<&str>,
+        manifest: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CallError> {
+        send(&self.http, method, url, authorization, manifest).await
+    }
+}
+
+async fn send(
+    http: &HttpClient,
+    method: Method,
+    url: &str,
+    authorization: Option<&str>,
+    manifest: bool,
+) -> Result<hyper::Response<hyper::body::Incoming>, CallError> {
+    let mut request = Request::builder().method(method).uri(url).header(
+        header::USER_AGENT,
+        concat!("probity/", env!("CARGO_PKG_VERSION")),
+    );
+    if manifest {
+        request = request.header(header::ACCEPT, MANIFEST_ACCEPT);
+    }
+    if let Some(a) = authorization {
+        let value = HeaderValue::from_str(a)
+            .map_err(|_| CallError::Refused("credentials are not a valid header".to_owned()))?;
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| CallError::Refused(format!("invalid registry URL {url}: {e}")))?;
+    http.request(request)
+        .await
+        .map_err(|e| CallError::Down(format!("{url}: {}", error_chain(&e))))
+}
+
+async fn digest_of(
+    http: &HttpClient,
+    url: &str,
+    authorization: Option<&str>,
+    head: &hyper::Response<hyper::body::Incoming>,
+) -> Result<Digest, CallError> {
+    if let Some(value) = head
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Digest::parse(value.trim())
+            .map_err(|e| CallError::Refused(format!("registry sent an invalid digest: {e}")));
+    }
+    // No header on HEAD: read the manifest and hash it, as a client would.
+    let response = send(http, Method::GET, url, authorization, true).await?;
+    if !response.status().is_success() {
+        return Err(CallError::Refused(format!(
+            "GET {url} answered {}",
+            response.status()
+        )));
+    }
+    let body = read_limited(response, MAX_MANIFEST_BYTES).await?;
+    let hash = ring::digest::digest(&ring::digest::SHA256, &body);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Digest::parse(&format!("sha256:{hex}"))
+        .map_err(|e| CallError::Refused(format!("hashing the manifest: {e}")))
+}
+
+async fn read_limited(
+    response: hyper::Response<hyper::body::Incoming>,
+    max: usize,
+) -> Result<Vec<u8>, CallError> {
+    let limited = http_body_util::Limited::new(response.into_body(), max);
+    limited
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .map_err(|e| CallError::Down(format!("reading the registry's answer: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// How a call failed: the registry answered no (its health is fine), or
+/// it is down (counts against its breaker).
+enum CallError {
+    Refused(String),
+    Down(String),
+}
+
+/// `docker.io` is served from `registry-1.docker.io`.
+fn api_host(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Resolve for RegistryClient {
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a Reference,
+        _namespace: &'a str,
+        _pull_secrets: &'a [String],
+    ) -> BoxFuture<'a, Result<Digest, ResolveError>> {
+        Box::pin(self.digest(reference))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_may_use_http() {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in [
+            "ghcr.io",
+            "registry.internal:5000",
+            "10.0.0.1:5000",
+            "localhost.example",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+}

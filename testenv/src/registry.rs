@@ -1,0 +1,296 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (distribution
+//! v2.8) on a free loopback port with filesystem storage, and a push helper
+//! speaking its HTTP API.
+//!
+//! The binary comes from `hack/registry.sh install`, found through
+//! `$PROBITY_REGISTRY_BIN` or the cache that script fills.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, e2e_required};
+
+/// Environment variable naming the `docker-registry` binary.
+pub const REGISTRY_BIN_ENV: &str = "PROBITY_REGISTRY_BIN";
+/// How to fetch the binary.
+pub const REGISTRY_HINT: &str = "hack/registry.sh install";
+
+/// An HTTP answer: status, headers (names lowercased), body.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A running registry; stopped (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:<port>`: the registry part of image references.
+    pub host: String,
+    dir: PathBuf,
+}
+
+fn locate() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(REGISTRY_BIN_ENV).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{REGISTRY_BIN_ENV}={} does not exist",
+                path.display()
+            ))
+        };
+    }
+    let cache = crate::default_cache_dir()
+        .and_then(|k8s| k8s.parent().and_then(|p| p.parent()).map(PathBuf::from))
+        .ok_or("no cache directory ($HOME unset)")?;
+    let path = cache.join("tools/docker-registry/docker-registry");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found", path.display()))
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })
+}
+
+impl Registry {
+    /// Starts a registry, or returns `None` (after saying so) when the
+    /// binary is missing and tests may skip.
+    ///
+    /// # Panics
+    ///
+    /// When the binary is missing and end-to-end tests are required, or it
+    /// does not start.
+    pub fn start_or_skip() -> Option<Self> {
+        match locate() {
+            Ok(bin) => {
+                Some(Self::start(&bin).unwrap_or_else(|e| panic!("starting docker-registry: {e}")))
+            }
+            Err(why) => {
+                assert!(
+                    !e2e_required(),
+                    "the OCI registry is required here but unavailable: {why}; fetch it with \
+                     `{REGISTRY_HINT}`"
+                );
+                let line = format!(
+                    "skipping: docker-registry not found ({why}); fetch it with `{REGISTRY_HINT}`\n"
+                );
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                None
+            }
+        }
+    }
+
+    /// Starts `bin` on a free loopback port and waits until `/v2/` answers.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be started or does not answer within 20 s.
+    pub fn start(bin: &std::path::Path) -> Result<Self, Error> {
+        let port = free_port()?;
+        let host = format!("127.0.0.1:{port}");
+        let dir =
+            std::env::temp_dir().join(format!("probity-registry-{}-{port}", std::process::id()));
+        let io = |source| Error::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("data")).map_err(io)?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {host}\n",
+                dir.join("data").display()
+            ),
+        )
+        .map_err(io)?;
+        let log = std::fs::File::create(dir.join("registry.log")).map_err(io)?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io)?)
+            .stderr(log)
+            .spawn()
+            .map_err(|source| Error::Io {
+                path: bin.to_owned(),
+                source,
+            })?;
+        let mut registry = Self { child, host, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _, _)) = registry.request("GET", "/v2/", &[], b"") {
+                return Ok(registry);
+            }
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                return Err(Error::Client(format!(
+                    "docker-registry exited ({status}): {}",
+                    std::fs::read_to_string(registry.dir.join("registry.log")).unwrap_or_default()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Client(
+                    "docker-registry did not answer within 20 s".to_owned(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the registry (SIGKILL): a registry that is down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// One HTTP/1.1 request: (status, headers lowercased, body).
+    ///
+    /// # Errors
+    ///
+    /// When the connection fails or the answer is not HTTP.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, Error> {
+        let err = |m: String| Error::Client(format!("registry {method} {path}: {m}"));
+        let mut stream = TcpStream::connect(&self.host).map_err(|e| err(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| err(e.to_string()))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.host,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .map_err(|e| err(e.to_string()))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .map_err(|e| err(e.to_string()))?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| err("no header terminator".to_owned()))?;
+        let text = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = text.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| err("no status line".to_owned()))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok((status, headers, raw[split + 4..].to_vec()))
+    }
+
+    /// Pushes a minimal OCI image (a config blob, no layers) as
+    /// `repository:tag` and returns its manifest digest. `salt` makes the
+    /// image distinct, so pushing again with another salt moves the tag.
+    ///
+    /// # Errors
+    ///
+    /// When the registry rejects a step.
+    pub fn push(&self, repository: &str, tag: &str, salt: &str) -> Result<String, Error> {
+        let config = format!(
+            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Labels\":{{\"salt\":\"{salt}\"}}}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[]}}}}"
+        );
+        let config_digest = sha256(config.as_bytes());
+        let (status, headers, _) = self.request(
+            "POST",
+            &format!("/v2/{repository}/blobs/uploads/"),
+            &[],
+            b"",
+        )?;
+        let location = header(&headers, "location")
+            .filter(|_| status == 202)
+            .ok_or_else(|| Error::Client(format!("starting an upload answered {status}")))?;
+        let location = location
+            .strip_prefix(&format!("http://{}", self.host))
+            .unwrap_or(&location)
+            .to_owned();
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let (status, _, body) = self.request(
+            "PUT",
+            &format!("{location}{separator}digest={config_digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            config.as_bytes(),
+        )?;
+        if status != 201 {
+            return Err(Error::Client(format!(
+                "uploading the config blob answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let manifest = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\
+             \"digest\":\"{config_digest}\",\"size\":{}}},\"layers\":[]}}",
+            config.len()
+        );
+        let (status, headers, body) = self.request(
+            "PUT",
+            &format!("/v2/{repository}/manifests/{tag}"),
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            manifest.as_bytes(),
+        )?;
+        if status != 201 {
+            return Err(Error::Client(format!(
+                "putting the manifest answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let digest = sha256(manifest.as_bytes());
+        if header(&headers, "docker-content-digest").as_deref() != Some(digest.as_str()) {
+            return Err(Error::Client(format!(
+                "registry digest {:?} differs from {digest}",
+                header(&headers, "docker-content-digest")
+            )));
+        }
+        Ok(digest)
+    }
+}
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
