@@ -21,7 +21,8 @@ else
 fi
 
 corpus="target/fuzz-corpus"
-mkdir -p "$corpus/manifest" "$corpus/reference"
+mkdir -p "$corpus/manifest" "$corpus/reference" "$corpus/admission"
+cp tests/fixtures/admission/*.json "$corpus/admission/" 2>/dev/null || true
 cp tests/fixtures/lint/*/*.yaml "$corpus/manifest/" 2>/dev/null || true
 i=0
 for image in nginx nginx:1.27 ghcr.io/acme/web:1.4.2 registry:5000/app \
@@ -29,7 +30,7 @@ for image in nginx nginx:1.27 ghcr.io/acme/web:1.4.2 registry:5000/app \
   printf '%s' "$image" >"$corpus/reference/seed-$i"; i=$((i + 1))
 done
 
-for target in reference manifest; do
+for target in reference manifest admission; do
   echo "[fuzz] $target for ${seconds}s" >&2
   # Cargo's own flags for the fuzz build must not see the workspace's.
   (cd fuzz && PATH="$tools/bin:$PATH" cargo "${toolchain[@]}" fuzz run --sanitizer none "$target" "../$corpus/$target" -- \
