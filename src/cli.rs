@@ -40,6 +40,29 @@ pub(crate) enum Command {
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
     Operator(Box<OperatorArgs>),
+    /// Print the ValidatingAdmissionPolicy backstop (policy + binding) of
+    /// each ReadinessPolicy / ClusterReadinessPolicy in the files, for
+    /// GitOps; the operator keeps the same objects in sync by itself.
+    ///
+    /// Exit status: 0 printed, 2 unreadable or invalid policies.
+    Vap(VapArgs),
+}
+
+/// `probity vap`.
+#[derive(Debug, Args)]
+pub(crate) struct VapArgs {
+    /// Policy files or directories; `-` reads standard input.
+    #[arg(value_name = "PATH", required = true)]
+    pub(crate) paths: Vec<PathBuf>,
+
+    /// Namespaces the bindings never match. Repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "NS",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub(crate) exclude_namespace: Vec<String>,
 }
 
 /// `probity operator`.

@@ -62,6 +62,38 @@ fn load_policies(args: &LintArgs) -> Result<Vec<Policy>, String> {
     Ok(all)
 }
 
+/// `probity vap`: the backstop objects of every policy in `args.paths`.
+pub(crate) fn vap(args: &crate::cli::VapArgs) -> u8 {
+    let (inputs, unreadable) = input::collect(&args.paths);
+    if let Some(u) = unreadable.first() {
+        eprintln!("error: {u}");
+        return 2;
+    }
+    let mut text = String::new();
+    for input in &inputs {
+        let policies = match load_one(input) {
+            Ok(p) => p,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return 2;
+            }
+        };
+        for policy in &policies {
+            let (vap, binding) = probity::admission::vap::backstop(policy, &args.exclude_namespace);
+            text.push_str(&probity::emit::document(&vap));
+            text.push_str(&probity::emit::document(&binding));
+        }
+    }
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: writing output: {e}");
+            2
+        }
+    }
+}
+
 fn load_one(input: &Input) -> Result<Vec<Policy>, String> {
     policies::load(input).map_err(|e| format!("policy {e}"))
 }

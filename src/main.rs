@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     match &cli.command {
         cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
         cli::Command::Operator(args) => ExitCode::from(operator_cmd::run(args)),
+        cli::Command::Vap(args) => ExitCode::from(lint_cmd::vap(args)),
         cli::Command::Crd { reference } => {
             use std::io::Write as _;
             let text = if *reference {

@@ -614,3 +614,131 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
     assert!(message.contains(&registry.host), "{message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyhow::Result<()> {
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let ns = env.namespace(&client, "vap").await?;
+
+    // The webhook is down (nothing listens) and fails open.
+    let mut config = webhook_config(&format!("{ns}-down"), free_port(), &[&ns], None);
+    config["webhooks"][0]["failurePolicy"] = json!("Ignore");
+    config["webhooks"][0]["timeoutSeconds"] = json!(2);
+    apply_webhook(&client, &config).await?;
+
+    // `probity vap` output, applied as a GitOps pipeline would.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: strict\n  \
+             namespace: {ns}\nspec:\n  mode: Enforce\n  images:\n    allowedRegistries: [registry.example]\n"
+        ),
+    )?;
+    let vap = std::process::Command::new(env!("CARGO_BIN_EXE_probity"))
+        .arg("vap")
+        .arg(&file)
+        .output()?;
+    assert!(vap.status.success(), "{}", text(&vap));
+    let yaml = String::from_utf8(vap.stdout)?;
+    let apply = {
+        use std::io::Write as _;
+        let mut child = env
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(yaml.as_bytes())?;
+        }
+        child.wait_with_output()?
+    };
+    assert!(apply.status.success(), "{}\n{yaml}", text(&apply));
+
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // Policies take effect within a second or two of being written.
+    let message = eventually(WAIT, "the backstop denies :latest", || async {
+        match create(
+            &api,
+            &deployment("latest", "registry.example/app:latest"),
+            true,
+        )
+        .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Ok(s.message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(message.contains("PRB001"), "{message}");
+    assert!(message.contains("probity backstop"), "{message}");
+
+    let mut no_probes = deployment("bare", &pinned());
+    no_probes["spec"]["template"]["spec"]["containers"][0]
+        .as_object_mut()
+        .map(|c| c.retain(|k, _| k != "readinessProbe" && k != "livenessProbe"));
+    let message = vap_denial(create(&api, &no_probes, true).await);
+    assert!(message.contains("PRB101"), "{message}");
+
+    let elsewhere = deployment(
+        "elsewhere",
+        &format!("docker.io/library/nginx:1.27@{DIGEST}"),
+    );
+    let message = vap_denial(create(&api, &elsewhere, true).await);
+    assert!(message.contains("PRB003"), "{message}");
+    let implicit = deployment("implicit", &format!("nginx:1.27@{DIGEST}"));
+    assert!(vap_denial(create(&api, &implicit, true).await).contains("PRB003"));
+
+    // Compliant, exempt, controlled objects and Jobs without probes pass.
+    create(&api, &deployment("good", &pinned()), true).await?;
+    let mut exempt = deployment("exempt", "registry.example/app:latest");
+    exempt["metadata"]["annotations"] =
+        json!({"probity.dev/exempt": "PRB001,PRB002: vendor image"});
+    create(&api, &exempt, true).await?;
+    let mut rs = deployment("owned", "registry.example/app:latest");
+    rs["kind"] = json!("ReplicaSet");
+    rs["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "x",
+        "uid": "00000000-0000-0000-0000-000000000000", "controller": true,
+    }]);
+    let replicasets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(client.clone(), &ns);
+    replicasets
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &serde_json::from_value(rs)?,
+        )
+        .await?;
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": pinned()}]}}},
+    }))?;
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &job,
+        )
+        .await?;
+    Ok(())
+}
+
+fn vap_denial(result: Result<(), kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
+        other => panic!("expected the backstop to deny, got {other:?}"),
+    }
+}

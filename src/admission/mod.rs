@@ -14,6 +14,7 @@ pub mod review;
 pub mod server;
 pub mod tls;
 pub mod validate;
+pub mod vap;
 
 pub use mutate::{Resolve, ResolveError};
 pub use review::{DecodeError, Operation, Request, Response};

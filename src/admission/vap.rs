@@ -1,0 +1,364 @@
+//! The ValidatingAdmissionPolicy backstop: each policy's static rules
+//! (no `:latest`, digest present, registry allowed, required probes
+//! present) compiled to CEL, which the API server evaluates in-process. With
+//! it the webhooks can fail open (`failurePolicy: Ignore`): a webhook
+//! outage never blocks the cluster, and these rules still hold.
+//!
+//! What CEL does not check (the backstop is deliberately narrower than the
+//! webhook): probe paths, timeouts and windows (PRB104-PRB109), UPDATE
+//! leniency for existing violations, and malformed references (PRB004).
+//! Exemption annotations are honoured by rule id.
+
+use serde_json::{Value, json};
+
+use crate::lint::policies::Policy;
+use crate::policy::{Mode, Profile, WorkloadKind};
+
+/// Label on every generated object.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "probity-operator");
+/// Label naming the policy an object was generated from.
+pub const POLICY_LABEL: &str = "probity.dev/policy";
+
+/// A CEL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A regular expression matching `s` literally.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The name of a generated object for `policy`: a DNS subdomain, unique per
+/// policy (namespaces hold no dots), at most 253 characters.
+pub fn object_name(policy: &Policy) -> String {
+    let raw = match (&policy.namespace, policy.cluster) {
+        (_, true) => format!(
+            "probity-crpol.{}",
+            policy.name.trim_start_matches("ClusterReadinessPolicy/")
+        ),
+        (Some(ns), false) => format!(
+            "probity-rpol.{ns}.{}",
+            policy.name.rsplit('/').next().unwrap_or_default()
+        ),
+        (None, false) => format!(
+            "probity-rpol.{}",
+            policy.name.rsplit('/').next().unwrap_or_default()
+        ),
+    };
+    raw.chars().take(253).collect()
+}
+
+fn resource_rules(kinds: &[WorkloadKind]) -> Value {
+    let all = WorkloadKind::ALL;
+    let kinds: Vec<WorkloadKind> = if kinds.is_empty() {
+        all.to_vec()
+    } else {
+        kinds.to_vec()
+    };
+    let mut rules = Vec::new();
+    for (group, members) in [
+        (
+            "apps",
+            &[
+                WorkloadKind::Deployment,
+                WorkloadKind::StatefulSet,
+                WorkloadKind::DaemonSet,
+                WorkloadKind::ReplicaSet,
+            ][..],
+        ),
+        ("batch", &[WorkloadKind::Job, WorkloadKind::CronJob][..]),
+        ("", &[WorkloadKind::Pod][..]),
+    ] {
+        let resources: Vec<String> = members
+            .iter()
+            .filter(|k| kinds.contains(k))
+            .map(|k| format!("{}s", k.as_str().to_ascii_lowercase()))
+            .collect();
+        if !resources.is_empty() {
+            rules.push(json!({
+                "apiGroups": [group], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": resources,
+            }));
+        }
+    }
+    Value::Array(rules)
+}
+
+/// One validation: `rule` must hold for every container unless exempt.
+fn rule(id: &str, body: &str, message: &str) -> Value {
+    json!({
+        "expression": format!("variables.exempt.contains({}) || {body}", lit(id)),
+        "message": format!("{id}: {message} (probity backstop)"),
+        "reason": "Forbidden",
+    })
+}
+
+/// The CEL validations of `policy`'s static rules.
+pub fn validations(policy: &Policy) -> Vec<Value> {
+    let spec = &policy.spec;
+    let mut out = Vec::new();
+    let tagged = "c.image.matches('^[^@]*:[^/@]+(@.*)?$')";
+    let latest = "c.image.matches('^[^@]*:latest(@.*)?$')";
+    if spec.images.forbid_latest {
+        out.push(rule(
+            "PRB001",
+            &format!(
+                "variables.containers.all(c, !{latest} && ({tagged} || c.image.contains('@')))"
+            ),
+            "images must name a tag other than latest, or a digest",
+        ));
+    }
+    if spec.images.require_digest {
+        out.push(rule(
+            "PRB002",
+            "variables.containers.all(c, c.image.matches('@sha(256:[a-f0-9]{64}|384:[a-f0-9]{96}|512:[a-f0-9]{128})$'))",
+            "images must be pinned by digest (image@sha256:...)",
+        ));
+    }
+    if !spec.images.allowed_registries.is_empty() {
+        let alternatives: Vec<String> = spec
+            .images
+            .allowed_registries
+            .iter()
+            .map(|r| regex_escape(r.trim_end_matches('/')))
+            .collect();
+        let pattern = format!("^({})([/:@]|$)", alternatives.join("|"));
+        // References without a registry host are docker.io's, and
+        // single-name ones are under library/.
+        let normalised = "(c.image.matches('^[^/]*[.:][^/]*/') || c.image.startsWith('localhost/') \
+             ? c.image \
+             : 'docker.io/' + (c.image.split('@')[0].split(':')[0].contains('/') ? '' : 'library/') + c.image)";
+        out.push(rule(
+            "PRB003",
+            &format!(
+                "variables.containers.all(c, {normalised}.matches({}))",
+                lit(&pattern)
+            ),
+            &format!(
+                "images must come from an allowed registry ({})",
+                spec.images.allowed_registries.join(", ")
+            ),
+        ));
+    }
+    let (readiness, liveness, startup) = match spec.profile {
+        Profile::Server => (
+            spec.probes.readiness.required,
+            spec.probes.liveness.required,
+            spec.probes.startup.required,
+        ),
+        Profile::Consumer => (false, true, true),
+    };
+    for (required, id, field) in [
+        (readiness, "PRB101", "readinessProbe"),
+        (liveness, "PRB102", "livenessProbe"),
+        (startup, "PRB103", "startupProbe"),
+    ] {
+        if required {
+            out.push(rule(
+                id,
+                &format!(
+                    "!variables.longRunning || variables.podSpec.containers.all(c, has(c.{field}))"
+                ),
+                &format!("every container needs a {field}"),
+            ));
+        }
+    }
+    out
+}
+
+/// The ValidatingAdmissionPolicy and its binding for `policy`;
+/// `excluded_namespaces` are never matched (kube-system, probity's own).
+pub fn backstop(policy: &Policy, excluded_namespaces: &[String]) -> (Value, Value) {
+    let name = object_name(policy);
+    let labels = json!({MANAGED_BY.0: MANAGED_BY.1, POLICY_LABEL: policy_label(policy)});
+    let variables = json!([
+        {"name": "podSpec", "expression":
+            "object.kind == 'Pod' ? object.spec : (object.kind == 'CronJob' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec)"},
+        {"name": "containers", "expression":
+            "variables.podSpec.containers + (has(variables.podSpec.initContainers) ? variables.podSpec.initContainers : [])"},
+        {"name": "longRunning", "expression": "!(object.kind in ['Job', 'CronJob'])"},
+        {"name": "exempt", "expression":
+            "(has(object.metadata.annotations) && 'probity.dev/exempt' in object.metadata.annotations ? object.metadata.annotations['probity.dev/exempt'].split(':')[0] : '') + ',' + (object.kind != 'Pod' && object.kind != 'CronJob' && has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && 'probity.dev/exempt' in object.spec.template.metadata.annotations ? object.spec.template.metadata.annotations['probity.dev/exempt'].split(':')[0] : '')"},
+    ]);
+    let vap = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": resource_rules(&policy.spec.match_.kinds),
+                "matchPolicy": "Equivalent",
+            },
+            // Objects a controller owns are judged through their owner.
+            "matchConditions": [{
+                "name": "not-controlled",
+                "expression": "!has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller)",
+            }],
+            "variables": variables,
+            "validations": validations(policy),
+        },
+    });
+    let mut expressions = vec![json!({
+        "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded_namespaces,
+    })];
+    let mut namespace_selector = json!({});
+    match (
+        &policy.namespace,
+        policy.cluster,
+        &policy.namespace_selector,
+    ) {
+        (Some(ns), false, _) => expressions.push(json!({
+            "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns],
+        })),
+        (_, true, Some(selector)) => {
+            namespace_selector = serde_json::to_value(selector).unwrap_or_default();
+        }
+        _ => {}
+    }
+    let existing = namespace_selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    expressions.extend(existing);
+    namespace_selector["matchExpressions"] = Value::Array(expressions);
+    let mut match_resources = json!({"namespaceSelector": namespace_selector});
+    if let Some(selector) = &policy.spec.match_.selector {
+        match_resources["objectSelector"] = serde_json::to_value(selector).unwrap_or_default();
+    }
+    let actions = match policy.spec.mode {
+        Mode::Enforce => json!(["Deny"]),
+        // Audit: the webhook already warns; the backstop only records.
+        Mode::Audit => json!(["Audit"]),
+    };
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "policyName": name,
+            "validationActions": actions,
+            "matchResources": match_resources,
+        },
+    });
+    (vap, binding)
+}
+
+/// The label value naming `policy`: label values are at most 63
+/// characters of `[A-Za-z0-9._-]`.
+pub fn policy_label(policy: &Policy) -> String {
+    let raw: String = object_name(policy)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    let trimmed: String = raw.chars().take(63).collect();
+    trimmed.trim_end_matches(['.', '_', '-']).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ReadinessPolicySpec;
+
+    fn policy(spec: ReadinessPolicySpec) -> Policy {
+        Policy {
+            name: "ClusterReadinessPolicy/strict".to_owned(),
+            spec,
+            namespace: None,
+            namespace_selector: None,
+            cluster: true,
+        }
+    }
+
+    #[test]
+    fn default_policy_compiles_image_and_probe_rules() {
+        let p = policy(ReadinessPolicySpec::default());
+        let ids: Vec<String> = validations(&p)
+            .iter()
+            .map(|v| v["message"].as_str().unwrap_or_default()[..6].to_owned())
+            .collect();
+        assert_eq!(ids, ["PRB001", "PRB002", "PRB101", "PRB102"]);
+        let (vap, binding) = backstop(&p, &["kube-system".to_owned()]);
+        assert_eq!(vap["metadata"]["name"], "probity-crpol.strict");
+        assert_eq!(binding["spec"]["policyName"], "probity-crpol.strict");
+        assert_eq!(binding["spec"]["validationActions"], json!(["Audit"]));
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["kube-system"])
+        );
+    }
+
+    #[test]
+    fn registries_become_an_anchored_pattern() {
+        let mut spec = ReadinessPolicySpec::default();
+        spec.images.allowed_registries = vec![
+            "registry.internal:5000".to_owned(),
+            "ghcr.io/acme".to_owned(),
+        ];
+        let rules = validations(&policy(spec));
+        let prb003 = rules
+            .iter()
+            .find(|r| {
+                r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("PRB003"))
+            })
+            .map(|r| r["expression"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        assert!(
+            prb003.contains(r"'^(registry\\.internal:5000|ghcr\\.io/acme)([/:@]|$)'"),
+            "{prb003}"
+        );
+    }
+
+    #[test]
+    fn consumers_need_liveness_and_startup_not_readiness() {
+        let spec = ReadinessPolicySpec {
+            profile: Profile::Consumer,
+            ..ReadinessPolicySpec::default()
+        };
+        let messages: Vec<String> = validations(&policy(spec))
+            .iter()
+            .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(messages.iter().any(|m| m.starts_with("PRB102")));
+        assert!(messages.iter().any(|m| m.starts_with("PRB103")));
+        assert!(!messages.iter().any(|m| m.starts_with("PRB101")));
+    }
+
+    #[test]
+    fn namespaced_policies_bind_to_their_namespace() {
+        let p = Policy {
+            name: "ReadinessPolicy/shop/web".to_owned(),
+            spec: ReadinessPolicySpec {
+                mode: Mode::Enforce,
+                ..ReadinessPolicySpec::default()
+            },
+            namespace: Some("shop".to_owned()),
+            namespace_selector: None,
+            cluster: false,
+        };
+        let (_, binding) = backstop(&p, &[]);
+        assert_eq!(binding["metadata"]["name"], "probity-rpol.shop.web");
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][1]["values"],
+            json!(["shop"])
+        );
+    }
+}
