@@ -203,6 +203,11 @@ pub(crate) struct OperatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(50..=29_000), help_heading = "Webhooks")]
     pub(crate) admission_budget_ms: u64,
 
+    /// Keep a ValidatingAdmissionPolicy per policy with its static rules in
+    /// CEL, so they hold while the webhooks are down (failurePolicy Ignore).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Webhooks")]
+    pub(crate) vap_backstop: bool,
+
     /// Registry credentials for digest pinning: a Docker config file
     /// (`config.json`, or a mounted `.dockerconfigjson`).
     #[arg(

@@ -59,6 +59,11 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
         lease.retry_period = (lease.lease_duration / 7).max(Duration::from_millis(250));
         options.lease = Some(lease);
     }
+    if args.vap_backstop {
+        let mut exclude = vec!["kube-system".to_owned(), args.lease_namespace.clone()];
+        exclude.dedup();
+        options.backstop = Some(exclude);
+    }
     if let Some(addr) = args.webhook_addr {
         options.webhooks = Some(webhook_options(args, addr)?);
     }

@@ -630,6 +630,15 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
     config["webhooks"][0]["timeoutSeconds"] = json!(2);
     apply_webhook(&client, &config).await?;
 
+    // Violating before the backstop exists: later edits must not be blocked.
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    create(
+        &api,
+        &deployment("legacy", "registry.example/app:latest"),
+        false,
+    )
+    .await?;
+
     // `probity vap` output, applied as a GitOps pipeline would.
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("policy.yaml");
@@ -662,7 +671,6 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
     };
     assert!(apply.status.success(), "{}\n{yaml}", text(&apply));
 
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     // Policies take effect within a second or two of being written.
     let message = eventually(WAIT, "the backstop denies :latest", || async {
         match create(
@@ -695,6 +703,20 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
     assert!(message.contains("PRB003"), "{message}");
     let implicit = deployment("implicit", &format!("nginx:1.27@{DIGEST}"));
     assert!(vap_denial(create(&api, &implicit, true).await).contains("PRB003"));
+
+    // An UPDATE that keeps an old violation passes; one that introduces a
+    // violation does not.
+    let scale = json!({"spec": {"replicas": 2}});
+    api.patch("legacy", &PatchParams::default(), &Patch::Merge(&scale))
+        .await?;
+    create(&api, &deployment("fine", &pinned()), false).await?;
+    let regress = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "registry.example/app:latest"}]}}}});
+    let result = api
+        .patch("fine", &PatchParams::default(), &Patch::Strategic(&regress))
+        .await
+        .map(drop);
+    assert!(vap_denial(result).contains("PRB001"));
 
     // Compliant, exempt, controlled objects and Jobs without probes pass.
     create(&api, &deployment("good", &pinned()), true).await?;
@@ -741,4 +763,87 @@ fn vap_denial(result: Result<(), kube::Error>) -> String {
         Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
         other => panic!("expected the backstop to deny, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "sync-system").await?;
+    let ns = env.namespace(&client, "sync").await?;
+    let port = free_port();
+    let config = format!("{system}-validate");
+    let mut webhook = webhook_config(&config, port, &[&ns], None);
+    webhook["webhooks"][0]["failurePolicy"] = json!("Ignore");
+    webhook["webhooks"][0]["timeoutSeconds"] = json!(2);
+    apply_webhook(&client, &webhook).await?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut operator = Operator::start(
+        env.kubeconfig(),
+        "backstop",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            &config,
+            "--mutating-webhook-configuration",
+            "",
+        ],
+    );
+    let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
+    for name in ["strict", "doomed"] {
+        let rp: ReadinessPolicy = serde_json::from_value(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": name}, "spec": {"mode": "Enforce"},
+        }))?;
+        policies.create(&PostParams::default(), &rp).await?;
+    }
+    let vaps: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let strict = format!("probity-rpol.{ns}.strict");
+    let doomed = format!("probity-rpol.{ns}.doomed");
+    for name in [&strict, &doomed] {
+        eventually(WAIT, "the operator applies the backstop", || async {
+            vaps.get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(drop)
+                .ok_or_else(|| "not yet".to_owned())
+        })
+        .await;
+    }
+    // A deleted policy's backstop goes too.
+    policies.delete("doomed", &Default::default()).await?;
+    eventually(WAIT, "the stale backstop is deleted", || async {
+        match vaps.get_opt(&doomed).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await;
+
+    // The webhook process dies; the webhook fails open, the backstop holds.
+    operator.kill();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let message = eventually(WAIT, "the backstop denies :latest", || async {
+        match create(&api, &deployment("web", "nginx:latest"), true).await {
+            Err(kube::Error::Api(s)) if s.message.contains("probity backstop") => Ok(s.message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(message.contains("PRB001"), "{message}");
+    let mut bare = deployment("bare", &pinned());
+    bare["spec"]["template"]["spec"]["containers"][0]
+        .as_object_mut()
+        .map(|c| c.retain(|k, _| k != "livenessProbe"));
+    assert!(vap_denial(create(&api, &bare, true).await).contains("PRB102"));
+    create(&api, &deployment("good", &pinned()), true).await?;
+    Ok(())
 }

@@ -5,14 +5,16 @@
 //! outage never blocks the cluster, and these rules still hold.
 //!
 //! What CEL does not check (the backstop is deliberately narrower than the
-//! webhook): probe paths, timeouts and windows (PRB104-PRB109), UPDATE
-//! leniency for existing violations, and malformed references (PRB004).
-//! Exemption annotations are honoured by rule id.
+//! webhook): probe paths, timeouts and windows (PRB104-PRB109) and
+//! malformed references (PRB004). On UPDATE it denies only violations the
+//! update introduces (unless `admission.existingViolations: Deny`), so it
+//! never blocks an edit the webhook would admit. Exemption annotations are
+//! honoured by rule id.
 
 use serde_json::{Value, json};
 
 use crate::lint::policies::Policy;
-use crate::policy::{Mode, Profile, WorkloadKind};
+use crate::policy::{ExistingViolations, Mode, Profile, WorkloadKind};
 
 /// Label on every generated object.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "probity-operator");
@@ -92,10 +94,28 @@ fn resource_rules(kinds: &[WorkloadKind]) -> Value {
     Value::Array(rules)
 }
 
-/// One validation: `rule` must hold for every container unless exempt.
-fn rule(id: &str, body: &str, message: &str) -> Value {
+/// One validation. `body` is written against `{containers}` (every
+/// container) and `{pod_containers}` (app containers); it must hold for the
+/// object unless exempt. With `lenient`, an UPDATE of an object that already
+/// broke the rule passes: the backstop only stops what an update introduces.
+fn rule(id: &str, body: &str, message: &str, lenient: bool) -> Value {
+    let on = |containers: &str, pod_containers: &str| {
+        body.replace("{containers}", containers)
+            .replace("{pod_containers}", pod_containers)
+    };
+    let mut expression = format!(
+        "variables.exempt.contains({}) || {}",
+        lit(id),
+        on("variables.containers", "variables.podSpec.containers")
+    );
+    if lenient {
+        expression.push_str(&format!(
+            " || !({})",
+            on("variables.oldContainers", "variables.oldPodContainers")
+        ));
+    }
     json!({
-        "expression": format!("variables.exempt.contains({}) || {body}", lit(id)),
+        "expression": expression,
         "message": format!("{id}: {message} (probity backstop)"),
         "reason": "Forbidden",
     })
@@ -104,23 +124,24 @@ fn rule(id: &str, body: &str, message: &str) -> Value {
 /// The CEL validations of `policy`'s static rules.
 pub fn validations(policy: &Policy) -> Vec<Value> {
     let spec = &policy.spec;
+    let lenient = spec.admission.existing_violations == ExistingViolations::Warn;
     let mut out = Vec::new();
     let tagged = "c.image.matches('^[^@]*:[^/@]+(@.*)?$')";
     let latest = "c.image.matches('^[^@]*:latest(@.*)?$')";
     if spec.images.forbid_latest {
         out.push(rule(
             "PRB001",
-            &format!(
-                "variables.containers.all(c, !{latest} && ({tagged} || c.image.contains('@')))"
-            ),
+            &format!("{{containers}}.all(c, !{latest} && ({tagged} || c.image.contains('@')))"),
             "images must name a tag other than latest, or a digest",
+            lenient,
         ));
     }
     if spec.images.require_digest {
         out.push(rule(
             "PRB002",
-            "variables.containers.all(c, c.image.matches('@sha(256:[a-f0-9]{64}|384:[a-f0-9]{96}|512:[a-f0-9]{128})$'))",
+            "{containers}.all(c, c.image.matches('@sha(256:[a-f0-9]{64}|384:[a-f0-9]{96}|512:[a-f0-9]{128})$'))",
             "images must be pinned by digest (image@sha256:...)",
+            lenient,
         ));
     }
     if !spec.images.allowed_registries.is_empty() {
@@ -139,13 +160,14 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
         out.push(rule(
             "PRB003",
             &format!(
-                "variables.containers.all(c, {normalised}.matches({}))",
+                "{{containers}}.all(c, {normalised}.matches({}))",
                 lit(&pattern)
             ),
             &format!(
                 "images must come from an allowed registry ({})",
                 spec.images.allowed_registries.join(", ")
             ),
+            lenient,
         ));
     }
     let (readiness, liveness, startup) = match spec.profile {
@@ -164,10 +186,9 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
         if required {
             out.push(rule(
                 id,
-                &format!(
-                    "!variables.longRunning || variables.podSpec.containers.all(c, has(c.{field}))"
-                ),
+                &format!("(!variables.longRunning || {{pod_containers}}.all(c, has(c.{field})))"),
                 &format!("every container needs a {field}"),
+                lenient,
             ));
         }
     }
@@ -185,6 +206,12 @@ pub fn backstop(policy: &Policy, excluded_namespaces: &[String]) -> (Value, Valu
         {"name": "containers", "expression":
             "variables.podSpec.containers + (has(variables.podSpec.initContainers) ? variables.podSpec.initContainers : [])"},
         {"name": "longRunning", "expression": "!(object.kind in ['Job', 'CronJob'])"},
+        {"name": "oldPodSpec", "expression":
+            "oldObject == null ? null : (oldObject.kind == 'Pod' ? oldObject.spec : (oldObject.kind == 'CronJob' ? oldObject.spec.jobTemplate.spec.template.spec : oldObject.spec.template.spec))"},
+        {"name": "oldPodContainers", "expression":
+            "oldObject == null ? [] : variables.oldPodSpec.containers"},
+        {"name": "oldContainers", "expression":
+            "oldObject == null ? [] : variables.oldPodSpec.containers + (has(variables.oldPodSpec.initContainers) ? variables.oldPodSpec.initContainers : [])"},
         {"name": "exempt", "expression":
             "(has(object.metadata.annotations) && 'probity.dev/exempt' in object.metadata.annotations ? object.metadata.annotations['probity.dev/exempt'].split(':')[0] : '') + ',' + (object.kind != 'Pod' && object.kind != 'CronJob' && has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && 'probity.dev/exempt' in object.spec.template.metadata.annotations ? object.spec.template.metadata.annotations['probity.dev/exempt'].split(':')[0] : '')"},
     ]);

@@ -13,6 +13,7 @@
 //!   Events; standbys keep warm caches and take over within a lease
 //!   duration.
 
+mod backstop;
 pub mod drift;
 pub mod leader;
 mod metrics;
@@ -67,6 +68,9 @@ pub struct Options {
     pub resync: Duration,
     /// The admission webhooks; `None` serves none.
     pub webhooks: Option<WebhookOptions>,
+    /// Keep a ValidatingAdmissionPolicy backstop per policy, its bindings
+    /// never matching these namespaces; `None` keeps none.
+    pub backstop: Option<Vec<String>>,
 }
 
 impl Options {
@@ -80,6 +84,7 @@ impl Options {
             debounce: Duration::from_millis(500),
             resync: Duration::from_secs(600),
             webhooks: None,
+            backstop: None,
         }
     }
 }
@@ -130,6 +135,7 @@ pub(crate) struct Context {
     synced_tx: tokio::sync::watch::Sender<bool>,
     /// Set when each policy watch (namespaced, cluster) has listed once.
     policy_lists: [Arc<AtomicBool>; 2],
+    backstop: Option<backstop::Backstop>,
 }
 
 impl Context {
@@ -251,6 +257,7 @@ pub async fn run(
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
         ],
+        backstop: options.backstop.clone().map(backstop::Backstop::new),
     });
 
     let triggers = Triggers {
@@ -279,6 +286,13 @@ pub async fn run(
         options.identity.clone(),
         stop.clone(),
     )));
+    if ctx.backstop.is_some() {
+        tasks.push(tokio::spawn(backstop::sweep(
+            Arc::clone(&ctx),
+            Duration::from_secs(10),
+            stop.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(report_sync(
         Arc::clone(&ctx),
         started,

@@ -176,6 +176,7 @@ pub(crate) async fn reconcile<P: PolicyObject>(
             .await?;
         }
         queue_events(&ctx, &policy, &uid, &outcome);
+        super::backstop::sync(&ctx, &*obj).await?;
     }
     record_violation_metrics(&ctx, &policy.name, &outcome);
     if let Ok(mut failures) = ctx.failures.lock() {
