@@ -40,12 +40,46 @@ pub(crate) enum Command {
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
     Operator(Box<OperatorArgs>),
+    /// Pin image tags in manifest files to the digests their registries
+    /// serve now (`repo:tag` -> `repo:tag@sha256:...`), in place, keeping
+    /// comments and formatting.
+    ///
+    /// Exit status: 0 every image pinned, 1 some image left unpinned (or
+    /// would change, with --dry-run), 2 usage or input errors.
+    Pin(PinArgs),
     /// Print the ValidatingAdmissionPolicy backstop (policy + binding) of
     /// each ReadinessPolicy / ClusterReadinessPolicy in the files, for
     /// GitOps; the operator keeps the same objects in sync by itself.
     ///
     /// Exit status: 0 printed, 2 unreadable or invalid policies.
     Vap(VapArgs),
+}
+
+/// `probity pin`.
+#[derive(Debug, Args)]
+pub(crate) struct PinArgs {
+    /// Files or directories (*.yaml, *.yml, *.json, recursively); `-` reads
+    /// standard input and writes the result to standard output.
+    #[arg(value_name = "PATH", required = true)]
+    pub(crate) paths: Vec<PathBuf>,
+
+    /// Print a diff of what would change; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Registry credentials: a Docker config file (default:
+    /// $DOCKER_CONFIG/config.json or ~/.docker/config.json, when present).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) registry_config: Option<PathBuf>,
+
+    /// A registry (`host[:port]`) that may be reached over plain HTTP;
+    /// loopback registries always may. Repeatable or comma-separated.
+    #[arg(long, value_name = "HOST", value_delimiter = ',')]
+    pub(crate) insecure_registry: Vec<String>,
+
+    /// Seconds allowed per registry call.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) timeout: u64,
 }
 
 /// `probity vap`.

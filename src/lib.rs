@@ -23,5 +23,6 @@ pub mod admission;
 pub mod controller;
 pub mod emit;
 pub mod lint;
+pub mod pin;
 pub mod policy;
 pub mod registry;

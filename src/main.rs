@@ -3,6 +3,7 @@
 mod cli;
 mod lint_cmd;
 mod operator_cmd;
+mod pin_cmd;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     match &cli.command {
         cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
         cli::Command::Operator(args) => ExitCode::from(operator_cmd::run(args)),
+        cli::Command::Pin(args) => ExitCode::from(pin_cmd::run(args)),
         cli::Command::Vap(args) => ExitCode::from(lint_cmd::vap(args)),
         cli::Command::Crd { reference } => {
             use std::io::Write as _;

@@ -689,9 +689,9 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
     assert!(message.contains("probity backstop"), "{message}");
 
     let mut no_probes = deployment("bare", &pinned());
-    no_probes["spec"]["template"]["spec"]["containers"][0]
-        .as_object_mut()
-        .map(|c| c.retain(|k, _| k != "readinessProbe" && k != "livenessProbe"));
+    if let Some(c) = no_probes["spec"]["template"]["spec"]["containers"][0].as_object_mut() {
+        c.retain(|k, _| k != "readinessProbe" && k != "livenessProbe");
+    }
     let message = vap_denial(create(&api, &no_probes, true).await);
     assert!(message.contains("PRB101"), "{message}");
 
@@ -840,9 +840,9 @@ async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::R
     .await;
     assert!(message.contains("PRB001"), "{message}");
     let mut bare = deployment("bare", &pinned());
-    bare["spec"]["template"]["spec"]["containers"][0]
-        .as_object_mut()
-        .map(|c| c.retain(|k, _| k != "livenessProbe"));
+    if let Some(c) = bare["spec"]["template"]["spec"]["containers"][0].as_object_mut() {
+        c.retain(|k, _| k != "livenessProbe");
+    }
     assert!(vap_denial(create(&api, &bare, true).await).contains("PRB102"));
     create(&api, &deployment("good", &pinned()), true).await?;
     Ok(())
