@@ -10,7 +10,7 @@ export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator control-plane demo clean-control-plane
+.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator bench-admission control-plane demo clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000
 
 registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
 	@hack/registry.sh install
+
+bench-admission: control-plane ## Admission: in-process µs per review, and create latency through the API server with and without the webhook
+	$(CARGO) bench --locked --bench admission
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build

@@ -7,6 +7,7 @@
 //! peak RSS (VmHWM).
 //!
 //! `make bench-operator`; `PROBITY_BENCH_SIZES=1000,5000` to choose sizes.
+//! Under `cargo test` (no `--bench`) it runs once with 50 Deployments.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -223,8 +224,11 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
+    // Under `cargo test` (no `--bench`): a small smoke run of the harness.
+    let full = std::env::args().any(|a| a == "--bench");
+    let default_sizes = if full { "1000,10000" } else { "50" };
     let sizes: Vec<usize> = std::env::var("PROBITY_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".to_owned())
+        .unwrap_or_else(|_| default_sizes.to_owned())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();

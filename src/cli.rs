@@ -262,7 +262,8 @@ pub(crate) struct OperatorArgs {
     )]
     pub(crate) insecure_registry: Vec<String>,
 
-    /// Seconds a resolved tag -> digest answer is reused.
+    /// Seconds a resolved tag -> digest answer is reused; `images.pin:
+    /// Report` policies re-check their tags this often.
     #[arg(
         long,
         value_name = "SECONDS",

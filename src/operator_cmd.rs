@@ -64,17 +64,33 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
         exclude.dedup();
         options.backstop = Some(exclude);
     }
+    let registry = Arc::new(registry_client(args)?);
+    options.registry = Some(Arc::clone(&registry));
+    options.tag_ttl = Duration::from_secs(args.registry_cache_ttl);
     if let Some(addr) = args.webhook_addr {
-        options.webhooks = Some(webhook_options(args, addr)?);
+        options.webhooks = Some(webhook_options(args, addr, registry));
     }
     controller::run(client, options, shutdown_signal()).await?;
     Ok(())
 }
 
+fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
+    let credentials = match &args.registry_config {
+        Some(path) => DockerConfig::read(path).context("--registry-config")?,
+        None => DockerConfig::default(),
+    };
+    Ok(RegistryClient::new(registry::Options {
+        cache_ttl: Duration::from_secs(args.registry_cache_ttl),
+        insecure: args.insecure_registry.clone(),
+        credentials,
+    })?)
+}
+
 fn webhook_options(
     args: &OperatorArgs,
     addr: std::net::SocketAddr,
-) -> anyhow::Result<WebhookOptions> {
+    registry: Arc<RegistryClient>,
+) -> WebhookOptions {
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => TlsSource::Files {
@@ -91,21 +107,12 @@ fn webhook_options(
             validity: Duration::from_secs(args.tls_cert_validity),
         }),
     };
-    let credentials = match &args.registry_config {
-        Some(path) => DockerConfig::read(path).context("--registry-config")?,
-        None => DockerConfig::default(),
-    };
-    let registry = RegistryClient::new(registry::Options {
-        cache_ttl: Duration::from_secs(args.registry_cache_ttl),
-        insecure: args.insecure_registry.clone(),
-        credentials,
-    })?;
-    Ok(WebhookOptions {
+    WebhookOptions {
         addr,
         tls,
         budget: Duration::from_millis(args.admission_budget_ms),
-        resolver: Some(Arc::new(registry)),
-    })
+        resolver: Some(registry),
+    }
 }
 
 /// SIGTERM or SIGINT.

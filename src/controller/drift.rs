@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::policy::rules::{IMAGE_DIGEST_DRIFT, RuleMeta, SYNCHRONIZED_RESTARTS};
+use crate::policy::rules::{IMAGE_DIGEST_DRIFT, RuleMeta, SYNCHRONIZED_RESTARTS, TAG_MOVED};
 
 /// What the operator keeps of a pod: its revision and, per container, the
 /// digest it runs and when it last restarted.
@@ -117,6 +117,44 @@ pub struct RuntimeFinding {
 
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min("sha256:".len() + 12)]
+}
+
+/// PRB302: the pods whose `container` runs a digest other than `current`,
+/// the digest `image`'s tag resolves to now.
+pub fn tag_moved<'a>(
+    pods: impl IntoIterator<Item = &'a PodObservation>,
+    container: &str,
+    image: &str,
+    current: &str,
+) -> Option<RuntimeFinding> {
+    let mut stale: Vec<(String, String)> = Vec::new();
+    for pod in pods {
+        for c in pod.containers.iter().filter(|c| c.name == container) {
+            if let Some(digest) = c.digest.as_deref().filter(|d| *d != current) {
+                stale.push((pod.name.clone(), digest.to_owned()));
+            }
+        }
+    }
+    if stale.is_empty() {
+        return None;
+    }
+    stale.sort();
+    let running: std::collections::BTreeSet<String> =
+        stale.iter().map(|(_, d)| short(d).to_owned()).collect();
+    let pods: Vec<String> = stale.into_iter().map(|(p, _)| p).collect();
+    let message = format!(
+        "tag {image} now points at {}, but {} run{} {}",
+        short(current),
+        pods.join(", "),
+        if pods.len() == 1 { "s" } else { "" },
+        running.into_iter().collect::<Vec<_>>().join(", "),
+    );
+    Some(RuntimeFinding {
+        rule: TAG_MOVED,
+        container: Some(container.to_owned()),
+        pods,
+        message,
+    })
 }
 
 /// PRB301: within each revision, for each container, the pods whose digest
@@ -249,6 +287,17 @@ mod tests {
             None,
             0,
         )
+    }
+
+    #[test]
+    fn tag_moved_names_the_pods_on_the_old_digest() {
+        let pods = [pod("web-a", "1", A), pod("web-b", "1", B)];
+        let finding = tag_moved(&pods, "app", "acme/app:1", B).expect("moved");
+        assert_eq!(finding.rule.id, "PRB302");
+        assert_eq!(finding.pods, ["web-a"]);
+        assert!(finding.message.starts_with("tag acme/app:1 now points at sha256:222222222222, but web-a runs sha256:111111111111"), "{}", finding.message);
+        assert!(tag_moved(&pods[1..], "app", "acme/app:1", B).is_none());
+        assert!(tag_moved(&pods, "other", "acme/app:1", B).is_none());
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub struct Options {
     /// Keep a ValidatingAdmissionPolicy backstop per policy, its bindings
     /// never matching these namespaces; `None` keeps none.
     pub backstop: Option<Vec<String>>,
+    /// Registry client for `images.pin: Report` (PRB302) and the mutating
+    /// webhook.
+    pub registry: Option<Arc<crate::registry::RegistryClient>>,
+    /// How long a resolved tag is trusted before `images.pin: Report`
+    /// policies ask the registry again.
+    pub tag_ttl: Duration,
 }
 
 impl Options {
@@ -85,6 +91,8 @@ impl Options {
             resync: Duration::from_secs(600),
             webhooks: None,
             backstop: None,
+            registry: None,
+            tag_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -116,6 +124,9 @@ pub enum Error {
 
 type Stop = Shared<BoxFuture<'static, ()>>;
 
+/// A tag's digest (or why not), and when it was asked.
+type TagAnswer = (Result<String, String>, Instant);
+
 /// State shared by the reconcilers.
 pub(crate) struct Context {
     client: Client,
@@ -136,6 +147,8 @@ pub(crate) struct Context {
     /// Set when each policy watch (namespaced, cluster) has listed once.
     policy_lists: [Arc<AtomicBool>; 2],
     backstop: Option<backstop::Backstop>,
+    /// Tag -> digest answers for `images.pin: Report`, with when.
+    tags: Mutex<HashMap<String, TagAnswer>>,
 }
 
 impl Context {
@@ -258,6 +271,7 @@ pub async fn run(
             Arc::new(AtomicBool::new(false)),
         ],
         backstop: options.backstop.clone().map(backstop::Backstop::new),
+        tags: Mutex::new(HashMap::new()),
     });
 
     let triggers = Triggers {

@@ -2,7 +2,7 @@
 //! changed since the last look), add runtime findings from pod status,
 //! write a bounded status, queue Events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,9 +26,10 @@ use super::store::WorkloadKey;
 use super::{Context, Error, FIELD_MANAGER, Stop};
 use crate::lint::policies::Policy;
 use crate::policy::rules::RuleMeta;
-use crate::policy::status::{MAX_LISTED_VIOLATIONS, PolicyStatus, ViolationRef};
+use crate::policy::status::{MAX_LISTED_VIOLATIONS, PolicyStatus, ResolvedImage, ViolationRef};
 use crate::policy::{
-    Classified, ClusterReadinessPolicy, ReadinessPolicy, Workload, WorkloadKind, evaluate, selector,
+    Classified, ClusterReadinessPolicy, PinMode, ReadinessPolicy, Workload, WorkloadKind, evaluate,
+    selector,
 };
 
 /// What the reconciler needs of either policy kind.
@@ -154,11 +155,34 @@ pub(crate) async fn reconcile<P: PolicyObject>(
     .flatten()
     .find_map(|s| selector::validate(s).err());
 
+    let report = policy.spec.images.pin == PinMode::Report && ctx.options.registry.is_some();
     let mut outcome = Outcome::default();
+    let mut tags: Option<TagSnapshot> = None;
     if invalid.is_none() {
-        outcome = evaluate_matched(&ctx, &policy, &uid, generation, now, window);
+        let empty = TagSnapshot::new();
+        let first = report.then_some(&empty);
+        outcome = evaluate_matched(&ctx, &policy, &uid, generation, now, window, first);
+        if report {
+            // The tags are known once matched: resolve, then judge PRB302.
+            let snapshot = resolve_tags(&ctx, &outcome.tags).await;
+            outcome = evaluate_matched(
+                &ctx,
+                &policy,
+                &uid,
+                generation,
+                now,
+                window,
+                Some(&snapshot),
+            );
+            tags = Some(snapshot);
+        }
     }
-    let status = build_status(&*obj, &outcome, invalid.as_ref().map(ToString::to_string));
+    let status = build_status(
+        &*obj,
+        &outcome,
+        invalid.as_ref().map(ToString::to_string),
+        tags.as_ref(),
+    );
 
     if ctx.leadership.is_leader() {
         if obj.status() != Some(&status) {
@@ -201,7 +225,14 @@ pub(crate) async fn reconcile<P: PolicyObject>(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reconciled"
     );
-    Ok(if outcome.restart_findings {
+    Ok(if report {
+        Action::requeue(
+            ctx.options
+                .tag_ttl
+                .max(Duration::from_secs(1))
+                .min(ctx.options.resync),
+        )
+    } else if outcome.restart_findings {
         Action::requeue(ctx.options.restart_window.min(ctx.options.resync))
     } else {
         Action::requeue(ctx.options.resync)
@@ -257,6 +288,8 @@ struct Outcome {
     /// Non-exempt findings per violating workload.
     violations: Vec<(WorkloadRef, Vec<Found>)>,
     restart_findings: bool,
+    /// `images.pin: Report`: the tags of the matched workloads.
+    tags: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +305,7 @@ fn evaluate_matched(
     generation: i64,
     now: i64,
     window: i64,
+    tags: Option<&TagSnapshot>,
 ) -> Outcome {
     let kinds: Vec<WorkloadKind> = if policy.spec.match_.kinds.is_empty() {
         WorkloadKind::ALL.to_vec()
@@ -335,7 +369,11 @@ fn evaluate_matched(
             let key = slim.key(kind);
             let mut found: Vec<Found> = findings.to_vec();
             if kind.is_long_running() && kind != WorkloadKind::Pod {
-                let runtime = runtime_findings(ctx, &key, now, window);
+                let pods = pod_observations(ctx, &key);
+                if let Some(tags) = tags {
+                    found.extend(tag_findings(body, &pods, tags, &mut outcome.tags));
+                }
+                let runtime = runtime_findings(&pods, now, window);
                 outcome.restart_findings |= runtime
                     .iter()
                     .any(|f| f.rule.id == crate::policy::rules::SYNCHRONIZED_RESTARTS.id);
@@ -400,7 +438,8 @@ fn evaluate_body(policy: &Policy, body: &str) -> Vec<Found> {
         .collect()
 }
 
-fn runtime_findings(ctx: &Context, key: &WorkloadKey, now: i64, window: i64) -> Vec<Found> {
+/// The observed pods of a workload.
+fn pod_observations(ctx: &Context, key: &WorkloadKey) -> Vec<PodObservation> {
     let names = ctx.pods.pods_of(key);
     if names.is_empty() {
         return Vec::new();
@@ -408,15 +447,57 @@ fn runtime_findings(ctx: &Context, key: &WorkloadKey, now: i64, window: i64) -> 
     let Some(store) = ctx.store(WorkloadKind::Pod) else {
         return Vec::new();
     };
-    let pods: Vec<PodObservation> = names
+    names
         .iter()
         .filter_map(|name| {
             let pod =
                 store.get(&ObjectRef::new_with(name, WorkloadKind::Pod).within(&key.namespace))?;
             Some(pod.pod.as_ref()?.observation.clone())
         })
-        .collect();
-    let mut out: Vec<Found> = drift::digest_drift(&pods)
+        .collect()
+}
+
+/// PRB302 for one workload: each container whose tag (unpinned) now
+/// resolves to a digest some of its pods do not run. Every such tag is
+/// added to `wanted`.
+fn tag_findings(
+    body: &str,
+    pods: &[PodObservation],
+    tags: &TagSnapshot,
+    wanted: &mut BTreeSet<String>,
+) -> Vec<Found> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let Ok(Classified::Workload(workload)) = Workload::classify(&value) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for container in &workload.pod.containers {
+        let Some(image) = container.image.as_deref() else {
+            continue;
+        };
+        let pinned = crate::policy::Reference::parse(image).map_or(true, |r| r.is_pinned());
+        if pinned {
+            continue;
+        }
+        wanted.insert(image.to_owned());
+        if let Some(Ok(current)) = tags.get(image)
+            && let Some(f) = drift::tag_moved(pods, &container.name, image, current)
+        {
+            out.push(Found {
+                rule: f.rule,
+                container: f.container,
+                message: f.message,
+                exempt: false,
+            });
+        }
+    }
+    out
+}
+
+fn runtime_findings(pods: &[PodObservation], now: i64, window: i64) -> Vec<Found> {
+    let mut out: Vec<Found> = drift::digest_drift(pods)
         .into_iter()
         .map(|f| Found {
             rule: f.rule,
@@ -426,7 +507,7 @@ fn runtime_findings(ctx: &Context, key: &WorkloadKey, now: i64, window: i64) -> 
         })
         .collect();
     out.extend(
-        drift::synchronized_restarts(&pods, now, window).map(|f| Found {
+        drift::synchronized_restarts(pods, now, window).map(|f| Found {
             rule: f.rule,
             container: f.container,
             message: f.message,
@@ -457,6 +538,7 @@ fn build_status<P: PolicyObject>(
     obj: &P,
     outcome: &Outcome,
     invalid: Option<String>,
+    tags: Option<&TagSnapshot>,
 ) -> PolicyStatus {
     let generation = obj.meta().generation;
     let mut violations: Vec<ViolationRef> = outcome
@@ -543,7 +625,95 @@ fn build_status<P: PolicyObject>(
         violations_omitted: i64::try_from(total.saturating_sub(MAX_LISTED_VIOLATIONS))
             .unwrap_or(i64::MAX),
         violations,
+        images: tags
+            .map(|t| {
+                outcome
+                    .tags
+                    .iter()
+                    .take(MAX_LISTED_VIOLATIONS)
+                    .map(|image| match t.get(image) {
+                        Some(Ok(digest)) => ResolvedImage {
+                            image: image.clone(),
+                            digest: Some(digest.clone()),
+                            error: None,
+                        },
+                        Some(Err(e)) => ResolvedImage {
+                            image: image.clone(),
+                            digest: None,
+                            error: Some(e.clone()),
+                        },
+                        None => ResolvedImage {
+                            image: image.clone(),
+                            digest: None,
+                            error: Some("not resolved yet".to_owned()),
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        images_omitted: i64::try_from(outcome.tags.len().saturating_sub(MAX_LISTED_VIOLATIONS))
+            .unwrap_or(i64::MAX),
     }
+}
+
+/// Tag -> digest answers, as of the last resolution.
+pub(crate) type TagSnapshot = HashMap<String, Result<String, String>>;
+
+/// Resolves the tags not resolved within the tag TTL (`--registry-cache-ttl`),
+/// at most 8 at once, within 10 s, and returns every current answer.
+async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
+    use futures::StreamExt as _;
+    let fresh = |ctx: &Context| -> (TagSnapshot, Vec<String>) {
+        let Ok(tags) = ctx.tags.lock() else {
+            return (TagSnapshot::new(), Vec::new());
+        };
+        let mut snapshot = TagSnapshot::new();
+        let mut stale = Vec::new();
+        for image in wanted {
+            match tags.get(image) {
+                Some((answer, at)) if at.elapsed() < ctx.options.tag_ttl => {
+                    snapshot.insert(image.clone(), answer.clone());
+                }
+                _ => stale.push(image.clone()),
+            }
+        }
+        (snapshot, stale)
+    };
+    let (mut snapshot, stale) = fresh(ctx);
+    let Some(registry) = ctx.options.registry.as_ref() else {
+        return snapshot;
+    };
+    if stale.is_empty() {
+        return snapshot;
+    }
+    let answers: Vec<(String, Result<String, String>)> = probity_probe::deadline::scope(
+        Duration::from_secs(10),
+        futures::stream::iter(stale)
+            .map(|image| async move {
+                let answer = match crate::policy::Reference::parse(&image) {
+                    Ok(reference) => registry
+                        .digest(&reference)
+                        .await
+                        .map(|d| d.to_string())
+                        .map_err(|e| e.reason),
+                    Err(e) => Err(e.to_string()),
+                };
+                (image, answer)
+            })
+            .buffer_unordered(8)
+            .collect(),
+    )
+    .await;
+    if let Ok(mut tags) = ctx.tags.lock() {
+        for (image, answer) in &answers {
+            tags.insert(image.clone(), (answer.clone(), Instant::now()));
+        }
+        // Bounded: forget answers nobody asked for in a while.
+        let keep = ctx.options.tag_ttl * 10;
+        tags.retain(|_, (_, at)| at.elapsed() < keep);
+    }
+    snapshot.extend(answers);
+    snapshot
 }
 
 fn fingerprint(found: &[&Found]) -> u64 {

@@ -18,7 +18,7 @@ pub use spec::{
     WorkloadKind,
 };
 pub use spec::{ClusterReadinessPolicy, ReadinessPolicy};
-pub use status::{PolicyStatus, ViolationRef};
+pub use status::{PolicyStatus, ResolvedImage, ViolationRef};
 pub use workload::{Classified, InvalidWorkload, Workload};
 
 /// The CustomResourceDefinitions of `ReadinessPolicy` and

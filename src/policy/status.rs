@@ -41,6 +41,27 @@ pub struct PolicyStatus {
     /// Violations not listed because of the bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub violations_omitted: i64,
+    /// With `images.pin: Report`: the digest each tag of the matched
+    /// workloads resolves to now, sorted by image; at most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ResolvedImage>,
+    /// Resolved images not listed because of the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images_omitted: i64,
+}
+
+/// A tag and the digest its registry serves now.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedImage {
+    /// The image as the workloads name it (`registry/app:1.4`).
+    pub image: String,
+    /// `sha256:...`, when the registry answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it could not be resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn is_zero(n: &i64) -> bool {

@@ -19,6 +19,7 @@ mod prb107_liveness_window_too_short;
 mod prb108_liveness_fires_before_readiness;
 mod prb109_probe_port_not_declared;
 mod prb301_image_digest_drift;
+mod prb302_tag_moved;
 mod prb303_synchronized_restarts;
 mod prb900_invalid_exemption;
 
@@ -58,7 +59,7 @@ macro_rules! rule {
 use rule;
 
 /// Every rule, in id order.
-pub const ALL: [&RuleMeta; 16] = [
+pub const ALL: [&RuleMeta; 17] = [
     &prb001_image_latest_tag::META,
     &prb002_image_not_pinned::META,
     &prb003_image_registry_not_allowed::META,
@@ -73,12 +74,16 @@ pub const ALL: [&RuleMeta; 16] = [
     &prb108_liveness_fires_before_readiness::META,
     &prb109_probe_port_not_declared::META,
     &prb301_image_digest_drift::META,
+    &prb302_tag_moved::META,
     &prb303_synchronized_restarts::META,
     &prb900_invalid_exemption::META,
 ];
 
 /// PRB301, evaluated by the operator from pod status.
 pub const IMAGE_DIGEST_DRIFT: &RuleMeta = &prb301_image_digest_drift::META;
+
+/// PRB302, evaluated by the operator from the registry and pod status.
+pub const TAG_MOVED: &RuleMeta = &prb302_tag_moved::META;
 
 /// PRB303, evaluated by the operator from pod status.
 pub const SYNCHRONIZED_RESTARTS: &RuleMeta = &prb303_synchronized_restarts::META;
@@ -92,7 +97,7 @@ pub fn find(id_or_name: &str) -> Option<&'static RuleMeta> {
 
 /// The rules only the operator can evaluate, from pod status; manifests
 /// alone never show them.
-pub const RUNTIME: [&RuleMeta; 2] = [IMAGE_DIGEST_DRIFT, SYNCHRONIZED_RESTARTS];
+pub const RUNTIME: [&RuleMeta; 3] = [IMAGE_DIGEST_DRIFT, TAG_MOVED, SYNCHRONIZED_RESTARTS];
 
 impl RuleMeta {
     /// Whether this is a runtime rule (see [`RUNTIME`]).

@@ -1,0 +1,304 @@
+//! Admission cost, two ways, in one run:
+//!
+//! 1. In-process: decode an AdmissionReview (a Deployment with three
+//!    containers), evaluate three policies, encode the response. Time per
+//!    review, p50 and p99.
+//! 2. End to end through a real kube-apiserver: p50/p99 latency of
+//!    Deployment creates at 50 concurrent clients, in a namespace the
+//!    webhook covers and in one it does not, alternating rounds.
+//!
+//! `make bench-admission`. Under `cargo test` (no `--bench`) a short smoke
+//! run checks the measurement, not speed.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use probity::admission::{review, validate};
+use probity::lint::policies::Policy;
+use probity::policy::{Mode, ReadinessPolicySpec};
+use probity_testenv::{Options, TestEnv};
+use serde_json::{Value, json};
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn deployment(name: &str) -> Value {
+    let container = |n: &str, port: u16| {
+        json!({
+            "name": n, "image": format!("registry.example/{n}:1.0@{DIGEST}"),
+            "ports": [{"containerPort": port}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": port}},
+            "livenessProbe": {"httpGet": {"path": "/livez", "port": port}, "failureThreshold": 6},
+        })
+    };
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                container("api", 8080), container("worker", 8081), container("proxy", 8082),
+            ]}},
+        },
+    })
+}
+
+fn policies() -> Vec<Policy> {
+    let enforce = ReadinessPolicySpec {
+        mode: Mode::Enforce,
+        ..ReadinessPolicySpec::default()
+    };
+    let mut registries = ReadinessPolicySpec::default();
+    registries.images.allowed_registries = vec!["registry.example".to_owned()];
+    let mut paths = ReadinessPolicySpec::default();
+    paths.probes.readiness.path = Some("/readyz".to_owned());
+    paths.probes.liveness.path = Some("/livez".to_owned());
+    [enforce, registries, paths]
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| Policy {
+            name: format!("ClusterReadinessPolicy/p{i}"),
+            spec,
+            namespace: None,
+            namespace_selector: None,
+            cluster: true,
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn in_process(iterations: usize) -> (Duration, Duration) {
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "bench"},
+            "object": deployment("web"), "dryRun": false,
+        },
+    }))
+    .unwrap_or_default();
+    let policies = policies();
+    let labels = BTreeMap::new();
+    let mut samples = Vec::with_capacity(iterations);
+    for i in 0..iterations + iterations / 10 {
+        let started = Instant::now();
+        let Ok(request) = review::decode(std::hint::black_box(&body)) else {
+            panic!("the sample review decodes");
+        };
+        let response = validate::validate(&request, &policies, &labels);
+        assert!(response.allowed, "{response:?}");
+        let bytes = serde_json::to_vec(&response.into_review(&request.uid)).unwrap_or_default();
+        std::hint::black_box(bytes);
+        // The first tenth warms caches and is not counted.
+        if i >= iterations / 10 {
+            samples.push(started.elapsed());
+        }
+    }
+    samples.sort();
+    (percentile(&samples, 50.0), percentile(&samples, 99.0))
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn creates(
+    api: &Api<Deployment>,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let results: Vec<anyhow::Result<Duration>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let name = format!("{prefix}-{i}");
+            async move {
+                let d: Deployment = serde_json::from_value(deployment(&name))?;
+                let started = Instant::now();
+                api.create(&PostParams::default(), &d).await?;
+                Ok(started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut samples = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    samples.sort();
+    Ok(samples)
+}
+
+async fn end_to_end(
+    env: &TestEnv,
+    rounds: usize,
+    per_round: usize,
+) -> anyhow::Result<[(Duration, Duration); 2]> {
+    let client: Client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(60)).await?;
+    let system = env.namespace(&client, "bench-system").await?;
+    let covered = env.namespace(&client, "bench-webhook").await?;
+    let plain = env.namespace(&client, "bench-plain").await?;
+    let policy: probity::policy::ClusterReadinessPolicy = serde_json::from_value(json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": "bench"}, "spec": {"mode": "Enforce"},
+    }))?;
+    Api::<probity::policy::ClusterReadinessPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "probity-bench"},
+        "webhooks": [{
+            "name": "validate.probity.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate")},
+            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["deployments"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": covered}},
+            "failurePolicy": "Fail", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+        }],
+    });
+    Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .patch(
+        "probity-bench",
+        &PatchParams::apply("bench").force(),
+        &Patch::Apply(&config),
+    )
+    .await?;
+    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+        .args([
+            "operator",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+            "--lease-namespace",
+            &system,
+            "--webhook-addr",
+            &format!("127.0.0.1:{port}"),
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            "probity-bench",
+            "--mutating-webhook-configuration",
+            "",
+            "--vap-backstop",
+            "false",
+        ])
+        .env("KUBECONFIG", env.kubeconfig())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _child = KillOnDrop(child);
+
+    let with: Api<Deployment> = Api::namespaced(client.clone(), &covered);
+    let without: Api<Deployment> = Api::namespaced(client.clone(), &plain);
+    // Ready when a violating create is denied by the webhook.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut bad = deployment("probe");
+        bad["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:latest");
+        let d: Deployment = serde_json::from_value(bad)?;
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        match with.create(&dry, &d).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => break,
+            _ if Instant::now() > deadline => anyhow::bail!("the webhook did not come up in 60 s"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Warm both paths, then alternate rounds so drift affects both alike.
+    creates(&with, "warm", 50, 50).await?;
+    creates(&without, "warm", 50, 50).await?;
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for round in 0..rounds {
+        b.extend(creates(&without, &format!("r{round}"), per_round, 50).await?);
+        a.extend(creates(&with, &format!("r{round}"), per_round, 50).await?);
+    }
+    a.sort();
+    b.sort();
+    Ok([
+        (percentile(&a, 50.0), percentile(&a, 99.0)),
+        (percentile(&b, 50.0), percentile(&b, 99.0)),
+    ])
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let (p50, p99) = in_process(if full { 50_000 } else { 500 });
+    println!("admission, in-process: decode + 3 policies + encode, Deployment with 3 containers");
+    println!(
+        "| p50 | p99 |\n|---:|---:|\n| {:.1} µs | {:.1} µs |",
+        us(p50),
+        us(p99)
+    );
+    if !full {
+        return Ok(());
+    }
+    let Some(binaries) = probity_testenv::binaries_or_skip() else {
+        anyhow::bail!(
+            "the control plane is needed: {}",
+            probity_testenv::BUILD_HINT
+        );
+    };
+    let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
+        .await??;
+    let [(w50, w99), (b50, b99)] = end_to_end(&env, 10, 200).await?;
+    println!("\nadmission, end to end: Deployment creates, 50 concurrent, 2,000 each, same run");
+    println!("| | p50 | p99 |\n|---|---:|---:|");
+    println!(
+        "| without webhook | {:.2} ms | {:.2} ms |",
+        ms(b50),
+        ms(b99)
+    );
+    println!(
+        "| with probity webhook | {:.2} ms | {:.2} ms |",
+        ms(w50),
+        ms(w99)
+    );
+    println!(
+        "| added by the webhook | {:+.2} ms | {:+.2} ms |",
+        ms(w50) - ms(b50),
+        ms(w99) - ms(b99)
+    );
+    tokio::task::spawn_blocking(move || drop(env)).await?;
+    Ok(())
+}
