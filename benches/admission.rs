@@ -144,11 +144,10 @@ async fn creates(
     Ok(samples)
 }
 
-async fn end_to_end(
-    env: &TestEnv,
-    rounds: usize,
-    per_round: usize,
-) -> anyhow::Result<[(Duration, Duration); 2]> {
+/// p50/p99 with the webhook, then without, per concurrency level.
+type Latencies = Vec<(usize, [(Duration, Duration); 2])>;
+
+async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::Result<Latencies> {
     let client: Client = env.client()?;
     probity::controller::install_crds(&client, Duration::from_secs(60)).await?;
     let system = env.namespace(&client, "bench-system").await?;
@@ -235,18 +234,26 @@ async fn end_to_end(
     // Warm both paths, then alternate rounds so drift affects both alike.
     creates(&with, "warm", 50, 50).await?;
     creates(&without, "warm", 50, 50).await?;
-    let mut a = Vec::new();
-    let mut b = Vec::new();
-    for round in 0..rounds {
-        b.extend(creates(&without, &format!("r{round}"), per_round, 50).await?);
-        a.extend(creates(&with, &format!("r{round}"), per_round, 50).await?);
+    let mut out = Vec::new();
+    for concurrency in [1, 50] {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for round in 0..rounds {
+            let prefix = format!("c{concurrency}-r{round}");
+            b.extend(creates(&without, &prefix, per_round, concurrency).await?);
+            a.extend(creates(&with, &prefix, per_round, concurrency).await?);
+        }
+        a.sort();
+        b.sort();
+        out.push((
+            concurrency,
+            [
+                (percentile(&a, 50.0), percentile(&a, 99.0)),
+                (percentile(&b, 50.0), percentile(&b, 99.0)),
+            ],
+        ));
     }
-    a.sort();
-    b.sort();
-    Ok([
-        (percentile(&a, 50.0), percentile(&a, 99.0)),
-        (percentile(&b, 50.0), percentile(&b, 99.0)),
-    ])
+    Ok(out)
 }
 
 fn us(d: Duration) -> f64 {
@@ -281,24 +288,25 @@ async fn main() -> anyhow::Result<()> {
     };
     let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
         .await??;
-    let [(w50, w99), (b50, b99)] = end_to_end(&env, 10, 200).await?;
-    println!("\nadmission, end to end: Deployment creates, 50 concurrent, 2,000 each, same run");
-    println!("| | p50 | p99 |\n|---|---:|---:|");
+    let results = end_to_end(&env, 10, 100).await?;
     println!(
-        "| without webhook | {:.2} ms | {:.2} ms |",
-        ms(b50),
-        ms(b99)
+        "\nadmission, end to end: Deployment creates through kube-apiserver, 1,000 per cell, same run"
     );
     println!(
-        "| with probity webhook | {:.2} ms | {:.2} ms |",
-        ms(w50),
-        ms(w99)
+        "| concurrency | without webhook p50 / p99 | with probity webhook p50 / p99 | added p50 / p99 |"
     );
-    println!(
-        "| added by the webhook | {:+.2} ms | {:+.2} ms |",
-        ms(w50) - ms(b50),
-        ms(w99) - ms(b99)
-    );
+    println!("|---:|---:|---:|---:|");
+    for (concurrency, [(w50, w99), (b50, b99)]) in results {
+        println!(
+            "| {concurrency} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:+.2} / {:+.2} ms |",
+            ms(b50),
+            ms(b99),
+            ms(w50),
+            ms(w99),
+            ms(w50) - ms(b50),
+            ms(w99) - ms(b99)
+        );
+    }
     tokio::task::spawn_blocking(move || drop(env)).await?;
     Ok(())
 }

@@ -19,6 +19,11 @@ pub fn at<T: serde::de::DeserializeOwned>(
     let Some(value) = object.pointer(pointer).filter(|v| !v.is_null()) else {
         return Ok(None);
     };
+    // Fast path; the path-tracking deserializer runs only to locate an
+    // error.
+    if let Ok(parsed) = T::deserialize(value) {
+        return Ok(Some(parsed));
+    }
     serde_path_to_error::deserialize(value)
         .map(Some)
         .map_err(|e| {
