@@ -30,6 +30,30 @@ pub struct Registry {
     dir: PathBuf,
 }
 
+/// The binary, or `None` (after saying so) when it is missing and tests may
+/// skip.
+///
+/// # Panics
+///
+/// When it is missing and end-to-end tests are required.
+pub fn locate_or_skip() -> Option<PathBuf> {
+    match locate() {
+        Ok(bin) => Some(bin),
+        Err(why) => {
+            assert!(
+                !e2e_required(),
+                "the OCI registry is required here but unavailable: {why}; fetch it with \
+                 `{REGISTRY_HINT}`"
+            );
+            let line = format!(
+                "skipping: docker-registry not found ({why}); fetch it with `{REGISTRY_HINT}`\n"
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
 fn locate() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(REGISTRY_BIN_ENV).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
@@ -72,23 +96,8 @@ impl Registry {
     /// When the binary is missing and end-to-end tests are required, or it
     /// does not start.
     pub fn start_or_skip() -> Option<Self> {
-        match locate() {
-            Ok(bin) => {
-                Some(Self::start(&bin).unwrap_or_else(|e| panic!("starting docker-registry: {e}")))
-            }
-            Err(why) => {
-                assert!(
-                    !e2e_required(),
-                    "the OCI registry is required here but unavailable: {why}; fetch it with \
-                     `{REGISTRY_HINT}`"
-                );
-                let line = format!(
-                    "skipping: docker-registry not found ({why}); fetch it with `{REGISTRY_HINT}`\n"
-                );
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-                None
-            }
-        }
+        let bin = locate_or_skip()?;
+        Some(Self::start(&bin).unwrap_or_else(|e| panic!("starting docker-registry: {e}")))
     }
 
     /// Starts `bin` on a free loopback port and waits until `/v2/` answers.
@@ -97,6 +106,17 @@ impl Registry {
     ///
     /// When it cannot be started or does not answer within 20 s.
     pub fn start(bin: &std::path::Path) -> Result<Self, Error> {
+        Self::start_with(bin, "")
+    }
+
+    /// Like [`Registry::start`], with `extra` appended to the registry's
+    /// YAML configuration (an `auth:` section, say). Any answer to `/v2/`
+    /// (401 included) counts as up.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be started or does not answer within 20 s.
+    pub fn start_with(bin: &std::path::Path, extra: &str) -> Result<Self, Error> {
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
         let dir =
@@ -110,10 +130,12 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {host}\n",
-                dir.join("data").display()
+                 http:\n  addr: {host}\n{extra}",
+                dir.join("data").display(),
+                level =
+                    std::env::var("PROBITY_REGISTRY_LOG").unwrap_or_else(|_| "error".to_owned()),
             ),
         )
         .map_err(io)?;
@@ -132,7 +154,7 @@ impl Registry {
         let mut registry = Self { child, host, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _, _)) = registry.request("GET", "/v2/", &[], b"") {
+            if let Ok((200 | 401, _, _)) = registry.request("GET", "/v2/", &[], b"") {
                 return Ok(registry);
             }
             if let Ok(Some(status)) = registry.child.try_wait() {
@@ -208,6 +230,11 @@ impl Registry {
         Ok((status, headers, raw[split + 4..].to_vec()))
     }
 
+    /// The directory holding the registry's configuration and data.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Pushes a minimal OCI image (a config blob, no layers) as
     /// `repository:tag` and returns its manifest digest. `salt` makes the
     /// image distinct, so pushing again with another salt moves the tag.
@@ -216,6 +243,30 @@ impl Registry {
     ///
     /// When the registry rejects a step.
     pub fn push(&self, repository: &str, tag: &str, salt: &str) -> Result<String, Error> {
+        self.push_as(repository, tag, salt, None)
+    }
+
+    /// [`Registry::push`] sending `authorization` (`Bearer ...`) on every
+    /// request, for a registry with token auth.
+    ///
+    /// # Errors
+    ///
+    /// When the registry rejects a step.
+    pub fn push_as(
+        &self,
+        repository: &str,
+        tag: &str,
+        salt: &str,
+        authorization: Option<&str>,
+    ) -> Result<String, Error> {
+        let auth: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+            let mut h: Vec<(&str, &str)> = auth.clone();
+            h.extend_from_slice(extra);
+            h
+        };
         let config = format!(
             "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Labels\":{{\"salt\":\"{salt}\"}}}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[]}}}}"
         );
@@ -223,7 +274,7 @@ impl Registry {
         let (status, headers, _) = self.request(
             "POST",
             &format!("/v2/{repository}/blobs/uploads/"),
-            &[],
+            &with(&[]),
             b"",
         )?;
         let location = header(&headers, "location")
@@ -237,7 +288,7 @@ impl Registry {
         let (status, _, body) = self.request(
             "PUT",
             &format!("{location}{separator}digest={config_digest}"),
-            &[("Content-Type", "application/octet-stream")],
+            &with(&[("Content-Type", "application/octet-stream")]),
             config.as_bytes(),
         )?;
         if status != 201 {
@@ -255,7 +306,7 @@ impl Registry {
         let (status, headers, body) = self.request(
             "PUT",
             &format!("/v2/{repository}/manifests/{tag}"),
-            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            &with(&[("Content-Type", "application/vnd.oci.image.manifest.v1+json")]),
             manifest.as_bytes(),
         )?;
         if status != 201 {

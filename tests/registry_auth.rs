@@ -1,0 +1,188 @@
+//! The registry client's bearer-token flow against a real registry:
+//! Debian's docker-registry configured for token auth, with a small token
+//! service in this test that issues ES256 JWTs for Basic credentials.
+//! The client follows the `WWW-Authenticate: Bearer` challenge, presents
+//! the credentials from a Docker config, and resolves the digest.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use probity::policy::Reference;
+use probity::registry::{DockerConfig, Options, RegistryClient};
+use probity_testenv::registry::{Registry, locate_or_skip};
+use serde_json::json;
+
+const SERVICE: &str = "probity-registry";
+const ISSUER: &str = "probity-test-issuer";
+
+struct Issuer {
+    key: ring::signature::EcdsaKeyPair,
+    cert_der: Vec<u8>,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Issuer {
+    /// A self-signed P-256 certificate (the registry's root bundle) and its
+    /// key, for signing.
+    fn new() -> anyhow::Result<(Self, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key)?;
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+        Ok((
+            Self {
+                key: signer,
+                cert_der: cert.der().to_vec(),
+            },
+            cert.pem(),
+        ))
+    }
+
+    fn token(&self, subject: &str, scope: &str) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        // scope: repository:<name>:<actions>
+        let mut parts = scope.splitn(3, ':');
+        let (kind, name, actions) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let header = json!({
+            "alg": "ES256", "typ": "JWT",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(&self.cert_der)],
+        });
+        let claims = json!({
+            "iss": ISSUER, "sub": subject, "aud": SERVICE,
+            "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{subject}"),
+            "access": [{"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}],
+        });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
+        Ok(format!("{input}.{}", b64url(signature.as_ref())))
+    }
+}
+
+async fn token_endpoint(
+    State(issuer): State<std::sync::Arc<Issuer>>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ci:s3cret")
+    );
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if given != want || query.get("service").map(String::as_str) != Some(SERVICE) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"errors": [{"code": "UNAUTHORIZED"}]})),
+        );
+    }
+    let scope = query.get("scope").cloned().unwrap_or_default();
+    match issuer.token("ci", &scope) {
+        Ok(token) => (StatusCode::OK, axum::Json(json!({"token": token}))),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        ),
+    }
+}
+
+fn client(credentials: &str) -> anyhow::Result<RegistryClient> {
+    Ok(RegistryClient::new(Options {
+        cache_ttl: Duration::from_secs(60),
+        insecure: Vec::new(),
+        credentials: DockerConfig::parse(credentials.as_bytes(), "test config")?,
+    })?)
+}
+
+#[tokio::test]
+async fn bearer_challenge_with_docker_config_credentials() -> anyhow::Result<()> {
+    let Some(bin) = locate_or_skip() else {
+        return Ok(());
+    };
+    let (issuer, root_pem) = Issuer::new()?;
+    let issuer = std::sync::Arc::new(issuer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let token_addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/token", axum::routing::get(token_endpoint))
+        .with_state(std::sync::Arc::clone(&issuer));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root.crt");
+    std::fs::write(&root, root_pem)?;
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://{token_addr}/token\n    service: {SERVICE}\n    \
+         issuer: {ISSUER}\n    rootcertbundle: {}\n",
+        root.display()
+    );
+    let registry = tokio::task::spawn_blocking(move || Registry::start_with(&bin, &auth)).await??;
+
+    // Push with a push-scoped token, as CI would.
+    let push = issuer.token("ci", "repository:team/api:pull,push")?;
+    let digest = registry
+        .push_as("team/api", "1.0", "token", Some(&format!("Bearer {push}")))
+        .map_err(|e| {
+            let log =
+                std::fs::read_to_string(registry.dir().join("registry.log")).unwrap_or_default();
+            anyhow::anyhow!("{e}\nregistry log:\n{log}")
+        })?;
+
+    let reference = Reference::parse(&format!("{}/team/api:1.0", registry.host))?;
+    let host = &registry.host;
+    let good = client(&format!(
+        r#"{{"auths": {{"{host}": {{"username": "ci", "password": "s3cret"}}}}}}"#
+    ))?;
+    let resolved = good
+        .digest(&reference)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(resolved.to_string(), digest);
+    // A second resolution within the TTL is served from the cache.
+    assert_eq!(
+        good.digest(&reference)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_string(),
+        digest
+    );
+
+    let wrong = client(&format!(
+        r#"{{"auths": {{"{host}": {{"username": "ci", "password": "nope"}}}}}}"#
+    ))?;
+    let err = wrong.digest(&reference).await.expect_err("wrong password");
+    assert!(err.reason.contains("token service"), "{err}");
+    assert!(err.reason.contains("401"), "{err}");
+
+    let anonymous = client("{}")?;
+    let err = anonymous
+        .digest(&reference)
+        .await
+        .expect_err("no credentials");
+    assert!(err.reason.contains("401"), "{err}");
+    server.abort();
+    Ok(())
+}
