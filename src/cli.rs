@@ -47,6 +47,11 @@ pub(crate) enum Command {
     /// Exit status: 0 every image pinned, 1 some image left unpinned (or
     /// would change, with --dry-run), 2 usage or input errors.
     Pin(PinArgs),
+    /// Print the Validating- and MutatingWebhookConfiguration for the
+    /// operator's webhooks, with safe defaults (kube-system and the
+    /// operator's namespace excluded, failurePolicy Ignore, sideEffects
+    /// None, matchPolicy Equivalent).
+    WebhookConfig(WebhookConfigArgs),
     /// Print the ValidatingAdmissionPolicy backstop (policy + binding) of
     /// each ReadinessPolicy / ClusterReadinessPolicy in the files, for
     /// GitOps; the operator keeps the same objects in sync by itself.
@@ -80,6 +85,49 @@ pub(crate) struct PinArgs {
     /// Seconds allowed per registry call.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub(crate) timeout: u64,
+}
+
+/// `probity webhook-config`.
+#[derive(Debug, Args)]
+pub(crate) struct WebhookConfigArgs {
+    /// Name of both configuration objects.
+    #[arg(long, default_value = "probity", value_name = "NAME")]
+    pub(crate) name: String,
+
+    /// The operator's namespace (excluded, with kube-system).
+    #[arg(long, default_value = "probity", value_name = "NS")]
+    pub(crate) namespace: String,
+
+    /// The webhook Service, in --namespace.
+    #[arg(
+        long,
+        default_value = "probity-webhook",
+        value_name = "NAME",
+        conflicts_with = "url"
+    )]
+    pub(crate) service: String,
+
+    /// The webhook Service's port.
+    #[arg(long, default_value_t = 443, value_name = "PORT")]
+    pub(crate) service_port: u16,
+
+    /// Reach the webhooks at this URL prefix instead of a Service
+    /// (`https://127.0.0.1:8443`, for local runs).
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+
+    /// What the API server does when the webhooks cannot answer.
+    #[arg(long, default_value = "Ignore", value_parser = ["Ignore", "Fail"])]
+    pub(crate) failure_policy: String,
+
+    /// Seconds the API server waits for an answer.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=30))]
+    pub(crate) timeout_seconds: u8,
+
+    /// Embed this PEM CA bundle (default: left to the operator's
+    /// self-managed certificates or cert-manager's CA injector).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// `probity vap`.

@@ -62,6 +62,46 @@ fn load_policies(args: &LintArgs) -> Result<Vec<Policy>, String> {
     Ok(all)
 }
 
+/// `probity webhook-config`: both webhook configurations as YAML.
+pub(crate) fn webhook_config(args: &crate::cli::WebhookConfigArgs) -> u8 {
+    use probity::admission::config::{Endpoint, WebhookConfig};
+    let ca_bundle = match &args.ca_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let config = WebhookConfig {
+        name: args.name.clone(),
+        endpoint: match &args.url {
+            Some(url) => Endpoint::Url(url.clone()),
+            None => Endpoint::Service {
+                namespace: args.namespace.clone(),
+                name: args.service.clone(),
+                port: args.service_port,
+            },
+        },
+        namespace: args.namespace.clone(),
+        failure_policy: args.failure_policy.clone(),
+        timeout_seconds: args.timeout_seconds,
+        ca_bundle,
+    };
+    let text = probity::emit::document(&config.validating())
+        + &probity::emit::document(&config.mutating());
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: writing output: {e}");
+            2
+        }
+    }
+}
+
 /// `probity vap`: the backstop objects of every policy in `args.paths`.
 pub(crate) fn vap(args: &crate::cli::VapArgs) -> u8 {
     let (inputs, unreadable) = input::collect(&args.paths);

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Lint(args) => ExitCode::from(lint_cmd::run(args)),
         cli::Command::Operator(args) => ExitCode::from(operator_cmd::run(args)),
         cli::Command::Pin(args) => ExitCode::from(pin_cmd::run(args)),
+        cli::Command::WebhookConfig(args) => ExitCode::from(lint_cmd::webhook_config(args)),
         cli::Command::Vap(args) => ExitCode::from(lint_cmd::vap(args)),
         cli::Command::Crd { reference } => {
             use std::io::Write as _;

@@ -332,6 +332,11 @@ async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() ->
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(status, 415);
+    let huge = vec![b' '; probity::admission::server::MAX_BODY_BYTES + 1];
+    let (status, _, _) = https(port, &ca, "POST", "/validate", "application/json", &huge)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(status, 413);
 
     // Rotation while requests flow: the serving certificate lives 15 s and
     // is renewed after 10; no admission fails meanwhile.

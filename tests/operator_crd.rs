@@ -160,6 +160,47 @@ async fn api_server_accepts_defaults_and_validates_policies() -> anyhow::Result<
         );
     }
 
+    // The generated webhook configurations and admission policies are
+    // accepted by the API server as printed.
+    for args in [
+        vec!["webhook-config", "--namespace", "probity"],
+        vec![
+            "vap",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/policies.yaml"),
+        ],
+    ] {
+        let printed = std::process::Command::new(env!("CARGO_BIN_EXE_probity"))
+            .args(&args)
+            .output()?;
+        assert!(
+            printed.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&printed.stderr)
+        );
+        let file =
+            std::env::temp_dir().join(format!("probity-{}-{}.yaml", args[0], std::process::id()));
+        std::fs::write(&file, &printed.stdout)?;
+        let out = env
+            .kubectl()
+            .args(["apply", "--dry-run=server", "-f"])
+            .arg(&file)
+            .output()?;
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .matches("(server dry run)")
+                .count(),
+            if args[0] == "vap" { 4 } else { 2 },
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     // kubectl shows the printer columns and knows the short name.
     let out = env.kubectl().args(["get", "rpol", "-n", &ns]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);

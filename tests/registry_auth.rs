@@ -186,3 +186,37 @@ async fn bearer_challenge_with_docker_config_credentials() -> anyhow::Result<()>
     server.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_registry_that_is_down_trips_its_breaker() -> anyhow::Result<()> {
+    let Some(mut registry) = Registry::start_or_skip() else {
+        return Ok(());
+    };
+    registry.push("team/api", "1.0", "x")?;
+    let reference = Reference::parse(&format!("{}/team/api:1.0", registry.host))?;
+    let client = client("{}")?;
+    client
+        .digest(&reference)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    registry.kill();
+    // Cached answers keep working; a new tag has to ask, and fails fast.
+    client
+        .digest(&reference)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let other = Reference::parse(&format!("{}/team/api:2.0", registry.host))?;
+    let mut reasons = Vec::new();
+    for _ in 0..5 {
+        reasons.push(client.digest(&other).await.expect_err("down").reason);
+    }
+    assert!(
+        reasons[0].contains("connect") || reasons[0].contains("refused"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[4].contains("is failing; not asked again"),
+        "{reasons:?}"
+    );
+    Ok(())
+}

@@ -9,6 +9,7 @@
 //!   change) or self-managed in a Secret.
 
 pub mod certs;
+pub mod config;
 pub mod mutate;
 pub mod review;
 pub mod server;
