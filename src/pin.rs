@@ -5,10 +5,8 @@
 //! GitOps-friendly pinning: the digest lands in Git, reviewed like any other
 //! change, instead of the live spec being rewritten behind Git's back.
 
-use serde_json::Value;
-
 use crate::lint::yaml::{self, Pos, SyntaxError};
-use crate::policy::workload::objects;
+use crate::policy::workload::{objects, unpinned_images};
 use crate::policy::{Classified, Reference, Workload};
 
 /// An image reference in a file that may be pinned.
@@ -35,27 +33,12 @@ pub fn sites(text: &str) -> Result<Vec<Site>, SyntaxError> {
             let Ok(Classified::Workload(workload)) = Workload::classify(object) else {
                 continue;
             };
-            for field in ["initContainers", "containers"] {
-                let list = format!("{}/{field}", workload.pod_pointer);
-                let Some(containers) = object.pointer(&list).and_then(Value::as_array) else {
-                    continue;
-                };
-                for (i, container) in containers.iter().enumerate() {
-                    let Some(image) = container.get("image").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let Ok(reference) = Reference::parse(image) else {
-                        continue;
-                    };
-                    if reference.is_pinned() {
-                        continue;
-                    }
-                    out.push(Site {
-                        pos: doc.locate(&format!("{prefix}{list}/{i}/image")),
-                        image: image.to_owned(),
-                        reference,
-                    });
-                }
+            for found in unpinned_images(object, workload.pod_pointer) {
+                out.push(Site {
+                    pos: doc.locate(&format!("{prefix}{}", found.pointer())),
+                    image: found.image.to_owned(),
+                    reference: found.reference,
+                });
             }
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
@@ -309,35 +309,53 @@ pub async fn ensure_ca_bundle(
     let want = ByteString(ca.as_bytes().to_vec());
     if let Some(name) = &opts.validating_config {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(mut config) = api.get_opt(name).await? {
-            let mut changed = false;
-            for webhook in config.webhooks.iter_mut().flatten() {
-                if webhook.client_config.ca_bundle.as_ref() != Some(&want) {
-                    webhook.client_config.ca_bundle = Some(want.clone());
-                    changed = true;
-                }
-            }
-            if changed {
-                api.replace(name, &PostParams::default(), &config).await?;
-                tracing::info!(configuration = %name, "caBundle updated");
-            }
-        }
+        patch_bundles(&api, name, &want, |c| {
+            c.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.client_config)
+                .collect()
+        })
+        .await?;
     }
     if let Some(name) = &opts.mutating_config {
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        if let Some(mut config) = api.get_opt(name).await? {
-            let mut changed = false;
-            for webhook in config.webhooks.iter_mut().flatten() {
-                if webhook.client_config.ca_bundle.as_ref() != Some(&want) {
-                    webhook.client_config.ca_bundle = Some(want.clone());
-                    changed = true;
-                }
-            }
-            if changed {
-                api.replace(name, &PostParams::default(), &config).await?;
-                tracing::info!(configuration = %name, "caBundle updated");
-            }
+        patch_bundles(&api, name, &want, |c| {
+            c.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.client_config)
+                .collect()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets `want` as the caBundle of every client config `configs` yields
+/// from configuration `name`, replacing it when anything changed.
+async fn patch_bundles<K>(
+    api: &Api<K>,
+    name: &str,
+    want: &ByteString,
+    configs: impl Fn(&mut K) -> Vec<&mut WebhookClientConfig>,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(mut config) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let mut changed = false;
+    for client_config in configs(&mut config) {
+        if client_config.ca_bundle.as_ref() != Some(want) {
+            client_config.ca_bundle = Some(want.clone());
+            changed = true;
         }
+    }
+    if changed {
+        api.replace(name, &PostParams::default(), &config).await?;
+        tracing::info!(configuration = %name, "caBundle updated");
     }
     Ok(())
 }

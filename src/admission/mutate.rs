@@ -12,8 +12,9 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::review::{Operation, Request, Response};
-use super::validate::workload_of;
+use super::validate::{MAX_WARNING_CHARS, truncate_chars, workload_of};
 use crate::lint::policies::Policy;
+use crate::policy::workload::unpinned_images;
 use crate::policy::{Digest, PinMode, Reference, RegistryUnavailable};
 
 /// Why a tag could not be resolved.
@@ -81,29 +82,11 @@ pub async fn mutate(
         Operation::Update => request.old_object.as_ref(),
         _ => None,
     };
-    let mut targets: Vec<(String, String, Reference)> = Vec::new();
-    for field in ["initContainers", "containers"] {
-        let list_pointer = format!("{}/{field}", workload.pod_pointer);
-        let Some(containers) = object.pointer(&list_pointer).and_then(Value::as_array) else {
-            continue;
-        };
-        for (i, container) in containers.iter().enumerate() {
-            let Some(image) = container.get("image").and_then(Value::as_str) else {
-                continue;
-            };
-            let Ok(reference) = Reference::parse(image) else {
-                continue;
-            };
-            if reference.is_pinned() || unchanged(old, &list_pointer, container) {
-                continue;
-            }
-            targets.push((
-                format!("{list_pointer}/{i}/image"),
-                image.to_owned(),
-                reference,
-            ));
-        }
-    }
+    let targets: Vec<(String, String, Reference)> = unpinned_images(object, workload.pod_pointer)
+        .into_iter()
+        .filter(|found| !unchanged(old, &found.list, found.container))
+        .map(|found| (found.pointer(), found.image.to_owned(), found.reference))
+        .collect();
     if targets.is_empty() {
         return Response::allow();
     }
@@ -186,9 +169,10 @@ pub async fn mutate(
     }
     let mut response = Response::allow();
     for failure in &failures {
-        response
-            .warnings
-            .push(truncate(format!("probity: not pinned: {failure}")));
+        response.warnings.push(truncate_chars(
+            format!("probity: not pinned: {failure}"),
+            MAX_WARNING_CHARS,
+        ));
     }
     if !patch.is_empty() {
         response.patch = Some(Value::Array(patch));
@@ -209,16 +193,6 @@ fn unchanged(old: Option<&Value>, list_pointer: &str, container: &Value) -> bool
         .and_then(Value::as_array)
         .and_then(|list| list.iter().find(|c| c.get("name") == name))
         .is_some_and(|c| c.get("image") == container.get("image"))
-}
-
-fn truncate(s: String) -> String {
-    let max = super::validate::MAX_WARNING_CHARS;
-    if s.chars().count() <= max {
-        return s;
-    }
-    let mut out: String = s.chars().take(max - 3).collect();
-    out.push_str("...");
-    out
 }
 
 #[cfg(test)]

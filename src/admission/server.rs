@@ -165,27 +165,50 @@ fn outcome_of(response: &Response) -> Outcome {
     }
 }
 
+/// The request and its namespace's labels, or the error answer (already
+/// observed).
+fn prepare(
+    webhooks: &Webhooks,
+    name: &'static str,
+    headers: &HeaderMap,
+    body: &[u8],
+    started: Instant,
+) -> Result<(Request, BTreeMap<String, String>), Box<HttpResponse>> {
+    let request = accept(webhooks, headers, body).map_err(|r| {
+        observe(webhooks, name, r.outcome, started);
+        Box::new(error(r.status, r.message))
+    })?;
+    let labels = request
+        .namespace
+        .as_deref()
+        .map(|ns| webhooks.source.namespace_labels(ns))
+        .unwrap_or_default();
+    Ok((request, labels))
+}
+
+fn answer(
+    webhooks: &Webhooks,
+    name: &'static str,
+    started: Instant,
+    request: &Request,
+    response: Response,
+) -> HttpResponse {
+    observe(webhooks, name, outcome_of(&response), started);
+    axum::Json(response.into_review(&request.uid)).into_response()
+}
+
 async fn validate_handler(
     State(webhooks): State<Webhooks>,
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request = match accept(&webhooks, &headers, &body) {
-        Ok(r) => r,
-        Err(r) => {
-            observe(&webhooks, "validate", r.outcome, started);
-            return error(r.status, r.message);
-        }
+    let (request, labels) = match prepare(&webhooks, "validate", &headers, &body, started) {
+        Ok(prepared) => prepared,
+        Err(response) => return *response,
     };
-    let labels = request
-        .namespace
-        .as_deref()
-        .map(|ns| webhooks.source.namespace_labels(ns))
-        .unwrap_or_default();
     let response = validate::validate(&request, &webhooks.source.policies(), &labels);
-    observe(&webhooks, "validate", outcome_of(&response), started);
-    axum::Json(response.into_review(&request.uid)).into_response()
+    answer(&webhooks, "validate", started, &request, response)
 }
 
 async fn mutate_handler(
@@ -194,26 +217,17 @@ async fn mutate_handler(
     body: Bytes,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request = match accept(&webhooks, &headers, &body) {
-        Ok(r) => r,
-        Err(r) => {
-            observe(&webhooks, "mutate", r.outcome, started);
-            return error(r.status, r.message);
-        }
+    let (request, labels) = match prepare(&webhooks, "mutate", &headers, &body, started) {
+        Ok(prepared) => prepared,
+        Err(response) => return *response,
     };
-    let labels = request
-        .namespace
-        .as_deref()
-        .map(|ns| webhooks.source.namespace_labels(ns))
-        .unwrap_or_default();
     let policies = webhooks.source.policies();
     let response = probity_probe::deadline::scope(
         webhooks.mutate_budget,
         mutate::mutate(&request, &policies, &labels, webhooks.resolver.as_deref()),
     )
     .await;
-    observe(&webhooks, "mutate", outcome_of(&response), started);
-    axum::Json(response.into_review(&request.uid)).into_response()
+    answer(&webhooks, "mutate", started, &request, response)
 }
 
 /// Serves `app` over TLS on `listener` until `stop` resolves, then lets

@@ -243,7 +243,8 @@ fn bounded_warnings(all: BTreeSet<String>) -> Vec<String> {
     out
 }
 
-fn truncate_chars(s: String, max: usize) -> String {
+/// `s` cut to at most `max` characters, ending in `...` when cut.
+pub(crate) fn truncate_chars(s: String, max: usize) -> String {
     if s.chars().count() <= max {
         return s;
     }

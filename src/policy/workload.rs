@@ -174,6 +174,56 @@ fn read<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// An image of a workload that carries no digest yet.
+#[derive(Debug, Clone)]
+pub struct UnpinnedImage<'a> {
+    /// JSON pointer of the container list (`/spec/template/spec/containers`).
+    pub list: String,
+    /// Index in that list.
+    pub index: usize,
+    /// The container object.
+    pub container: &'a Value,
+    /// The image as written.
+    pub image: &'a str,
+    /// The image, parsed.
+    pub reference: super::Reference,
+}
+
+impl UnpinnedImage<'_> {
+    /// JSON pointer of the `image` field.
+    pub fn pointer(&self) -> String {
+        format!("{}/{}/image", self.list, self.index)
+    }
+}
+
+/// Every image of `object` (init containers first) that parses and has no
+/// digest; `pod_pointer` is the workload's [`Workload::pod_pointer`].
+pub fn unpinned_images<'a>(object: &'a Value, pod_pointer: &str) -> Vec<UnpinnedImage<'a>> {
+    let mut out = Vec::new();
+    for field in ["initContainers", "containers"] {
+        let list = format!("{pod_pointer}/{field}");
+        let Some(containers) = object.pointer(&list).and_then(Value::as_array) else {
+            continue;
+        };
+        for (index, container) in containers.iter().enumerate() {
+            let Some(image) = container.get("image").and_then(Value::as_str) else {
+                continue;
+            };
+            match super::Reference::parse(image) {
+                Ok(reference) if !reference.is_pinned() => out.push(UnpinnedImage {
+                    list: list.clone(),
+                    index,
+                    container,
+                    image,
+                    reference,
+                }),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// The objects in `value` with their JSON pointers: the value itself, or the
 /// items of a `List` (`kind: List` or any `*List`).
 pub fn objects(value: &Value) -> Vec<(String, &Value)> {
