@@ -11,7 +11,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
@@ -408,11 +407,6 @@ pub async fn maintain(client: Client, opts: SelfManaged, store: CertStore, mut s
             }
         }
     }
-}
-
-/// The CA of a bundle, base64 as in a `caBundle` field.
-pub fn ca_bundle_base64(bundle: &Bundle) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bundle.ca_cert.as_bytes())
 }
 
 #[cfg(test)]

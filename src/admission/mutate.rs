@@ -5,7 +5,7 @@
 //! changes are pinned: pinning an image the workload already ran would
 //! change its pod template and roll it on a mere scale or relabel.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,14 +29,10 @@ pub struct ResolveError {
 
 /// Resolves tags to digests; the registry client implements it.
 pub trait Resolve: Send + Sync {
-    /// The digest `reference`'s tag points at now. `namespace` and
-    /// `pull_secrets` name the workload's imagePullSecrets, for resolvers
-    /// that read credentials from them.
+    /// The digest `reference`'s tag points at now.
     fn resolve<'a>(
         &'a self,
         reference: &'a Reference,
-        namespace: &'a str,
-        pull_secrets: &'a [String],
     ) -> BoxFuture<'a, Result<Digest, ResolveError>>;
 }
 
@@ -91,56 +87,36 @@ pub async fn mutate(
         return Response::allow();
     }
 
-    let pull_secrets: Vec<String> = workload
-        .pod
-        .image_pull_secrets
+    // One registry call per distinct image.
+    let references: BTreeMap<&str, &Reference> = targets
         .iter()
-        .flatten()
-        .map(|s| s.name.clone())
+        .map(|(_, image, reference)| (image.as_str(), reference))
         .collect();
-    let unique: BTreeSet<&str> = targets.iter().map(|(_, image, _)| image.as_str()).collect();
-    let resolved: HashMap<String, Result<Digest, ResolveError>> = match resolver {
-        None => unique
-            .iter()
+    let all_failed = |reason: &str| -> HashMap<String, Result<Digest, ResolveError>> {
+        references
+            .keys()
             .map(|image| {
-                (
-                    (*image).to_owned(),
-                    Err(ResolveError {
-                        image: (*image).to_owned(),
-                        reason: "no registry client is configured".to_owned(),
-                    }),
-                )
+                let error = ResolveError {
+                    image: (*image).to_owned(),
+                    reason: reason.to_owned(),
+                };
+                ((*image).to_owned(), Err(error))
             })
-            .collect(),
+            .collect()
+    };
+    let resolved = match resolver {
+        None => all_failed("no registry client is configured"),
         Some(resolver) => {
             let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_BUDGET);
-            let references: BTreeMap<&str, &Reference> = targets
-                .iter()
-                .map(|(_, image, reference)| (image.as_str(), reference))
-                .collect();
-            let calls = references.into_iter().map(|(image, reference)| async {
-                (
-                    image.to_owned(),
-                    resolver.resolve(reference, &ns, &pull_secrets).await,
-                )
+            let calls = references.iter().map(|(image, reference)| async {
+                ((*image).to_owned(), resolver.resolve(reference).await)
             });
             match tokio::time::timeout(budget, futures::future::join_all(calls)).await {
                 Ok(results) => results.into_iter().collect(),
-                Err(_) => unique
-                    .iter()
-                    .map(|image| {
-                        (
-                            (*image).to_owned(),
-                            Err(ResolveError {
-                                image: (*image).to_owned(),
-                                reason: format!(
-                                    "the registry did not answer within the admission budget ({} ms)",
-                                    budget.as_millis()
-                                ),
-                            }),
-                        )
-                    })
-                    .collect(),
+                Err(_) => all_failed(&format!(
+                    "the registry did not answer within the admission budget ({} ms)",
+                    budget.as_millis()
+                )),
             }
         }
     };
@@ -216,8 +192,6 @@ mod tests {
         fn resolve<'a>(
             &'a self,
             reference: &'a Reference,
-            _: &'a str,
-            _: &'a [String],
         ) -> BoxFuture<'a, Result<Digest, ResolveError>> {
             Box::pin(async move {
                 if let Ok(mut calls) = self.calls.lock() {

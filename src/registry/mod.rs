@@ -463,8 +463,6 @@ impl Resolve for RegistryClient {
     fn resolve<'a>(
         &'a self,
         reference: &'a Reference,
-        _namespace: &'a str,
-        _pull_secrets: &'a [String],
     ) -> BoxFuture<'a, Result<Digest, ResolveError>> {
         Box::pin(self.digest(reference))
     }
