@@ -4,18 +4,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CONTROL_PLANE := hack/control-plane.sh
 K8S_BIN_DIR := $(shell $(CONTROL_PLANE) dir)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 # End-to-end tests fail, rather than skip, when the control plane is missing.
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator bench-admission control-plane demo clean-control-plane
+.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator bench-admission control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-test: control-plane registry fmt-check clippy unit-and-e2e fuzz-smoke ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run
+test: control-plane registry fmt-check clippy unit-and-e2e fuzz-smoke demo ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run, the demo
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
@@ -62,7 +63,15 @@ bench-admission: control-plane ## Admission: in-process µs per review, and crea
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build
 
-demo: control-plane ## Start a local control plane and print how to use it (Ctrl-C stops it)
+demo: control-plane ## The narrated tour: operator, webhooks, policies, drift, probes (under a minute)
+	@echo "[demo] building probity, the orders example and the tour"
+	$(CARGO) build --locked -p probity --bin probity
+	$(CARGO) build --locked -p probity-probe --example orders
+	$(CARGO) build --locked -p probity-testenv
+	$(CARGO) run --quiet --locked -p probity-testenv -- demo \
+	  --probity $(TARGET_DIR)/debug/probity --orders $(TARGET_DIR)/debug/examples/orders --crds crds/crds.yaml
+
+up: control-plane ## Start a local control plane and print how to use it (Ctrl-C stops it)
 	$(CARGO) run --quiet --locked -p probity-testenv -- up --kubeconfig $(CURDIR)/target/demo.kubeconfig
 
 clean-control-plane: ## Remove this version's cached binaries

@@ -190,3 +190,228 @@ fn the_values_schema_rejects_bad_values() {
         assert!(message.contains(needle), "{set}: {message}");
     }
 }
+
+/// The README's uninstall commands, in order, as written.
+fn readme_uninstall_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap_or_default();
+    let section = readme
+        .split_once("**Uninstall.**")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .unwrap_or_default();
+    block
+        .lines()
+        .map(|l| {
+            l.split_once('#')
+                .map_or(l, |(cmd, _)| cmd)
+                .trim()
+                .to_owned()
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A real `helm install` with failurePolicy Fail (nothing serves the
+/// webhooks here: no kubelet runs the operator), a backstop as the operator
+/// would write it, then the README's uninstall commands: the first one
+/// unblocks writes, and nothing of probity is left at the end.
+#[tokio::test]
+async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::Result<()> {
+    let Some(binaries) = probity_testenv::binaries_or_skip() else {
+        return Ok(());
+    };
+    let commands = readme_uninstall_commands();
+    assert_eq!(commands.len(), 4, "README uninstall block: {commands:?}");
+    // Its own control plane: the CRDs are deleted at the end.
+    let env = tokio::task::spawn_blocking(move || {
+        probity_testenv::TestEnv::start(binaries, &probity_testenv::Options::default())
+    })
+    .await??;
+    let kubectl = |args: &[&str]| env.kubectl().args(args).output().expect("kubectl");
+
+    let digest = format!("image.digest={DIGEST}");
+    let out = env
+        .helm()
+        .args([
+            "install",
+            "probity",
+            CHART,
+            "-n",
+            "probity",
+            "--create-namespace",
+        ])
+        .args(["--set", &digest, "--set", "webhooks.failurePolicy=Fail"])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kubectl(&["create", "namespace", "apps"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    let policy = r#"{"apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+        "metadata": {"name": "baseline"}, "spec": {"mode": "Enforce"}}"#;
+    let mut apply = env.kubectl();
+    apply.args(["apply", "-f", "-"]);
+    let out = piped(apply, policy.as_bytes());
+    assert!(out.status.success(), "{}", text(&out));
+    let mut vap = Command::new(env!("CARGO_BIN_EXE_probity"));
+    vap.args(["vap", "-"]);
+    let backstop = piped(vap, policy.as_bytes());
+    assert!(backstop.status.success(), "{}", text(&backstop));
+    let mut apply = env.kubectl();
+    apply.args(["apply", "-f", "-"]);
+    let out = piped(apply, &backstop.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A Deployment the backstop admits (pinned, probed) and one it denies.
+    let good = dry_run_deployment(&format!("registry.example/web:1.0@{DIGEST}"), true);
+    let bad = dry_run_deployment("registry.example/web:1.0", false);
+    let try_create = |manifest: &str| {
+        let mut create = env.kubectl();
+        create.args(["create", "--dry-run=server", "-n", "apps", "-f", "-"]);
+        piped(create, manifest.as_bytes())
+    };
+    // failurePolicy Fail and no webhook endpoint: writes are refused (the
+    // mutating webhook is called before any validation).
+    for manifest in [&good, &bad] {
+        let out = try_create(manifest);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("failed calling webhook"),
+            "{}",
+            text(&out)
+        );
+    }
+
+    for (i, command) in commands.iter().enumerate() {
+        let mut words = command.split_whitespace();
+        let program = words.next().unwrap_or_default();
+        let args: Vec<&str> = words.collect();
+        let mut cmd = match program {
+            "kubectl" => env.kubectl(),
+            "helm" => env.helm(),
+            other => panic!("unexpected program in the README: {other}"),
+        };
+        let out = cmd
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()?;
+        assert!(out.status.success(), "{command}: {}", text(&out));
+        if i == 0 {
+            // Webhooks gone: writes flow, and the backstop judges them.
+            let out = try_create(&good);
+            assert!(out.status.success(), "{}", text(&out));
+            let denied = poll(|| text(&try_create(&bad)).contains("probity backstop"));
+            assert!(denied, "{}", text(&try_create(&bad)));
+        }
+    }
+    // Backstops gone too: nothing of probity judges any more.
+    let admitted = poll(|| try_create(&bad).status.success());
+    assert!(admitted, "{}", text(&try_create(&bad)));
+
+    for kind in [
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+        "clusterrole",
+        "clusterrolebinding",
+    ] {
+        let out = kubectl(&["get", kind, "-o", "name"]);
+        let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("probity"))
+            .map(str::to_owned)
+            .collect();
+        assert!(left.is_empty(), "{kind} left: {left:?}");
+    }
+    let out = kubectl(&[
+        "get",
+        "all,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+        "-n",
+        "probity",
+        "-o",
+        "name",
+    ]);
+    let left = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !left
+            .lines()
+            .any(|l| l.contains("probity") && !l.contains("kube-root-ca")),
+        "{left}"
+    );
+    let out = kubectl(&["get", "crd", "-o", "name"]);
+    assert!(!text(&out).contains("probity.dev"), "{}", text(&out));
+    Ok(())
+}
+
+/// Whether `check` holds within 20 s (the API server loads admission
+/// policies asynchronously).
+fn poll(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+fn dry_run_deployment(image: &str, probes: bool) -> String {
+    let mut container = serde_json::json!({"name": "web", "image": image});
+    if probes {
+        container["readinessProbe"] =
+            serde_json::json!({"httpGet": {"path": "/readyz", "port": 8080}});
+        container["livenessProbe"] =
+            serde_json::json!({"httpGet": {"path": "/livez", "port": 8080}, "failureThreshold": 6});
+    }
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [container]}}},
+    })
+    .to_string()
+}
+
+/// The image recipe: base images by digest (placeholders until a release
+/// pipeline fills them in), a static build, and the same non-root user the
+/// chart's securityContext sets.
+#[test]
+fn the_dockerfile_pins_its_bases_and_runs_as_the_charts_user() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    for from in &froms {
+        let arg = from
+            .split_whitespace()
+            .nth(1)
+            .and_then(|image| image.strip_prefix("${"))
+            .and_then(|image| image.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{from}: the base image must come from an ARG"));
+        let default = dockerfile
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("ARG {arg}=")))
+            .unwrap_or_else(|| panic!("no default for ARG {arg}"));
+        assert!(default.contains("@sha256:"), "{arg}={default}");
+    }
+    assert!(dockerfile.contains("x86_64-unknown-linux-musl"));
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER in the final stage");
+    let deployment = std::fs::read_to_string(format!("{CHART}/templates/deployment.yaml"))
+        .expect("deployment template");
+    for id in user.split(':') {
+        assert!(deployment.contains(&format!("runAsUser: {id}")), "{user}");
+    }
+}

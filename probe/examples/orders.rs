@@ -1,8 +1,9 @@
 //! An orders service with honest probes.
 //!
-//! - `/readyz` follows a Postgres-like dependency at `DEP_ADDR` (default
-//!   `127.0.0.1:5432`) within seconds: a TCP check every second, failing
-//!   after 2 misses, recovering after 2 successes.
+//! - `/readyz` follows a database at `DEP_ADDR` (default `127.0.0.1:5432`)
+//!   within seconds: a TCP check every second, failing after 2 misses,
+//!   recovering after 2 successes. Queries use a stand-in line protocol
+//!   (a query line out, a result line back); `make demo` serves one.
 //! - `/livez` reports only the process: the runtime watchdog and the
 //!   heartbeat of the consumer loop. It stays 200 while the dependency is
 //!   down.
@@ -17,7 +18,7 @@
 //!   delay, then in-flight requests finish.
 //!
 //! ```sh
-//! PORT=8080 DEP_ADDR=127.0.0.1:5432 cargo run -p probity-probe --example orders
+//! HOST=127.0.0.1 PORT=8080 DEP_ADDR=127.0.0.1:5432 cargo run -p probity-probe --example orders
 //! curl -s 'localhost:8080/readyz?verbose'
 //! ```
 
@@ -26,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use probity_probe::breaker::{CircuitBreaker, Verdict};
 use probity_probe::bulkhead::Bulkhead;
@@ -119,7 +121,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .layer(DeadlineLayer::new(Duration::from_secs(2)).floor(Duration::from_millis(10)));
     let app = api.merge(health.router());
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let host = std::env::var("HOST").unwrap_or_else(|_| "0.0.0.0".into());
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let server = axum::serve(listener, app).with_graceful_shutdown(health.shutdown_signal());
     let drained = health.serve_until_drained(server).await?;
@@ -127,35 +130,58 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// One query against the dependency: a TCP round trip stands in for SQL.
-async fn list_orders(
-    breaker: &CircuitBreaker,
-    bulkhead: &Bulkhead,
-    addr: &str,
-) -> (StatusCode, String) {
+/// One query against the dependency. The stand-in speaks a line
+/// protocol: a query line out, a result line back. A real service would
+/// use its database client here.
+async fn list_orders(breaker: &CircuitBreaker, bulkhead: &Bulkhead, addr: &str) -> Response {
     let Ok(_slot) = bulkhead.acquire().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded\n".into());
+        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded\n").into_response();
     };
     let permit = match breaker.try_acquire() {
         Ok(permit) => permit,
-        Err(open) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{open}\n")),
+        // Fail fast and say when to come back.
+        Err(open) => {
+            let wait = open.retry_after;
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, format!("{secs}"))],
+                format!("{open}\n"),
+            )
+                .into_response();
+        }
     };
     // This call's share of the budget: what is left, at most 800 ms.
     let timeout = deadline::remaining()
         .unwrap_or(Duration::from_millis(800))
         .min(Duration::from_millis(800));
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(_conn)) => {
+    match tokio::time::timeout(timeout, query(addr)).await {
+        Ok(Ok(_rows)) => {
             permit.record(Verdict::Success);
-            (StatusCode::OK, "[]\n".into())
+            (StatusCode::OK, "[]\n").into_response()
         }
         Ok(Err(e)) => {
             permit.record(Verdict::Failure);
-            (StatusCode::BAD_GATEWAY, format!("database: {e}\n"))
+            (StatusCode::BAD_GATEWAY, format!("database: {e}\n")).into_response()
         }
         Err(_) => {
             permit.record(Verdict::Failure);
-            (StatusCode::GATEWAY_TIMEOUT, "database: timed out\n".into())
+            (StatusCode::GATEWAY_TIMEOUT, "database: timed out\n").into_response()
         }
     }
+}
+
+async fn query(addr: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"SELECT id FROM orders\n").await?;
+    let mut reply = String::new();
+    if tokio::io::BufReader::new(conn)
+        .read_line(&mut reply)
+        .await?
+        == 0
+    {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(reply)
 }

@@ -211,9 +211,9 @@ pub fn digest_drift<'a>(pods: impl IntoIterator<Item = &'a PodObservation>) -> V
                 rule: IMAGE_DIGEST_DRIFT,
                 container: Some(container.to_owned()),
                 message: format!(
-                    "container {container}: {} run a different image than the {} other pod(s){revision}, \
-                     which run {}",
+                    "{} {} a different image than the {} other pod(s){revision}, which run {}",
                     odd.join(", "),
+                    if odd.len() == 1 { "runs" } else { "run" },
                     norm_pods.len(),
                     short(norm),
                 ),

@@ -324,6 +324,17 @@ impl TestEnv {
         self.wait_ready(timeout)
     }
 
+    /// Hands `pid` to this control plane's clean-up: it is stopped with
+    /// etcd and kube-apiserver when the owning process dies without
+    /// stopping it, and by the next run's sweep.
+    ///
+    /// # Errors
+    ///
+    /// When the pid file cannot be written.
+    pub fn adopt(&self, pid: u32) -> Result<(), Error> {
+        process::record_pid(&self.dir, pid)
+    }
+
     /// The pids of etcd and kube-apiserver.
     pub fn pids(&self) -> [u32; 2] {
         [self.etcd.pid(), self.apiserver.pid()]

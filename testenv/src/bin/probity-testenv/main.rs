@@ -1,9 +1,11 @@
-//! Runs a local control plane until interrupted: `make demo` and manual
-//! experiments use it.
+//! Runs a local control plane until interrupted, for manual experiments,
+//! and the narrated tour `make demo` runs.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use probity_testenv::{Binaries, Options, TestEnv};
+
+mod demo;
 
 /// A local etcd + kube-apiserver for trying probity without a cluster.
 #[derive(Debug, Parser)]
@@ -23,6 +25,23 @@ enum Cmd {
     },
     /// Stop control planes left behind by killed runs.
     Sweep,
+    /// The narrated tour: operator, webhooks, policies, drift and the
+    /// orders example on a fresh control plane; removes everything at the end.
+    Demo {
+        /// The `probity` binary.
+        #[arg(long, value_name = "PATH", default_value = "target/debug/probity")]
+        probity: std::path::PathBuf,
+        /// The probity-probe orders example binary.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "target/debug/examples/orders"
+        )]
+        orders: std::path::PathBuf,
+        /// The CRD manifest.
+        #[arg(long, value_name = "PATH", default_value = "crds/crds.yaml")]
+        crds: std::path::PathBuf,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,6 +49,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Up { kubeconfig } => up(kubeconfig).await,
+        Cmd::Demo {
+            probity,
+            orders,
+            crds,
+        } => {
+            let inputs = demo::Inputs {
+                probity,
+                orders,
+                crds,
+            };
+            tokio::task::spawn_blocking(move || demo::run(&inputs))
+                .await
+                .context("demo task")?
+        }
         Cmd::Sweep => {
             for swept in probity_testenv::sweep_stale() {
                 println!(
