@@ -18,6 +18,7 @@
 //! - [`retry`]: backoff with jitter, a shared retry budget, attempt
 //!   propagation.
 //! - [`shed`]: load shedding with 503 and `Retry-After`.
+//! - `chaos` (feature `chaos`): fault injection for game days.
 //!
 //! ```
 //! use std::time::Duration;
@@ -42,6 +43,8 @@
 
 pub mod breaker;
 pub mod bulkhead;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod deadline;
 pub mod health;
 mod refuse;

@@ -47,12 +47,22 @@ pub async fn request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Reply> {
+    request_with_body(addr, method, target, headers, "").await
+}
+
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("\r\n");
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
