@@ -309,15 +309,7 @@ impl Tour {
             .env_remove("PROBITY_LOG");
         let t = Instant::now();
         let mut operator = self.spawn("operator", command)?;
-        let admin_addr = admin;
-        wait(WAIT, "the operator's /readyz", || {
-            if operator.exited() {
-                return Some(false);
-            }
-            (http_get(admin_addr, "/readyz").ok()?.status == 200).then_some(true)
-        })?
-        .then_some(())
-        .with_context(|| format!("the operator exited: {}", operator.log_tail(20)))?;
+        operator.wait_until_ok(admin, "/readyz")?;
         for kind in [
             "validatingwebhookconfiguration",
             "mutatingwebhookconfiguration",
@@ -518,14 +510,7 @@ impl Tour {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         let mut orders = self.spawn("orders", command)?;
-        wait(WAIT, "orders' /startupz", || {
-            if orders.exited() {
-                return Some(false);
-            }
-            (http_get(addr, "/startupz").ok()?.status == 200).then_some(true)
-        })?
-        .then_some(())
-        .with_context(|| format!("orders exited: {}", orders.log_tail(20)))?;
+        orders.wait_until_ok(addr, "/startupz")?;
         wait(WAIT, "orders ready", || {
             (http_get(addr, "/readyz").ok()?.status == 200).then_some(())
         })?;
@@ -683,6 +668,21 @@ struct Proc {
 impl Proc {
     fn exited(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))))
+    }
+
+    /// Waits (bounded) until GET `path` answers 200; fails early, with
+    /// the log's tail, if the process exits.
+    fn wait_until_ok(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+        let up = wait(WAIT, &format!("{}'s {path}", self.name), || {
+            if self.exited() {
+                return Some(false);
+            }
+            (http_get(addr, path).ok()?.status == 200).then_some(true)
+        })?;
+        if !up {
+            bail!("{} exited:\n{}", self.name, self.log_tail(20));
+        }
+        Ok(())
     }
 
     fn log_tail(&self, lines: usize) -> String {
