@@ -208,6 +208,16 @@ impl Tour {
         Ok(out)
     }
 
+    /// Waits (bounded) until `kubectl <args>` succeeds and prints something.
+    fn wait_for_output(&self, what: &str, args: &[&str]) -> anyhow::Result<()> {
+        wait(WAIT, what, || {
+            self.quietly(args)
+                .ok()
+                .filter(|out| !out.trim().is_empty())
+                .map(drop)
+        })
+    }
+
     /// Waits until `jsonpath` of `object` reads `want` (bounded).
     fn wait_for(&self, object: &[&str], jsonpath: &str, want: &str) -> anyhow::Result<()> {
         let mut args = vec!["get"];
@@ -314,19 +324,16 @@ impl Tour {
             "validatingwebhookconfiguration",
             "mutatingwebhookconfiguration",
         ] {
-            let mut last = String::new();
-            wait(WAIT, &format!("the CA bundle in the {kind}"), || {
-                last = self
-                    .quietly(&[
-                        "get",
-                        kind,
-                        "probity",
-                        "-o",
-                        "jsonpath={.webhooks[0].clientConfig.caBundle}",
-                    ])
-                    .unwrap_or_default();
-                (!last.is_empty()).then_some(())
-            })?;
+            self.wait_for_output(
+                &format!("the CA bundle in the {kind}"),
+                &[
+                    "get",
+                    kind,
+                    "probity",
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ],
+            )?;
         }
         note(&format!(
             "operator ready in {:.1} s: /readyz 200 on {admin}, webhooks on {url}, its CA written into both webhook configurations",
@@ -460,24 +467,7 @@ impl Tour {
                 self.quietly(&args)?;
             }
         }
-        let mut last = String::new();
-        wait(WAIT, "an ImageDigestDrift event", || {
-            last = self
-                .quietly(&[
-                    "get",
-                    "events",
-                    "-n",
-                    "shop",
-                    "--field-selector",
-                    "reason=ImageDigestDrift",
-                    "-o",
-                    "name",
-                ])
-                .unwrap_or_default();
-            (!last.trim().is_empty()).then_some(())
-        })?;
-        println!("\n  The operator noticed, from the pods' imageIDs:");
-        self.must(&[
+        let events = [
             "get",
             "events",
             "-n",
@@ -485,8 +475,19 @@ impl Tour {
             "--field-selector",
             "reason=ImageDigestDrift",
             "-o",
-            "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
-        ])?;
+        ];
+        self.wait_for_output(
+            "an ImageDigestDrift event",
+            &[&events[..], &["name"]].concat(),
+        )?;
+        println!("\n  The operator noticed, from the pods' imageIDs:");
+        self.must(
+            &[
+                &events[..],
+                &["custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message"],
+            ]
+            .concat(),
+        )?;
         Ok(())
     }
 
