@@ -11,7 +11,7 @@ export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe bench-operator bench-admission control-plane demo up clean-control-plane
+.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe lab-cascade bench-operator bench-admission control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (c
 
 bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000 and 10,000 Deployments
 	$(CARGO) bench --locked --bench operator_convergence
+
+lab-cascade: ## The cascade lab: a dependency slows to 8 s under four configurations, plus a retry storm (~10 min; writes docs/cascade/)
+	$(CARGO) bench --locked -p probity-probe --features chaos --bench cascade
 
 registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
 	@hack/registry.sh install

@@ -73,14 +73,41 @@ async fn breakers_show_in_readiness_and_only_critical_ones_fail_it() {
     ledger.reset();
 
     let _slots = (bulkhead.try_acquire(), bulkhead.try_acquire());
-    let reply = get(addr, "/readyz/bulkhead:payments").await;
+    let reply = get(addr, "/readyz/bulkhead:payments?verbose").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (
+            200,
+            "[+]bulkhead:payments degraded: reason withheld\nreadyz check passed\n"
+        ),
+        "a full bulkhead on a non-critical dependency is coping, not unready"
+    );
+}
+
+#[tokio::test]
+async fn a_critical_dependency_with_a_full_bulkhead_fails_readiness() {
+    let bulkhead = Bulkhead::new(1, Duration::ZERO);
+    let health = Health::builder()
+        .dependency(
+            Dependency::new("ledger")
+                .bulkhead(bulkhead.clone())
+                .critical(),
+        )
+        .build()
+        .expect("valid");
+    let addr = serve(health.router()).await;
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    let held = bulkhead.try_acquire();
+    let reply = get(addr, "/readyz/bulkhead:ledger").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (
             503,
-            "[-]bulkhead:payments failed: reason withheld\nreadyz check failed\n"
+            "[-]bulkhead:ledger failed: reason withheld\nreadyz check failed\n"
         )
     );
+    drop(held);
+    assert_eq!(get(addr, "/readyz").await.status, 200, "free again: ready");
 }
 
 #[tokio::test]

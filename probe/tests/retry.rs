@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use probity_probe::retry::{AttemptLayer, Backoff, RetryBudget, RetryPolicy, inbound_attempt};
+use probity_probe::retry::{
+    AttemptLayer, Backoff, NO_RETRY_HEADER, RetryBudget, RetryPolicy, downstream_gave_up,
+    inbound_attempt,
+};
 use tower::{ServiceBuilder, ServiceExt as _};
 
 /// A downstream that always fails, counting calls and recording the
@@ -133,17 +136,129 @@ async fn a_retried_request_does_not_retry_downstream_when_refusing_nested() {
     let handler = tower::service_fn(move |_req: http::Request<()>| {
         let svc = svc.clone();
         async move {
-            svc.oneshot(http::Request::get("/pay").body(()).expect("request"))
-                .await
+            let status = svc
+                .oneshot(http::Request::get("/pay").body(()).expect("request"))
+                .await?;
+            Ok::<_, std::io::Error>(
+                http::Response::builder()
+                    .status(status)
+                    .body(String::new())
+                    .expect("response"),
+            )
         }
     });
-    let status = AttemptLayer
+    let reply = AttemptLayer
         .layer_ready(handler)
         .oneshot(inbound)
         .await
         .expect("reply");
-    assert_eq!(status, 500);
+    assert_eq!(reply.status(), 500);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no nested retries");
+    assert_eq!(
+        reply.headers().get(NO_RETRY_HEADER).map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "the refusal is passed up"
+    );
+}
+
+/// An HTTP client over the test's raw client: the retry policy sees the
+/// whole response, headers included.
+fn http_client(
+    addr: std::net::SocketAddr,
+    policy: RetryPolicy<http::Response<String>, std::io::Error>,
+) -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<String>,
+    Error = std::io::Error,
+    Future: Send,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(policy))
+        .service_fn(move |req: http::Request<()>| async move {
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            let borrowed: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let reply = support::request(addr, "GET", req.uri().path(), &borrowed).await?;
+            let mut response = http::Response::builder().status(reply.status);
+            for (k, v) in &reply.headers {
+                response = response.header(k, v);
+            }
+            response.body(reply.body).map_err(std::io::Error::other)
+        })
+}
+
+fn retry_5xx_response(r: &Result<http::Response<String>, std::io::Error>) -> bool {
+    r.as_ref().map_or(true, |r| r.status().is_server_error())
+}
+
+/// edge -> middle -> failing leaf. The middle retries 3 times and gives
+/// up; whether the edge retries too depends on `exhausted_if`.
+async fn leaf_calls_through_two_layers(edge_honours_mark: bool) -> (usize, usize) {
+    let (leaf, leaf_calls, _) = failing_downstream().await;
+    let middle_calls = Arc::new(AtomicUsize::new(0));
+    let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+    let to_leaf = http_client(
+        leaf,
+        RetryPolicy::new(3, backoff).retry_if(retry_5xx_response),
+    );
+    let counted = Arc::clone(&middle_calls);
+    let middle = Router::new()
+        .route(
+            "/checkout",
+            get(move || {
+                let (svc, counted) = (to_leaf.clone(), Arc::clone(&counted));
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let reply = svc
+                        .oneshot(http::Request::get("/pay").body(()).expect("request"))
+                        .await;
+                    match reply {
+                        Ok(r) if r.status().is_success() => http::StatusCode::OK,
+                        _ => http::StatusCode::BAD_GATEWAY,
+                    }
+                }
+            }),
+        )
+        .layer(AttemptLayer);
+    let middle = support::serve(middle).await;
+    let mut edge_policy = RetryPolicy::new(3, backoff).retry_if(retry_5xx_response);
+    if edge_honours_mark {
+        edge_policy = edge_policy.exhausted_if(downstream_gave_up);
+    }
+    let reply = http_client(middle, edge_policy)
+        .oneshot(http::Request::get("/checkout").body(()).expect("request"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status(), 502);
+    assert_eq!(
+        reply.headers().get(NO_RETRY_HEADER).map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "the middle layer says it gave up"
+    );
+    (
+        middle_calls.load(Ordering::SeqCst),
+        leaf_calls.load(Ordering::SeqCst),
+    )
+}
+
+#[tokio::test]
+async fn a_failure_already_retried_downstream_is_not_retried_again() {
+    assert_eq!(
+        leaf_calls_through_two_layers(false).await,
+        (3, 9),
+        "without the mark: 3 x 3"
+    );
+    assert_eq!(
+        leaf_calls_through_two_layers(true).await,
+        (1, 3),
+        "with it only the layer next to the failure retries"
+    );
 }
 
 trait LayerReady {

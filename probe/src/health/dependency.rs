@@ -63,7 +63,9 @@ impl Dependency {
         self
     }
 
-    /// The bulkhead bounding it; a full bulkhead makes the pod unready.
+    /// The bulkhead bounding it; shown in `/readyz` as
+    /// `bulkhead:<name>`, failing readiness when full only for a
+    /// [critical](Dependency::critical) dependency.
     pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
         self.bulkhead = Some(bulkhead);
         self
@@ -81,9 +83,11 @@ impl Dependency {
         self
     }
 
-    /// An open breaker fails readiness. Off by default: an open breaker
-    /// usually means the service is coping (serving a fallback), and
-    /// taking every replica out of rotation would not help.
+    /// An open breaker or a full bulkhead fails readiness. Off by
+    /// default: either usually means the service is coping (failing fast,
+    /// serving a fallback), and when the dependency is shared every replica
+    /// would leave rotation together, taking the endpoints that do not
+    /// need it down too.
     pub fn critical(mut self) -> Self {
         self.critical = true;
         self

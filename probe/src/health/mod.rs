@@ -251,10 +251,11 @@ impl HealthBuilder {
     }
 
     /// Registers an outbound dependency: its breaker state appears in
-    /// `/readyz` as `breaker:<name>` (failing readiness only when the
-    /// dependency is [critical](Dependency::critical)), its bulkhead as the
-    /// saturation source `bulkhead:<name>`, and the whole edge in
-    /// `GET /dependencies`.
+    /// `/readyz` as `breaker:<name>` and its bulkhead as the saturation
+    /// source `bulkhead:<name>` (an open breaker or a full bulkhead fails
+    /// readiness only when the dependency is
+    /// [critical](Dependency::critical); otherwise it shows as degraded),
+    /// and the whole edge in `GET /dependencies`.
     pub fn dependency(mut self, dependency: Dependency) -> Self {
         self.dependencies.push(dependency);
         self
@@ -390,11 +391,12 @@ impl HealthBuilder {
                 .map(|(name, source, thresholds)| Gate::new(name, source, thresholds))
                 .chain(self.dependencies.iter().filter_map(|d| {
                     let bulkhead: Arc<dyn Saturation> = Arc::new(d.bulkhead.clone()?);
-                    Some(Gate::new(
+                    let gate = Gate::new(
                         format!("bulkhead:{}", d.name),
                         bulkhead,
                         Thresholds::default(),
-                    ))
+                    );
+                    Some(if d.critical { gate } else { gate.non_critical() })
                 }))
                 .collect(),
             dependencies: self.dependencies,

@@ -181,16 +181,21 @@ pub(crate) fn evaluate(
                 let (load, saturated, changed) = gate.evaluate();
                 if changed {
                     if saturated {
-                        tracing::warn!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, "saturated: readiness failing");
+                        let effect = if gate.critical { "readiness failing" } else { "reported, readiness unaffected" };
+                        tracing::warn!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, effect, "saturated");
                     } else {
                         tracing::info!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, "no longer saturated");
                     }
                 }
-                checks.push(line(
+                let mut report = line(
                     &gate.name,
                     saturated
                         .then(|| format!("saturated: {} of {} in use", load.in_use, load.capacity)),
-                ));
+                );
+                if saturated && !gate.critical {
+                    report.status = CheckStatus::Degraded;
+                }
+                checks.push(report);
             }
             for dep in &inner.dependencies {
                 let Some(breaker) = &dep.breaker else {

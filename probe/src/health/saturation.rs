@@ -80,6 +80,8 @@ pub(crate) struct Gate {
     source: Arc<dyn Saturation>,
     thresholds: Thresholds,
     saturated: AtomicBool,
+    /// Saturation fails readiness; otherwise it is reported as degraded.
+    pub(crate) critical: bool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -98,7 +100,14 @@ impl Gate {
             source,
             thresholds,
             saturated: AtomicBool::new(false),
+            critical: true,
         }
+    }
+
+    /// Reported as degraded, not failing, when saturated.
+    pub(crate) fn non_critical(mut self) -> Self {
+        self.critical = false;
+        self
     }
 
     /// Reads the source and applies hysteresis. Returns the load, whether

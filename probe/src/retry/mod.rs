@@ -30,11 +30,11 @@ mod budget;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 pub use backoff::{Backoff, Jitter};
@@ -47,14 +47,40 @@ const SEED_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
 /// The header carrying the attempt number (1 for the original request).
 pub const ATTEMPT_HEADER: &str = "x-probity-attempt";
 
+/// The response header saying "already retried downstream: do not retry
+/// this failure" (value `1`), set by [`AttemptLayer`].
+pub const NO_RETRY_HEADER: &str = "x-probity-no-retry";
+
+/// What [`AttemptLayer`] knows about the inbound request being served.
+#[derive(Debug)]
+struct Inbound {
+    attempt: u32,
+    /// An outbound retry policy gave up on a retryable failure.
+    gave_up: AtomicBool,
+}
+
 tokio::task_local! {
-    static INBOUND_ATTEMPT: u32;
+    static INBOUND: Arc<Inbound>;
 }
 
 /// The attempt number of the inbound request being served, as set by
 /// [`AttemptLayer`]; 1 outside one.
 pub fn inbound_attempt() -> u32 {
-    INBOUND_ATTEMPT.try_with(|a| *a).unwrap_or(1)
+    INBOUND.try_with(|i| i.attempt).unwrap_or(1)
+}
+
+fn note_gave_up() {
+    let _ = INBOUND.try_with(|i| i.gave_up.store(true, Ordering::Release));
+}
+
+/// Whether a response says its sender already retried and gave up
+/// (`x-probity-no-retry: 1`); for [`RetryPolicy::exhausted_if`].
+pub fn downstream_gave_up<B, E>(result: &Result<Response<B>, E>) -> bool {
+    result.as_ref().is_ok_and(|r| {
+        r.headers()
+            .get(NO_RETRY_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1")
+    })
 }
 
 type Retryable<Res, E> = Arc<dyn Fn(&Result<Res, E>) -> bool + Send + Sync>;
@@ -65,6 +91,7 @@ pub struct RetryPolicy<Res, E> {
     backoff: Backoff,
     budget: Option<Arc<RetryBudget>>,
     retryable: Retryable<Res, E>,
+    exhausted: Option<Retryable<Res, E>>,
     refuse_nested: bool,
     attempt: u32,
     previous: Duration,
@@ -82,6 +109,7 @@ impl<Res, E> Clone for RetryPolicy<Res, E> {
             backoff: self.backoff,
             budget: self.budget.clone(),
             retryable: Arc::clone(&self.retryable),
+            exhausted: self.exhausted.clone(),
             refuse_nested: self.refuse_nested,
             attempt: 1,
             previous: Duration::ZERO,
@@ -112,6 +140,7 @@ impl<Res, E> RetryPolicy<Res, E> {
             backoff,
             budget: None,
             retryable: Arc::new(|r: &Result<Res, E>| r.is_err()),
+            exhausted: None,
             refuse_nested: false,
             attempt: 1,
             previous: Duration::ZERO,
@@ -124,6 +153,17 @@ impl<Res, E> RetryPolicy<Res, E> {
     /// Which results to retry.
     pub fn retry_if(mut self, f: impl Fn(&Result<Res, E>) -> bool + Send + Sync + 'static) -> Self {
         self.retryable = Arc::new(f);
+        self
+    }
+
+    /// Results saying a downstream already retried and gave up (for HTTP:
+    /// [`downstream_gave_up`]): never retried here, and the request being
+    /// served answers with the same mark (see [`AttemptLayer`]).
+    pub fn exhausted_if(
+        mut self,
+        f: impl Fn(&Result<Res, E>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.exhausted = Some(Arc::new(f));
         self
     }
 
@@ -148,7 +188,10 @@ impl<Res, E> RetryPolicy<Res, E> {
         self
     }
 
-    /// Decides whether to retry after `result`, returning the delay.
+    /// Decides whether to retry after `result`, returning the delay. A
+    /// retryable failure that is not retried (attempts, budget, deadline,
+    /// nested, or a downstream that already gave up) is noted for
+    /// [`AttemptLayer`].
     pub fn next_delay(&mut self, result: &Result<Res, E>) -> Option<Duration> {
         if !self.deposited {
             self.deposited = true;
@@ -156,7 +199,22 @@ impl<Res, E> RetryPolicy<Res, E> {
                 b.deposit();
             }
         }
-        if !(self.retryable)(result) || self.attempt >= self.max_attempts {
+        if self.exhausted.as_ref().is_some_and(|f| f(result)) {
+            note_gave_up();
+            return None;
+        }
+        if !(self.retryable)(result) {
+            return None;
+        }
+        let delay = self.delay_if_allowed();
+        if delay.is_none() {
+            note_gave_up();
+        }
+        delay
+    }
+
+    fn delay_if_allowed(&mut self) -> Option<Duration> {
+        if self.attempt >= self.max_attempts {
             return None;
         }
         if self.refuse_nested && inbound_attempt() > 1 {
@@ -205,7 +263,10 @@ where
 
 /// Inbound: reads `x-probity-attempt` and makes it available to
 /// [`inbound_attempt`] (and so to [`RetryPolicy::refuse_nested`]) while
-/// the request is served.
+/// the request is served; when an outbound [`RetryPolicy`] gave up during
+/// the request and the answer is a failure (5xx or 429), marks it
+/// `x-probity-no-retry: 1` so the caller does not retry it. Outbound calls
+/// must run in the request's task (not a spawned one) to be seen.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AttemptLayer;
 
@@ -223,14 +284,14 @@ pub struct AttemptService<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for AttemptService<S>
+impl<S, B, R> Service<Request<B>> for AttemptService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -244,7 +305,23 @@ where
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(1)
             .max(1);
-        Box::pin(INBOUND_ATTEMPT.scope(attempt, self.inner.call(req)))
+        let inbound = Arc::new(Inbound {
+            attempt,
+            gave_up: AtomicBool::new(false),
+        });
+        let call = INBOUND.scope(Arc::clone(&inbound), self.inner.call(req));
+        Box::pin(async move {
+            let mut response = call.await?;
+            let status = response.status();
+            let failed =
+                status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS;
+            if failed && inbound.gave_up.load(Ordering::Acquire) {
+                response
+                    .headers_mut()
+                    .insert(NO_RETRY_HEADER, HeaderValue::from_static("1"));
+            }
+            Ok(response)
+        })
     }
 }
 

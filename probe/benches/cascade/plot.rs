@@ -1,0 +1,131 @@
+//! The PNG: `/catalog` p99 and success rate per second, one line per
+//! configuration, the slow phase shaded.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::http::BoxError;
+use crate::report::Summary;
+use crate::scenario::Scenario;
+
+const FONT_CANDIDATES: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Loads a TrueType font for the labels: `PROBITY_LAB_FONT`, or DejaVu
+/// Sans where Debian, Fedora or Arch put it.
+fn register_font() -> Result<(), BoxError> {
+    let path = match std::env::var("PROBITY_LAB_FONT") {
+        Ok(path) => path,
+        Err(_) => FONT_CANDIDATES
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .map(|p| (*p).to_owned())
+            .ok_or(
+                "no TrueType font for the plot: set PROBITY_LAB_FONT=/path/to/font.ttf \
+                 (Debian: apt-get install fonts-dejavu-core)",
+            )?,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("reading font {path}: {e}"))?;
+    // The font registry keeps fonts for the life of the process.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| format!("{path} is not a TrueType font"))?;
+    Ok(())
+}
+
+const COLOURS: [RGBColor; 4] = [
+    RGBColor(214, 39, 40),
+    RGBColor(255, 127, 14),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+];
+
+/// Draws the two panels into `path`.
+pub(crate) fn draw(path: &Path, summaries: &[Summary], scenario: &Scenario) -> Result<(), BoxError> {
+    register_font()?;
+    let total = scenario.total().as_secs_f64();
+    let slow = (
+        scenario.healthy.as_secs_f64(),
+        (scenario.healthy + scenario.slow).as_secs_f64(),
+    );
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(450);
+
+    let max_ms = scenario.client_timeout.as_secs_f64() * 1000.0 * 1.5;
+    let mut p99 = ChartBuilder::on(&top)
+        .caption("/catalog p99 per second (log scale); payments slow in the shaded span", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..total, (1f64..max_ms).log_scale())?;
+    p99.configure_mesh()
+        .x_desc("seconds")
+        .y_desc("p99 (ms)")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    p99.draw_series(std::iter::once(Rectangle::new(
+        [(slow.0, 1.0), (slow.1, max_ms)],
+        RGBColor(250, 225, 225).filled(),
+    )))?;
+    for (s, colour) in summaries.iter().zip(COLOURS) {
+        let points = s
+            .per_second
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.requests > 0)
+            .map(|(i, c)| (i as f64 + 0.5, (c.p99.as_secs_f64() * 1000.0).clamp(1.0, max_ms)));
+        p99.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(s.config.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+    }
+    p99.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut success = ChartBuilder::on(&bottom)
+        .caption("/catalog success rate per second", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..total, 0f64..105f64)?;
+    success
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("success (%)")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    success.draw_series(std::iter::once(Rectangle::new(
+        [(slow.0, 0.0), (slow.1, 105.0)],
+        RGBColor(250, 225, 225).filled(),
+    )))?;
+    for (s, colour) in summaries.iter().zip(COLOURS) {
+        let points = s
+            .per_second
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.requests > 0)
+            .map(|(i, c)| (i as f64 + 0.5, c.success() * 100.0));
+        success
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(s.config.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+    }
+    success
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
