@@ -11,7 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use probity_probe::retry::{
     AttemptLayer, Backoff, NO_RETRY_HEADER, RetryBudget, RetryPolicy, downstream_gave_up,
-    inbound_attempt,
+    inbound_attempt, propagate_attempt,
 };
 use tower::{ServiceBuilder, ServiceExt as _};
 
@@ -258,6 +258,44 @@ async fn a_failure_already_retried_downstream_is_not_retried_again() {
         leaf_calls_through_two_layers(true).await,
         (1, 3),
         "with it only the layer next to the failure retries"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_passes_its_attempt_number_to_every_outbound_call() {
+    let outbound = |attempt: &'static str| {
+        let handler = tower::service_fn(|_req: http::Request<()>| async {
+            let mut headers = http::HeaderMap::new();
+            let wrote = propagate_attempt(&mut headers);
+            let seen = headers
+                .get("x-probity-attempt")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            Ok::<_, std::io::Error>(
+                http::Response::builder()
+                    .status(if wrote { 200 } else { 204 })
+                    .body(seen)
+                    .expect("response"),
+            )
+        });
+        let inbound = http::Request::get("/")
+            .header("x-probity-attempt", attempt)
+            .body(())
+            .expect("request");
+        AttemptLayer.layer_ready(handler).oneshot(inbound)
+    };
+    let retry = outbound("3").await.expect("reply");
+    assert_eq!((retry.status().as_u16(), retry.body().as_str()), (200, "3"));
+    let original = outbound("1").await.expect("reply");
+    assert_eq!(
+        (original.status().as_u16(), original.body().as_str()),
+        (204, "none"),
+        "an original request adds nothing"
+    );
+    assert!(
+        !propagate_attempt(&mut http::HeaderMap::new()),
+        "outside a request"
     );
 }
 

@@ -80,7 +80,10 @@ fn lab(full: bool) -> Result<(), BoxError> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().map_err(|_| BoxError::from("a configuration's run panicked"))?)
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| BoxError::from("a configuration's run panicked"))?
+                })
                 .collect::<Result<Vec<_>, _>>()
         })?
     };
@@ -152,7 +155,12 @@ fn check_complete(run: &run::ConfigRun, scenario: &Scenario) -> Result<(), BoxEr
 fn check_png(png: &std::path::Path) -> Result<(), BoxError> {
     let bytes = std::fs::read(png)?;
     if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") || bytes.len() < 10_000 {
-        return Err(format!("{} is not a drawn PNG ({} bytes)", png.display(), bytes.len()).into());
+        return Err(format!(
+            "{} is not a drawn PNG ({} bytes)",
+            png.display(),
+            bytes.len()
+        )
+        .into());
     }
     Ok(())
 }

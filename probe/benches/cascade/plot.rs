@@ -46,7 +46,11 @@ const COLOURS: [RGBColor; 4] = [
 ];
 
 /// Draws the two panels into `path`.
-pub(crate) fn draw(path: &Path, summaries: &[Summary], scenario: &Scenario) -> Result<(), BoxError> {
+pub(crate) fn draw(
+    path: &Path,
+    summaries: &[Summary],
+    scenario: &Scenario,
+) -> Result<(), BoxError> {
     register_font()?;
     let total = scenario.total().as_secs_f64();
     let slow = (
@@ -59,7 +63,10 @@ pub(crate) fn draw(path: &Path, summaries: &[Summary], scenario: &Scenario) -> R
 
     let max_ms = scenario.client_timeout.as_secs_f64() * 1000.0 * 1.5;
     let mut p99 = ChartBuilder::on(&top)
-        .caption("/catalog p99 per second (log scale); payments slow in the shaded span", ("sans-serif", 22))
+        .caption(
+            "/catalog p99 per second (log scale); payments slow in the shaded span",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -79,10 +86,17 @@ pub(crate) fn draw(path: &Path, summaries: &[Summary], scenario: &Scenario) -> R
             .iter()
             .enumerate()
             .filter(|(_, c)| c.requests > 0)
-            .map(|(i, c)| (i as f64 + 0.5, (c.p99.as_secs_f64() * 1000.0).clamp(1.0, max_ms)));
+            .map(|(i, c)| {
+                (
+                    i as f64 + 0.5,
+                    (c.p99.as_secs_f64() * 1000.0).clamp(1.0, max_ms),
+                )
+            });
         p99.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(s.config.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+            });
     }
     p99.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -117,7 +131,9 @@ pub(crate) fn draw(path: &Path, summaries: &[Summary], scenario: &Scenario) -> R
         success
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(s.config.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+            });
     }
     success
         .configure_series_labels()

@@ -112,13 +112,7 @@ impl Summary {
         };
         let seconds = scenario.total().as_secs() as usize;
         let per_second = (0..seconds)
-            .map(|s| {
-                CatalogStats::of(
-                    run.samples
-                        .iter()
-                        .filter(|x| x.due.as_secs() as usize == s),
-                )
-            })
+            .map(|s| CatalogStats::of(run.samples.iter().filter(|x| x.due.as_secs() as usize == s)))
             .collect();
         Self {
             config: run.config,
@@ -268,8 +262,16 @@ pub(crate) fn markdown(summaries: &[Summary], scenario: &Scenario) -> String {
             out,
             "| {} | {} | {} | {} | {} | {:.1} s | {ok}/{asked} |",
             s.config.name(),
-            if breaker { secs(s.opened_after) } else { "no breaker".into() },
-            if breaker { secs(s.closed_after) } else { "-".into() },
+            if breaker {
+                secs(s.opened_after)
+            } else {
+                "no breaker".into()
+            },
+            if breaker {
+                secs(s.closed_after)
+            } else {
+                "-".into()
+            },
             s.breaker_transitions,
             s.readiness_changes(),
             s.unready_between(slow_from, slow_to).as_secs_f64(),

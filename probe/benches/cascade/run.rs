@@ -121,13 +121,25 @@ async fn timeline(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxE
     }
     let end = start + scenario.total();
     let readiness = tokio::spawn(watch_readiness(client.clone(), orders.addr, start, end));
-    let livez = tokio::spawn(watch_livez(client.clone(), orders.addr, start, end, scenario.clone()));
+    let livez = tokio::spawn(watch_livez(
+        client.clone(),
+        orders.addr,
+        start,
+        end,
+        scenario.clone(),
+    ));
 
     tokio::time::sleep_until(start + scenario.healthy).await;
-    orders.in_flight.phase.store(Phase::Slow.index(), Ordering::Release);
+    orders
+        .in_flight
+        .phase
+        .store(Phase::Slow.index(), Ordering::Release);
     chaos.set(Fault::latency(scenario.slowed).with_jitter(scenario.jitter));
     tokio::time::sleep_until(start + scenario.healthy + scenario.slow).await;
-    orders.in_flight.phase.store(Phase::Recovered.index(), Ordering::Release);
+    orders
+        .in_flight
+        .phase
+        .store(Phase::Recovered.index(), Ordering::Release);
     chaos.set(healthy_fault(scenario));
 
     while let Some(done) = load.join_next().await {

@@ -106,7 +106,8 @@ pub(crate) async fn orders(
     } else {
         None
     };
-    let bulkhead = (config == Config::Probity).then(|| Bulkhead::new(scenario.bulkhead, Duration::ZERO));
+    let bulkhead =
+        (config == Config::Probity).then(|| Bulkhead::new(scenario.bulkhead, Duration::ZERO));
     let in_flight = Arc::new(InFlight::default());
 
     let mut health = Health::builder()

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use probity_probe::retry::{
-    AttemptLayer, Backoff, RetryBudget, RetryPolicy, downstream_gave_up,
+    self, AttemptLayer, Backoff, RetryBudget, RetryPolicy, downstream_gave_up,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -28,7 +28,8 @@ pub(crate) struct Variant {
     pub(crate) name: &'static str,
     /// Retry budget: share of recent requests (floor 1 retry/s).
     pub(crate) budget: Option<f64>,
-    /// Do not retry while serving a retry (`x-probity-attempt`).
+    /// Do not retry while serving a retry, and pass the attempt number
+    /// on (`x-probity-attempt`).
     pub(crate) refuse_nested: bool,
     /// Do not retry a failure a downstream already gave up on
     /// (`x-probity-no-retry`).
@@ -37,19 +38,19 @@ pub(crate) struct Variant {
 
 pub(crate) const VARIANTS: [Variant; 5] = [
     Variant {
-        name: "naive: 3 attempts per layer",
+        name: "naive: up to 3 attempts per layer",
         budget: None,
         refuse_nested: false,
         honour_give_up: false,
     },
     Variant {
-        name: "+ retry budget 20% per layer",
-        budget: Some(0.2),
-        refuse_nested: false,
+        name: "+ attempt propagation (a retry is never retried below)",
+        budget: None,
+        refuse_nested: true,
         honour_give_up: false,
     },
     Variant {
-        name: "+ attempt propagation (refuse nested retries)",
+        name: "+ retry budget, 20% per layer",
         budget: Some(0.2),
         refuse_nested: true,
         honour_give_up: false,
@@ -97,6 +98,8 @@ struct Layer {
     next: String,
     calls: Arc<AtomicU64>,
     policy: RetryPolicy<http::Response<String>, std::io::Error>,
+    /// Pass the inbound attempt number on (with `refuse_nested`).
+    propagate: bool,
     client: HttpClient,
 }
 
@@ -122,6 +125,7 @@ async fn storm(variant: Variant, rps: u32, length: Duration) -> Result<StormRun,
             next: format!("http://{next}/work"),
             calls: Arc::new(AtomicU64::new(0)),
             policy: policy(variant),
+            propagate: variant.refuse_nested,
             client: HttpClient::new(),
         };
         calls.push(Arc::clone(&layer.calls));
@@ -147,12 +151,14 @@ fn policy(variant: Variant) -> RetryPolicy<http::Response<String>, std::io::Erro
         3,
         Backoff::new(Duration::from_millis(5), Duration::from_millis(50)),
     )
-    .retry_if(|r: &Reply| {
-        r.as_ref().map_or(true, |r| r.status().is_server_error())
-    })
+    .retry_if(|r: &Reply| r.as_ref().map_or(true, |r| r.status().is_server_error()))
     .refuse_nested(variant.refuse_nested);
     if let Some(share) = variant.budget {
-        policy = policy.budget(Arc::new(RetryBudget::new(Duration::from_secs(10), 1, share)));
+        policy = policy.budget(Arc::new(RetryBudget::new(
+            Duration::from_secs(10),
+            1,
+            share,
+        )));
     }
     if variant.honour_give_up {
         policy = policy.exhausted_if(downstream_gave_up);
@@ -180,7 +186,12 @@ fn call_next(layer: &Layer) -> std::pin::Pin<Box<dyn Future<Output = Reply> + Se
             let client = client.clone();
             async move { client.send(req).await }
         });
-    let req = http::Request::get(layer.next.as_str()).body(String::new());
+    let mut req = http::Request::get(layer.next.as_str()).body(String::new());
+    if layer.propagate
+        && let Ok(req) = &mut req
+    {
+        retry::propagate_attempt(req.headers_mut());
+    }
     Box::pin(async move { svc.oneshot(req.map_err(std::io::Error::other)?).await })
 }
 

@@ -396,7 +396,11 @@ impl HealthBuilder {
                         bulkhead,
                         Thresholds::default(),
                     );
-                    Some(if d.critical { gate } else { gate.non_critical() })
+                    Some(if d.critical {
+                        gate
+                    } else {
+                        gate.non_critical()
+                    })
                 }))
                 .collect(),
             dependencies: self.dependencies,

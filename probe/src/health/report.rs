@@ -181,7 +181,11 @@ pub(crate) fn evaluate(
                 let (load, saturated, changed) = gate.evaluate();
                 if changed {
                     if saturated {
-                        let effect = if gate.critical { "readiness failing" } else { "reported, readiness unaffected" };
+                        let effect = if gate.critical {
+                            "readiness failing"
+                        } else {
+                            "reported, readiness unaffected"
+                        };
                         tracing::warn!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, effect, "saturated");
                     } else {
                         tracing::info!(source = %gate.name, in_use = load.in_use, capacity = load.capacity, "no longer saturated");

@@ -69,6 +69,20 @@ pub fn inbound_attempt() -> u32 {
     INBOUND.try_with(|i| i.attempt).unwrap_or(1)
 }
 
+/// Writes the inbound attempt number on an outbound request's headers
+/// when the request being served is itself a retry, so that the next
+/// layer's [`RetryPolicy::refuse_nested`] sees it too: one retry at the
+/// edge then never fans out into retries further down. Returns whether it
+/// wrote one.
+pub fn propagate_attempt(headers: &mut http::HeaderMap) -> bool {
+    let attempt = inbound_attempt();
+    if attempt <= 1 {
+        return false;
+    }
+    headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+    true
+}
+
 fn note_gave_up() {
     let _ = INBOUND.try_with(|i| i.gave_up.store(true, Ordering::Release));
 }
@@ -246,8 +260,9 @@ where
 
     fn retry(&mut self, req: &mut Request<B>, result: &mut Result<Res, E>) -> Option<Self::Future> {
         let delay = self.next_delay(result)?;
+        let attempt = self.attempt.max(inbound_attempt());
         req.headers_mut()
-            .insert(ATTEMPT_HEADER, HeaderValue::from(self.attempt));
+            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         Some(tokio::time::sleep(delay))
     }
 
@@ -313,8 +328,7 @@ where
         Box::pin(async move {
             let mut response = call.await?;
             let status = response.status();
-            let failed =
-                status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS;
+            let failed = status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS;
             if failed && inbound.gave_up.load(Ordering::Acquire) {
                 response
                     .headers_mut()
