@@ -68,6 +68,7 @@ pub(crate) fn draw(
             ("sans-serif", 22),
         )
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..total, (1f64..max_ms).log_scale())?;
@@ -108,6 +109,7 @@ pub(crate) fn draw(
     let mut success = ChartBuilder::on(&bottom)
         .caption("/catalog success rate per second", ("sans-serif", 22))
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..total, 0f64..105f64)?;
