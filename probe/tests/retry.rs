@@ -39,6 +39,23 @@ async fn failing_downstream() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<At
 
 type Reply = Result<u16, std::io::Error>;
 
+/// Sends `req` (its path and headers) with the test's raw client.
+async fn send(
+    addr: std::net::SocketAddr,
+    req: &http::Request<()>,
+) -> std::io::Result<support::Reply> {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    support::request(addr, "GET", req.uri().path(), &borrowed).await
+}
+
 fn client(
     addr: std::net::SocketAddr,
     policy: RetryPolicy<u16, std::io::Error>,
@@ -47,18 +64,7 @@ fn client(
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(policy))
         .service_fn(move |req: http::Request<()>| async move {
-            let headers: Vec<(String, String)> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                .collect();
-            let borrowed: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            support::request(addr, "GET", req.uri().path(), &borrowed)
-                .await
-                .map(|r| r.status)
+            send(addr, &req).await.map(|r| r.status)
         })
 }
 
@@ -175,16 +181,7 @@ fn http_client(
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(policy))
         .service_fn(move |req: http::Request<()>| async move {
-            let headers: Vec<(String, String)> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                .collect();
-            let borrowed: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let reply = support::request(addr, "GET", req.uri().path(), &borrowed).await?;
+            let reply = send(addr, &req).await?;
             let mut response = http::Response::builder().status(reply.status);
             for (k, v) in &reply.headers {
                 response = response.header(k, v);

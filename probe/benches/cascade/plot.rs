@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::http::BoxError;
-use crate::report::Summary;
+use crate::report::{CatalogStats, Summary};
 use crate::scenario::Scenario;
 
 const FONT_CANDIDATES: [&str; 3] = [
@@ -52,75 +52,73 @@ pub(crate) fn draw(
     scenario: &Scenario,
 ) -> Result<(), BoxError> {
     register_font()?;
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(450);
+    let max_ms = scenario.client_timeout.as_secs_f64() * 1000.0 * 1.5;
+    panel(
+        &top,
+        scenario,
+        "/catalog p99 per second (log scale); payments slow in the shaded span",
+        "p99 (ms)",
+        (1f64..max_ms).log_scale(),
+        (1.0, max_ms),
+        SeriesLabelPosition::UpperLeft,
+        summaries,
+        |c| (c.p99.as_secs_f64() * 1000.0).clamp(1.0, max_ms),
+    )?;
+    panel(
+        &bottom,
+        scenario,
+        "/catalog success rate per second",
+        "success (%)",
+        0f64..105f64,
+        (0.0, 105.0),
+        SeriesLabelPosition::LowerLeft,
+        summaries,
+        |c| c.success() * 100.0,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel: a line per configuration of `value` for each second.
+#[allow(clippy::too_many_arguments)]
+fn panel<Y>(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    scenario: &Scenario,
+    caption: &str,
+    y_desc: &str,
+    y_range: Y,
+    (y_low, y_high): (f64, f64),
+    legend_at: SeriesLabelPosition,
+    summaries: &[Summary],
+    value: impl Fn(&CatalogStats) -> f64,
+) -> Result<(), BoxError>
+where
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
     let total = scenario.total().as_secs_f64();
     let slow = (
         scenario.healthy.as_secs_f64(),
         (scenario.healthy + scenario.slow).as_secs_f64(),
     );
-    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(450);
-
-    let max_ms = scenario.client_timeout.as_secs_f64() * 1000.0 * 1.5;
-    let mut p99 = ChartBuilder::on(&top)
-        .caption(
-            "/catalog p99 per second (log scale); payments slow in the shaded span",
-            ("sans-serif", 22),
-        )
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..total, (1f64..max_ms).log_scale())?;
-    p99.configure_mesh()
-        .x_desc("seconds")
-        .y_desc("p99 (ms)")
-        .label_style(("sans-serif", 14))
-        .draw()?;
-    p99.draw_series(std::iter::once(Rectangle::new(
-        [(slow.0, 1.0), (slow.1, max_ms)],
-        RGBColor(250, 225, 225).filled(),
-    )))?;
-    for (s, colour) in summaries.iter().zip(COLOURS) {
-        let points = s
-            .per_second
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.requests > 0)
-            .map(|(i, c)| {
-                (
-                    i as f64 + 0.5,
-                    (c.p99.as_secs_f64() * 1000.0).clamp(1.0, max_ms),
-                )
-            });
-        p99.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-            .label(s.config.name())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
-            });
-    }
-    p99.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-
-    let mut success = ChartBuilder::on(&bottom)
-        .caption("/catalog success rate per second", ("sans-serif", 22))
-        .margin(12)
-        .margin_right(36)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..total, 0f64..105f64)?;
-    success
+        .build_cartesian_2d(0f64..total, y_range)?;
+    chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc("success (%)")
+        .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .draw()?;
-    success.draw_series(std::iter::once(Rectangle::new(
-        [(slow.0, 0.0), (slow.1, 105.0)],
+    chart.draw_series(std::iter::once(Rectangle::new(
+        [(slow.0, y_low), (slow.1, y_high)],
         RGBColor(250, 225, 225).filled(),
     )))?;
     for (s, colour) in summaries.iter().zip(COLOURS) {
@@ -129,21 +127,20 @@ pub(crate) fn draw(
             .iter()
             .enumerate()
             .filter(|(_, c)| c.requests > 0)
-            .map(|(i, c)| (i as f64 + 0.5, c.success() * 100.0));
-        success
+            .map(|(i, c)| (i as f64 + 0.5, value(c)));
+        chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(s.config.name())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
             });
     }
-    success
+    chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(legend_at)
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
