@@ -4,30 +4,45 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Both tests sweep and kill control planes machine-wide: one at a time,
+/// so neither judges the other's.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Starts `probity-testenv up` and returns it with its control-plane
 /// directory, once it reports ready.
 fn start_owner(reaper: bool) -> Option<(Child, PathBuf)> {
     let binaries = probity_testenv::binaries_or_skip()?;
+    let log = std::env::temp_dir().join(format!(
+        "probity-lifecycle-{}-{reaper}.log",
+        std::process::id()
+    ));
+    let stderr = std::fs::File::create(&log).expect("stderr log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_probity-testenv"));
     cmd.arg("up")
         .env(probity_testenv::BIN_DIR_ENV, binaries.dir())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     if !reaper {
         cmd.env("PROBITY_TESTENV_NO_REAPER", "1");
     }
     let mut child = cmd.spawn().expect("spawn probity-testenv");
     let stdout = child.stdout.take().expect("piped stdout");
-    let kubeconfig = BufReader::new(stdout)
+    let Some(kubeconfig) = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .find_map(|line| line.strip_prefix("KUBECONFIG=").map(PathBuf::from))
-        .expect("probity-testenv up printed no KUBECONFIG line");
+    else {
+        let status = child.wait();
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("probity-testenv up printed no KUBECONFIG line ({status:?}); stderr:\n{stderr}");
+    };
+    let _ = std::fs::remove_file(&log);
     let dir = kubeconfig
         .parent()
         .expect("kubeconfig has a directory")
@@ -62,6 +77,7 @@ fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn killed_owner_is_reaped() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let Some((mut owner, dir)) = start_owner(true) else {
         return;
     };
@@ -84,6 +100,7 @@ fn killed_owner_is_reaped() {
 
 #[test]
 fn stale_control_plane_is_swept_by_pid_file() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let Some((mut owner, dir)) = start_owner(false) else {
         return;
     };
