@@ -67,7 +67,7 @@ impl CheckoutStats {
             match s.outcome {
                 Outcome::Ok => stats.ok += 1,
                 Outcome::Degraded => stats.degraded += 1,
-                _ => stats.failed += 1,
+                Outcome::Failed => stats.failed += 1,
             }
         }
         stats
@@ -188,21 +188,16 @@ pub(crate) fn markdown(summaries: &[Summary], scenario: &Scenario) -> String {
 
     out.push_str("### /catalog (calls nothing: the cascade's victim)\n\n");
     out.push_str("| configuration | phase | requests | success | p50 | p99 |\n|---|---|---:|---:|---:|---:|\n");
-    for s in summaries {
-        for phase in Phase::ALL {
-            let c = s.catalog[phase.index()];
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                s.config.name(),
-                phase.name(),
-                c.requests,
-                pct(c.success()),
-                ms(c.p50),
-                ms(c.p99)
-            );
-        }
-    }
+    phase_rows(&mut out, summaries, |s, phase| {
+        let c = s.catalog[phase.index()];
+        format!(
+            "{} | {} | {} | {}",
+            c.requests,
+            pct(c.success()),
+            ms(c.p50),
+            ms(c.p99)
+        )
+    });
     out.push_str(
         "\nLatency is measured from when each request was due, failures included \
          (a request the client gave up on counts at the client timeout).\n\n",
@@ -210,20 +205,10 @@ pub(crate) fn markdown(summaries: &[Summary], scenario: &Scenario) -> String {
 
     out.push_str("### /checkout (calls payments)\n\n");
     out.push_str("| configuration | phase | charged (200) | degraded (202, payment pending) | failed |\n|---|---|---:|---:|---:|\n");
-    for s in summaries {
-        for phase in Phase::ALL {
-            let c = s.checkout[phase.index()];
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                s.config.name(),
-                phase.name(),
-                c.ok,
-                c.degraded,
-                c.failed
-            );
-        }
-    }
+    phase_rows(&mut out, summaries, |s, phase| {
+        let c = s.checkout[phase.index()];
+        format!("{} | {} | {}", c.ok, c.degraded, c.failed)
+    });
 
     let little = |phase: Phase| {
         f64::from(scenario.checkout_rps) * scenario.payments_latency(phase).as_secs_f64()
@@ -280,6 +265,22 @@ pub(crate) fn markdown(summaries: &[Summary], scenario: &Scenario) -> String {
     out.push('\n');
     out.push_str(&targets(summaries));
     out
+}
+
+/// One table row per configuration and phase: its name, the phase, then
+/// `cells`.
+fn phase_rows(out: &mut String, summaries: &[Summary], cells: impl Fn(&Summary, Phase) -> String) {
+    for s in summaries {
+        for phase in Phase::ALL {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                s.config.name(),
+                phase.name(),
+                cells(s, phase)
+            );
+        }
+    }
 }
 
 fn verdict(met: bool) -> &'static str {

@@ -31,12 +31,9 @@ pub(crate) enum Outcome {
     Ok,
     /// 202: the fallback ("order accepted, payment pending").
     Degraded,
-    /// Another status.
-    Status(u16),
-    /// No answer within the client timeout.
-    TimedOut,
-    /// Connection or protocol error.
-    Error,
+    /// Another status, no answer within the client timeout, or a
+    /// connection error.
+    Failed,
 }
 
 /// One request: when it was due (since the start), how long it took from
@@ -215,17 +212,14 @@ async fn drive(
         let (client, samples) = (client.clone(), Arc::clone(&samples));
         let timeout = scenario.client_timeout;
         inflight.spawn(async move {
-            let outcome = match req {
-                Err(_) => Outcome::Error,
-                Ok(req) => match tokio::time::timeout(timeout, client.send(req)).await {
-                    Err(_) => Outcome::TimedOut,
-                    Ok(Err(_)) => Outcome::Error,
-                    Ok(Ok(r)) => match r.status().as_u16() {
-                        200 => Outcome::Ok,
-                        202 => Outcome::Degraded,
-                        other => Outcome::Status(other),
-                    },
-                },
+            let status = match req {
+                Ok(req) => tokio::time::timeout(timeout, client.send(req)).await,
+                Err(_) => Ok(Err(std::io::Error::other("unbuildable request"))),
+            };
+            let outcome = match status.map(|r| r.map(|r| r.status().as_u16())) {
+                Ok(Ok(200)) => Outcome::Ok,
+                Ok(Ok(202)) => Outcome::Degraded,
+                _ => Outcome::Failed,
             };
             let latency = start.elapsed().saturating_sub(due);
             samples
