@@ -11,35 +11,39 @@ export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: registry help test fmt-check clippy unit-and-e2e fuzz-smoke fuzz bench-lint bench-probe lab-cascade bench-operator bench-admission control-plane demo up clean-control-plane
+.PHONY: binaries registry help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-test: control-plane registry fmt-check clippy unit-and-e2e fuzz-smoke demo ## Everything CI runs: fmt, clippy, unit + e2e tests, a short fuzz run, the demo
+# Every cargo step builds the workspace with one feature set (all features,
+# dev-dependencies on), so the dependency graph compiles once for tests and
+# the demo reuses those binaries.
+CARGO_ALL := --workspace --all-features --locked
+
+test: ## Everything CI runs: fmt, clippy, unit + e2e tests (with the fuzz corpora), the demo; each step timed
+	@hack/steps.sh control-plane registry fmt-check clippy unit-and-e2e demo
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
 	$(CARGO) fmt --all -- --check
 
 clippy: ## clippy on every target, warnings are errors
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) clippy -p probity-probe --all-targets --all-features --locked -- -D warnings
+	$(CARGO) clippy $(CARGO_ALL) --all-targets -- -D warnings
 
-unit-and-e2e: ## Unit, doc and end-to-end tests against the real control plane
-	$(CARGO) test --workspace --all-targets --locked
-	$(CARGO) test --workspace --doc --locked
-	$(CARGO) test -p probity-probe --all-targets --all-features --locked
+unit-and-e2e: ## Unit, doc and end-to-end tests against the real control plane; replays the fuzz corpora
+	$(CARGO) test $(CARGO_ALL) --all-targets
+	$(CARGO) test $(CARGO_ALL) --doc
 
 FUZZ_SECONDS ?= 300
 TOOLS_DIR := $(or $(PROBITY_CACHE_DIR),$(HOME)/.cache/probity)/tools
 KUBE_SCORE_VERSION := v1.20.0
 
-fuzz-smoke: ## Fuzz the reference parser and manifest reader, 20 s each
-	@hack/fuzz.sh 20
-
-fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300)
+fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300): libFuzzer, release build with debug assertions
 	@hack/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-long: ## Fuzz each target for an hour on both cores (a nightly job's length)
+	@FUZZ_JOBS=2 hack/fuzz.sh 3600
 
 bench-lint: ## Lint throughput and peak memory against kube-score (installed with go install)
 	@test -x $(TOOLS_DIR)/bin/kube-score || { echo "[bench] go install kube-score@$(KUBE_SCORE_VERSION)"; \
@@ -66,16 +70,18 @@ bench-admission: control-plane ## Admission: in-process µs per review, and crea
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build
 
-demo: control-plane ## The narrated tour: operator, webhooks, policies, drift, probes (under a minute)
-	@echo "[demo] building probity, the orders example and the tour"
-	$(CARGO) build --locked -p probity --bin probity
-	$(CARGO) build --locked -p probity-probe --example orders
-	$(CARGO) build --locked -p probity-testenv
-	$(CARGO) run --quiet --locked -p probity-testenv -- demo \
+# The binaries the demo and `make up` run, built with the tests' feature set
+# (a no-op after `make unit-and-e2e`).
+binaries:
+	@echo "[build] probity, probity-testenv and the orders example"
+	$(CARGO) build $(CARGO_ALL) --bins --examples
+
+demo: control-plane binaries ## The narrated tour: operator, webhooks, policies, drift, probes (under a minute)
+	$(TARGET_DIR)/debug/probity-testenv demo \
 	  --probity $(TARGET_DIR)/debug/probity --orders $(TARGET_DIR)/debug/examples/orders --crds crds/crds.yaml
 
-up: control-plane ## Start a local control plane and print how to use it (Ctrl-C stops it)
-	$(CARGO) run --quiet --locked -p probity-testenv -- up --kubeconfig $(CURDIR)/target/demo.kubeconfig
+up: control-plane binaries ## Start a local control plane and print how to use it (Ctrl-C stops it)
+	$(TARGET_DIR)/debug/probity-testenv up --kubeconfig $(CURDIR)/target/demo.kubeconfig
 
 clean-control-plane: ## Remove this version's cached binaries
 	@$(CONTROL_PLANE) clean

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target for a bounded time, seeded from the lint
-# fixtures. Usage: hack/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
+# Runs every cargo-fuzz target for a bounded time, seeded from the committed
+# corpora and the test fixtures. Usage: hack/fuzz.sh [SECONDS_PER_TARGET]
+# (default 30); FUZZ_JOBS=N runs N fuzzing processes per target;
+# FUZZ_SANITIZER=address (or another cargo-fuzz sanitizer) adds one.
 #
 # cargo-fuzz needs nightly compiler flags: a nightly toolchain is used when
 # rustup has one, otherwise the stable compiler with RUSTC_BOOTSTRAP=1.
@@ -20,19 +22,24 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-corpus="target/fuzz-corpus"
-mkdir -p "$corpus/manifest" "$corpus/reference" "$corpus/admission"
-cp tests/fixtures/admission/*.json "$corpus/admission/" 2>/dev/null || true
-cp tests/fixtures/lint/*/*.yaml "$corpus/manifest/" 2>/dev/null || true
-i=0
-for image in nginx nginx:1.27 ghcr.io/acme/web:1.4.2 registry:5000/app \
-  "app:1.2@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" "[::1]:5000/a/b:c"; do
-  printf '%s' "$image" >"$corpus/reference/seed-$i"; i=$((i + 1))
-done
-
+# libFuzzer writes what it finds into the first directory (scratch, under
+# target/); the committed corpus and the fixtures are read-only seeds. Keep a
+# find with `cargo fuzz cmin` into fuzz/corpus/<target>/, and a crash as a
+# reproducer in fuzz/regressions/<target>/: `cargo test` replays both.
+jobs="${FUZZ_JOBS:-1}"
+declare -A seeds=(
+  [reference]=""
+  [manifest]="../tests/fixtures/lint"
+  [admission]="../tests/fixtures/admission"
+)
 for target in reference manifest admission; do
-  echo "[fuzz] $target for ${seconds}s" >&2
+  scratch="target/fuzz-corpus/$target"
+  mkdir -p "$scratch"
+  dirs=("../$scratch" "corpus/$target")
+  [[ -d "fuzz/regressions/$target" ]] && dirs+=("regressions/$target")
+  [[ -n "${seeds[$target]}" ]] && dirs+=("${seeds[$target]}")
+  echo "[fuzz] $target for ${seconds}s on $jobs job(s)" >&2
   # Cargo's own flags for the fuzz build must not see the workspace's.
-  (cd fuzz && PATH="$tools/bin:$PATH" cargo "${toolchain[@]}" fuzz run --sanitizer none "$target" "../$corpus/$target" -- \
-    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1)
+  (cd fuzz && PATH="$tools/bin:$PATH" cargo "${toolchain[@]}" fuzz run --sanitizer "${FUZZ_SANITIZER:-none}" --debug-assertions "$target" "${dirs[@]}" -- \
+    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 -jobs="$jobs" -workers="$jobs")
 done

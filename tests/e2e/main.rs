@@ -1,0 +1,17 @@
+//! End-to-end tests: one binary, so one shared control plane
+//! (`probity_testenv::shared`) serves every module and each test isolates
+//! itself in its own namespace. Tests that need a control plane of their own
+//! (one they stop, or one whose writes they block) start it themselves.
+
+mod common;
+
+mod admission;
+mod chart;
+mod control_plane;
+mod operator;
+mod operator_apiserver_restart;
+mod operator_crd;
+mod operator_failover;
+mod operator_tags;
+mod pin_cli;
+mod registry_auth;
