@@ -133,7 +133,7 @@ fn denial(result: Result<(), kube::Error>) -> String {
 #[tokio::test]
 async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() -> anyhow::Result<()>
 {
-    let _operators = crate::common::operators_together();
+    let _operators = crate::common::operators_together().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
@@ -366,7 +366,7 @@ async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() ->
 
 #[tokio::test]
 async fn certificates_from_files_are_reloaded_when_they_change() -> anyhow::Result<()> {
-    let _operators = crate::common::operators_together();
+    let _operators = crate::common::operators_together().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
@@ -493,7 +493,7 @@ fn mutating_config(name: &str, port: u16, namespaces: &[&str]) -> Value {
 #[tokio::test]
 async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_policy()
 -> anyhow::Result<()> {
-    let _operators = crate::common::operators_together();
+    let _operators = crate::common::operators_together().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
@@ -623,7 +623,7 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
 
 #[tokio::test]
 async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyhow::Result<()> {
-    let _operators = crate::common::operators_together();
+    let _operators = crate::common::operators_together().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
@@ -775,7 +775,7 @@ fn vap_denial(result: Result<(), kube::Error>) -> String {
 #[tokio::test]
 async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::Result<()> {
     use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
-    let _operators = crate::common::operators_together();
+    let _operators = crate::common::operators_together().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };

@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Every `probity operator` watches the whole shared control plane and, as
 /// the leader of its own lease, writes status and Events for every policy in
@@ -14,16 +15,16 @@ use std::time::{Duration, Instant};
 /// admission answers, not on status or Event counts), so they run together
 /// under [`operators_together`]; a test that asserts on what an operator
 /// writes takes [`operator_alone`].
-static OPERATORS: RwLock<()> = RwLock::new(());
+static OPERATORS: RwLock<()> = RwLock::const_new(());
 
 /// Held by tests whose operators may run beside each other.
-pub fn operators_together() -> RwLockReadGuard<'static, ()> {
-    OPERATORS.read().unwrap_or_else(PoisonError::into_inner)
+pub async fn operators_together() -> RwLockReadGuard<'static, ()> {
+    OPERATORS.read().await
 }
 
 /// Held by a test whose operator must be the only one in the cluster.
-pub fn operator_alone() -> RwLockWriteGuard<'static, ()> {
-    OPERATORS.write().unwrap_or_else(PoisonError::into_inner)
+pub async fn operator_alone() -> RwLockWriteGuard<'static, ()> {
+    OPERATORS.write().await
 }
 
 /// A `probity operator` process; killed (SIGKILL) when dropped.

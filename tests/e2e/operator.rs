@@ -114,7 +114,7 @@ async fn write_status(pods: &Api<Pod>, name: &str, digest: &str, restarts: i32) 
 
 #[tokio::test]
 async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
-    let _operators = crate::common::operator_alone();
+    let _operators = crate::common::operator_alone().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };

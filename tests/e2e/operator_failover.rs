@@ -36,7 +36,7 @@ async fn holder(leases: &Api<Lease>) -> Result<String, String> {
 
 #[tokio::test]
 async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
-    let _operators = crate::common::operator_alone();
+    let _operators = crate::common::operator_alone().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };

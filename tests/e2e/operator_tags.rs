@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(40);
 
 #[tokio::test]
 async fn report_records_digests_and_flags_moved_tags() -> anyhow::Result<()> {
-    let _operators = crate::common::operator_alone();
+    let _operators = crate::common::operator_alone().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
