@@ -54,8 +54,11 @@ impl Operator {
     ) -> Self {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
+        // Unique per operator: every test of this binary shares its pid.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!(
-            "probity-operator-{}-{identity}.log",
+            "probity-operator-{}-{n}-{identity}.log",
             std::process::id()
         ));
         let out = std::fs::File::create(&log).expect("log file");
