@@ -160,3 +160,27 @@ async fn nested_scopes_only_shrink() {
         "no scope, no deadline"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_budget_is_a_century_not_an_overflow() {
+    deadline::scope(Duration::MAX, async {
+        let left = deadline::remaining().expect("in a scope");
+        assert!(
+            left >= Duration::from_secs(99 * 365 * 24 * 3600),
+            "Duration::MAX counts as a century: {left:?}"
+        );
+        deadline::scope(Duration::from_secs(1), async {
+            assert_eq!(deadline::remaining(), Some(Duration::from_secs(1)));
+            deadline::scope(Duration::MAX, async {
+                assert_eq!(
+                    deadline::remaining(),
+                    Some(Duration::from_secs(1)),
+                    "a huge inner budget cannot grow the outer one"
+                );
+            })
+            .await;
+        })
+        .await;
+    })
+    .await;
+}

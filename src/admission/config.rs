@@ -40,14 +40,16 @@ pub struct WebhookConfig {
     pub ca_bundle: Option<String>,
 }
 
-fn rules() -> Value {
+/// The resources both webhooks intercept: `CREATE` and `UPDATE` of every
+/// workload kind probity judges, and updates of Pods' ephemeral containers.
+pub fn rules() -> Value {
     json!([
         {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
          "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"], "scope": "Namespaced"},
         {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
          "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
         {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-         "resources": ["pods"], "scope": "Namespaced"},
+         "resources": ["pods", "pods/ephemeralcontainers", "replicationcontrollers"], "scope": "Namespaced"},
     ])
 }
 

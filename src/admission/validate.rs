@@ -35,7 +35,9 @@ pub fn workload_of(request: &Request, object: &Value) -> Result<Option<Workload>
             let mut w = *w;
             // Judged through its controller (a Deployment's ReplicaSet, a
             // CronJob's Job, a controller's Pod): reported once, there.
-            if w.controller.is_some() {
+            // Ephemeral containers are in no owner's template, so a Pod
+            // whose ephemeral containers change is judged itself.
+            if w.controller.is_some() && !is_ephemeral_update(request) {
                 return Ok(None);
             }
             if w.namespace.is_none() {
@@ -51,6 +53,12 @@ pub fn workload_of(request: &Request, object: &Value) -> Result<Option<Workload>
     }
 }
 
+/// An UPDATE of `pods/ephemeralcontainers` (`kubectl debug`): the object is
+/// the whole Pod, and its new ephemeral containers pull images.
+fn is_ephemeral_update(request: &Request) -> bool {
+    request.sub_resource.as_deref() == Some("ephemeralcontainers")
+}
+
 /// Decides a validating request against `policies`; `namespace_labels` are
 /// the labels of the request's namespace.
 pub fn validate(
@@ -59,7 +67,7 @@ pub fn validate(
     namespace_labels: &BTreeMap<String, String>,
 ) -> Response {
     if !matches!(request.operation, Operation::Create | Operation::Update)
-        || request.sub_resource.is_some()
+        || (request.sub_resource.is_some() && !is_ephemeral_update(request))
     {
         return Response::allow();
     }
@@ -172,7 +180,7 @@ fn introduced_or_kept(
 
 /// `/spec/template/spec/containers/0` from a pointer inside a container.
 fn container_pointer(pointer: &str) -> Option<&str> {
-    for list in ["/containers/", "/initContainers/"] {
+    for list in ["/containers/", "/initContainers/", "/ephemeralContainers/"] {
         if let Some(at) = pointer.find(list) {
             let after = at + list.len();
             let end = pointer[after..]
@@ -407,15 +415,55 @@ mod tests {
         let mut d = deployment("nginx:1.27", 1);
         d["metadata"]["annotations"] =
             json!({"probity.dev/exempt": "PRB002: pinned by the release pipeline"});
+        let mut allowing = policy(Mode::Enforce);
+        allowing.spec.exemptions.allowed_rules = Some(vec!["PRB002".to_owned()]);
         let r = validate(
-            &request(Operation::Create, d, None),
-            &[policy(Mode::Enforce)],
+            &request(Operation::Create, d.clone(), None),
+            &[allowing],
             &BTreeMap::new(),
         );
         assert!(r.allowed, "{r:?}");
         assert_eq!(
             r.audit.get("exempt").map(String::as_str),
             Some("PRB002: pinned by the release pipeline")
+        );
+        let by_default = validate(
+            &request(Operation::Create, d, None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        assert!(
+            !by_default.allowed,
+            "image rules are not exemptible unless the policy lists them"
+        );
+        assert!(
+            by_default.message.unwrap_or_default().contains("PRB900"),
+            "the refused exemption is reported"
+        );
+        let r = validate(
+            &request(
+                Operation::Create,
+                {
+                    let mut d = deployment(PINNED, 1);
+                    d["metadata"]["annotations"] =
+                        json!({"probity.dev/exempt": "PRB002: pinned by the release pipeline"});
+                    d
+                },
+                None,
+            ),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
+        );
+        assert!(
+            !r.allowed,
+            "a refused exemption is a violation even on a compliant workload"
+        );
+        let mut d = deployment(PINNED, 1);
+        d["metadata"]["annotations"] = json!({"probity.dev/exempt": "PRB105: legacy path"});
+        let r = validate(
+            &request(Operation::Create, d, None),
+            &[policy(Mode::Enforce)],
+            &BTreeMap::new(),
         );
         assert!(
             r.warnings
@@ -437,6 +485,73 @@ mod tests {
         assert!(validate(&scale, &p, &ns).allowed);
         let delete = request(Operation::Delete, deployment("nginx:latest", 2), None);
         assert!(validate(&delete, &p, &ns).allowed);
+    }
+
+    fn pod(image: &str, owner: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "shop", "ownerReferences": [owner]},
+            "spec": {"containers": [{"name": "app", "image": image}]},
+        })
+    }
+
+    fn pod_request(op: Operation, object: Value, old: Option<Value>) -> Request {
+        let mut r = request(op, object, old);
+        r.kind = Gvk {
+            group: String::new(),
+            version: "v1".to_owned(),
+            kind: "Pod".to_owned(),
+        };
+        r
+    }
+
+    #[test]
+    fn a_fake_controller_does_not_hide_a_pod() {
+        let p = [policy(Mode::Enforce)];
+        let ns = BTreeMap::new();
+        for owner in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "1", "controller": true}),
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "c", "uid": "1", "controller": true}),
+            json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "c", "uid": "1", "controller": true}),
+        ] {
+            let r = validate(
+                &pod_request(Operation::Create, pod("nginx:latest", owner.clone()), None),
+                &p,
+                &ns,
+            );
+            assert!(!r.allowed, "a Pod under {owner} is judged as a Pod");
+        }
+    }
+
+    #[test]
+    fn new_ephemeral_containers_are_judged_whoever_owns_the_pod() {
+        let p = [policy(Mode::Enforce)];
+        let ns = BTreeMap::new();
+        let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "1", "controller": true});
+        let before = pod(PINNED, rs.clone());
+        let mut debugged = before.clone();
+        debugged["spec"]["ephemeralContainers"] =
+            json!([{"name": "debug", "image": "busybox:latest"}]);
+        let mut update = pod_request(Operation::Update, debugged.clone(), Some(before.clone()));
+        update.sub_resource = Some("ephemeralcontainers".to_owned());
+        let r = validate(&update, &p, &ns);
+        assert!(!r.allowed, "{r:?}");
+        let message = r.message.unwrap_or_default();
+        assert!(
+            message.contains("PRB001") && message.contains("debug"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("container app"),
+            "what the update did not introduce is not denied: {message}"
+        );
+
+        let mut pinned = before.clone();
+        pinned["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": PINNED}]);
+        let mut update = pod_request(Operation::Update, pinned, Some(before));
+        update.sub_resource = Some("ephemeralcontainers".to_owned());
+        let r = validate(&update, &p, &ns);
+        assert!(r.allowed, "a pinned debug image passes: {r:?}");
     }
 
     #[test]

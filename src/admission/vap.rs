@@ -9,17 +9,39 @@
 //! malformed references (PRB004). On UPDATE it denies only violations the
 //! update introduces (unless `admission.existingViolations: Deny`), so it
 //! never blocks an edit the webhook would admit. Exemption annotations are
-//! honoured by rule id.
+//! parsed as the engine parses them, and honoured only for the rules the
+//! policy lets annotations exempt.
 
 use serde_json::{Value, json};
 
 use crate::lint::policies::Policy;
-use crate::policy::{ExistingViolations, Mode, Profile, WorkloadKind};
+use crate::policy::{ExistingViolations, Mode, Profile, WorkloadKind, rules};
 
 /// Label on every generated object.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "probity-operator");
 /// Label naming the policy an object was generated from.
 pub const POLICY_LABEL: &str = "probity.dev/policy";
+
+/// True unless the object names, as its controller, an owner of a kind and
+/// group that creates objects of its kind (the engine's
+/// `Workload::controller`): Pods under a ReplicaSet, StatefulSet,
+/// DaemonSet, Job or ReplicationController; ReplicaSets under a Deployment;
+/// Jobs under a CronJob. Ephemeral containers are never in an owner's
+/// template, so adding one is judged whoever owns the Pod.
+const NOT_CONTROLLED: &str = "request.subResource == 'ephemeralcontainers' || \
+    !has(object.metadata.ownerReferences) || \
+    !object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller && (\
+    (object.kind == 'Pod' && ((o.apiVersion.startsWith('apps/') && o.kind in ['ReplicaSet', 'StatefulSet', 'DaemonSet']) \
+    || (o.apiVersion.startsWith('batch/') && o.kind == 'Job') || (o.apiVersion == 'v1' && o.kind == 'ReplicationController'))) \
+    || (object.kind == 'ReplicaSet' && o.apiVersion.startsWith('apps/') && o.kind == 'Deployment') \
+    || (object.kind == 'Job' && o.apiVersion.startsWith('batch/') && o.kind == 'CronJob')))";
+
+/// Every image a pod spec (`{spec}`) pulls: app, init and ephemeral
+/// containers, and image volumes.
+const IMAGES: &str = "{spec}.containers.map(c, c.image) \
+    + (has({spec}.initContainers) ? {spec}.initContainers.map(c, c.image) : []) \
+    + (has({spec}.ephemeralContainers) ? {spec}.ephemeralContainers.map(c, c.image) : []) \
+    + (has({spec}.volumes) ? {spec}.volumes.filter(v, has(v.image) && has(v.image.reference)).map(v, v.image.reference) : [])";
 
 /// A CEL string literal.
 fn lit(s: &str) -> String {
@@ -77,13 +99,20 @@ fn resource_rules(kinds: &[WorkloadKind]) -> Value {
             ][..],
         ),
         ("batch", &[WorkloadKind::Job, WorkloadKind::CronJob][..]),
-        ("", &[WorkloadKind::Pod][..]),
+        (
+            "",
+            &[WorkloadKind::Pod, WorkloadKind::ReplicationController][..],
+        ),
     ] {
-        let resources: Vec<String> = members
+        let mut resources: Vec<String> = members
             .iter()
             .filter(|k| kinds.contains(k))
             .map(|k| format!("{}s", k.as_str().to_ascii_lowercase()))
             .collect();
+        // Debug containers are added through this subresource of a Pod.
+        if kinds.contains(&WorkloadKind::Pod) && group.is_empty() {
+            resources.push("pods/ephemeralcontainers".to_owned());
+        }
         if !resources.is_empty() {
             rules.push(json!({
                 "apiGroups": [group], "apiVersions": ["v1"],
@@ -94,24 +123,67 @@ fn resource_rules(kinds: &[WorkloadKind]) -> Value {
     Value::Array(rules)
 }
 
-/// One validation. `body` is written against `{containers}` (every
-/// container) and `{pod_containers}` (app containers); it must hold for the
-/// object unless exempt. With `lenient`, an UPDATE of an object that already
-/// broke the rule passes: the backstop only stops what an update introduces.
-fn rule(id: &str, body: &str, message: &str, lenient: bool) -> Value {
+/// How an annotation may spell the rule `id`: its id or its name, in any
+/// case (the engine's `rules::find`), lowercased.
+fn spellings(id: &str) -> Vec<String> {
+    rules::ALL
+        .iter()
+        .filter(|r| r.id == id)
+        .flat_map(|r| [r.id.to_ascii_lowercase(), r.name.to_owned()])
+        .collect()
+}
+
+/// A CEL list literal of strings.
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| lit(i)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// CEL that is true when an exemption annotation exempts rule `id`, parsed
+/// as the engine parses it (PRB900): clauses split on `;`, ids before the
+/// first `:` split on `,` and trimmed, a reason after it. A clause counts
+/// only with a reason and when every id in it is one the policy lets
+/// annotations exempt; false when the policy does not allow `id` at all.
+fn exempts(policy: &Policy, id: &str) -> String {
+    let allowed: Vec<String> = rules::ALL
+        .iter()
+        .filter(|r| r.id != "PRB900" && policy.spec.exemptions.allows(r.id))
+        .flat_map(|r| spellings(r.id))
+        .collect();
+    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(id)) {
+        return "false".to_owned();
+    }
+    let ids = "c.trim().substring(0, c.trim().indexOf(':')).split(',')";
+    format!(
+        "variables.exemptClauses.exists(c, c.trim().indexOf(':') > 0 \
+         && c.trim().substring(c.trim().indexOf(':') + 1).trim() != '' \
+         && {ids}.all(i, i.trim() == '' || i.trim().lowerAscii() in {allowed}) \
+         && {ids}.exists(i, i.trim().lowerAscii() in {mine}))",
+        allowed = list(&allowed),
+        mine = list(&spellings(id)),
+    )
+}
+
+/// One validation. `body` is written against `{images}` (every image the
+/// pod pulls, as `i`: init, app and ephemeral containers, image volumes)
+/// and `{pod_containers}` (app containers); it must hold for the object
+/// unless exempt. With `lenient`,
+/// an UPDATE of an object that already broke the rule passes: the backstop
+/// only stops what an update introduces.
+fn rule(policy: &Policy, id: &str, body: &str, message: &str, lenient: bool) -> Value {
     let on = |containers: &str, pod_containers: &str| {
-        body.replace("{containers}", containers)
+        body.replace("{images}", containers)
             .replace("{pod_containers}", pod_containers)
     };
     let mut expression = format!(
-        "variables.exempt.contains({}) || {}",
-        lit(id),
-        on("variables.containers", "variables.podSpec.containers")
+        "{} || {}",
+        exempts(policy, id),
+        on("variables.images", "variables.podSpec.containers")
     );
     if lenient {
         expression.push_str(&format!(
             " || !({})",
-            on("variables.oldContainers", "variables.oldPodContainers")
+            on("variables.oldImages", "variables.oldPodContainers")
         ));
     }
     json!({
@@ -126,20 +198,22 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
     let spec = &policy.spec;
     let lenient = spec.admission.existing_violations == ExistingViolations::Warn;
     let mut out = Vec::new();
-    let tagged = "c.image.matches('^[^@]*:[^/@]+(@.*)?$')";
-    let latest = "c.image.matches('^[^@]*:latest(@.*)?$')";
+    let tagged = "i.matches('^[^@]*:[^/@]+(@.*)?$')";
+    let latest = "i.matches('^[^@]*:latest(@.*)?$')";
     if spec.images.forbid_latest {
         out.push(rule(
+            policy,
             "PRB001",
-            &format!("{{containers}}.all(c, !{latest} && ({tagged} || c.image.contains('@')))"),
+            &format!("{{images}}.all(i, !{latest} && ({tagged} || i.contains('@')))"),
             "images must name a tag other than latest, or a digest",
             lenient,
         ));
     }
     if spec.images.require_digest {
         out.push(rule(
+            policy,
             "PRB002",
-            "{containers}.all(c, c.image.matches('@sha(256:[a-f0-9]{64}|384:[a-f0-9]{96}|512:[a-f0-9]{128})$'))",
+            "{images}.all(i, i.matches('@sha(256:[a-f0-9]{64}|384:[a-f0-9]{96}|512:[a-f0-9]{128})$'))",
             "images must be pinned by digest (image@sha256:...)",
             lenient,
         ));
@@ -154,15 +228,13 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
         let pattern = format!("^({})([/:@]|$)", alternatives.join("|"));
         // References without a registry host are docker.io's, and
         // single-name ones are under library/.
-        let normalised = "(c.image.matches('^[^/]*[.:][^/]*/') || c.image.startsWith('localhost/') \
-             ? c.image \
-             : 'docker.io/' + (c.image.split('@')[0].split(':')[0].contains('/') ? '' : 'library/') + c.image)";
+        let normalised = "(i.matches('^[^/]*[.:][^/]*/') || i.startsWith('localhost/') \
+             ? i \
+             : 'docker.io/' + (i.split('@')[0].split(':')[0].contains('/') ? '' : 'library/') + i)";
         out.push(rule(
+            policy,
             "PRB003",
-            &format!(
-                "{{containers}}.all(c, {normalised}.matches({}))",
-                lit(&pattern)
-            ),
+            &format!("{{images}}.all(i, {normalised}.matches({}))", lit(&pattern)),
             &format!(
                 "images must come from an allowed registry ({})",
                 spec.images.allowed_registries.join(", ")
@@ -185,6 +257,7 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
     ] {
         if required {
             out.push(rule(
+                policy,
                 id,
                 &format!("(!variables.longRunning || {{pod_containers}}.all(c, has(c.{field})))"),
                 &format!("every container needs a {field}"),
@@ -203,17 +276,16 @@ pub fn backstop(policy: &Policy, excluded_namespaces: &[String]) -> (Value, Valu
     let variables = json!([
         {"name": "podSpec", "expression":
             "object.kind == 'Pod' ? object.spec : (object.kind == 'CronJob' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec)"},
-        {"name": "containers", "expression":
-            "variables.podSpec.containers + (has(variables.podSpec.initContainers) ? variables.podSpec.initContainers : [])"},
+        {"name": "images", "expression": IMAGES.replace("{spec}", "variables.podSpec")},
         {"name": "longRunning", "expression": "!(object.kind in ['Job', 'CronJob'])"},
         {"name": "oldPodSpec", "expression":
             "oldObject == null ? null : (oldObject.kind == 'Pod' ? oldObject.spec : (oldObject.kind == 'CronJob' ? oldObject.spec.jobTemplate.spec.template.spec : oldObject.spec.template.spec))"},
         {"name": "oldPodContainers", "expression":
             "oldObject == null ? [] : variables.oldPodSpec.containers"},
-        {"name": "oldContainers", "expression":
-            "oldObject == null ? [] : variables.oldPodSpec.containers + (has(variables.oldPodSpec.initContainers) ? variables.oldPodSpec.initContainers : [])"},
-        {"name": "exempt", "expression":
-            "(has(object.metadata.annotations) && 'probity.dev/exempt' in object.metadata.annotations ? object.metadata.annotations['probity.dev/exempt'].split(':')[0] : '') + ',' + (object.kind != 'Pod' && object.kind != 'CronJob' && has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && 'probity.dev/exempt' in object.spec.template.metadata.annotations ? object.spec.template.metadata.annotations['probity.dev/exempt'].split(':')[0] : '')"},
+        {"name": "oldImages", "expression":
+            format!("oldObject == null ? [] : {}", IMAGES.replace("{spec}", "variables.oldPodSpec"))},
+        {"name": "exemptClauses", "expression":
+            "(has(object.metadata.annotations) && 'probity.dev/exempt' in object.metadata.annotations ? object.metadata.annotations['probity.dev/exempt'].split(';') : []) + (object.kind != 'Pod' && object.kind != 'CronJob' && has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) && 'probity.dev/exempt' in object.spec.template.metadata.annotations ? object.spec.template.metadata.annotations['probity.dev/exempt'].split(';') : [])"},
     ]);
     let vap = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -225,10 +297,13 @@ pub fn backstop(policy: &Policy, excluded_namespaces: &[String]) -> (Value, Valu
                 "resourceRules": resource_rules(&policy.spec.match_.kinds),
                 "matchPolicy": "Equivalent",
             },
-            // Objects a controller owns are judged through their owner.
+            // Objects a known controller owns are judged through their
+            // owner. CEL cannot look the owner up, so a reference of the
+            // right kind and group is trusted here; the webhook and the
+            // audit check that it exists with that UID.
             "matchConditions": [{
                 "name": "not-controlled",
-                "expression": "!has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller)",
+                "expression": NOT_CONTROLLED,
             }],
             "variables": variables,
             "validations": validations(policy),

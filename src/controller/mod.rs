@@ -15,6 +15,7 @@
 
 mod backstop;
 pub mod drift;
+mod guard;
 pub mod leader;
 mod metrics;
 mod reconcile;
@@ -120,6 +121,14 @@ pub enum Error {
     /// The webhooks could not be served.
     #[error("webhooks: {0}")]
     Webhook(String),
+    /// A reconcile panicked (a bug); it is retried like any failure.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// Which reconcile.
+        what: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
 type Stop = Shared<BoxFuture<'static, ()>>;
@@ -323,7 +332,7 @@ pub async fn run(
         stop.clone(),
     )
     .run(
-        reconcile::reconcile::<ReadinessPolicy>,
+        reconcile::reconcile_guarded::<ReadinessPolicy>,
         reconcile::error_policy::<ReadinessPolicy>,
         Arc::clone(&ctx),
     )
@@ -337,7 +346,7 @@ pub async fn run(
         stop.clone(),
     )
     .run(
-        reconcile::reconcile::<ClusterReadinessPolicy>,
+        reconcile::reconcile_guarded::<ClusterReadinessPolicy>,
         reconcile::error_policy::<ClusterReadinessPolicy>,
         Arc::clone(&ctx),
     )

@@ -134,6 +134,16 @@ pub(crate) struct EventJob {
     note: String,
 }
 
+/// [`reconcile`], with a panic caught and returned as an error, so the
+/// policy is retried and the operator keeps running.
+pub(crate) async fn reconcile_guarded<P: PolicyObject>(
+    obj: Arc<P>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let what = format!("reconcile of {} {}", P::KIND, obj.name_any());
+    super::guard::catch_panic(what, reconcile(obj, ctx)).await
+}
+
 /// Reconciles one policy.
 pub(crate) async fn reconcile<P: PolicyObject>(
     obj: Arc<P>,
@@ -659,8 +669,16 @@ fn build_status<P: PolicyObject>(
 /// Tag -> digest answers, as of the last resolution.
 pub(crate) type TagSnapshot = HashMap<String, Result<String, String>>;
 
+/// Budget of one tag lookup.
+const TAG_BUDGET: Duration = Duration::from_secs(5);
+/// Lookups in flight per registry.
+const PER_REGISTRY: usize = 4;
+/// Registries asked at once.
+const REGISTRIES_AT_ONCE: usize = 8;
+
 /// Resolves the tags not resolved within the tag TTL (`--registry-cache-ttl`),
-/// at most 8 at once, within 10 s, and returns every current answer.
+/// each within its own budget, a few at a time per registry, and returns
+/// every current answer.
 async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
     use futures::StreamExt as _;
     let fresh = |ctx: &Context| -> (TagSnapshot, Vec<String>) {
@@ -686,24 +704,40 @@ async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
     if stale.is_empty() {
         return snapshot;
     }
-    let answers: Vec<(String, Result<String, String>)> = probity_probe::deadline::scope(
-        Duration::from_secs(10),
-        futures::stream::iter(stale)
-            .map(|image| async move {
-                let answer = match crate::policy::Reference::parse(&image) {
-                    Ok(reference) => registry
-                        .digest(&reference)
-                        .await
-                        .map(|d| d.to_string())
-                        .map_err(|e| e.reason),
-                    Err(e) => Err(e.to_string()),
-                };
-                (image, answer)
-            })
-            .buffer_unordered(8)
-            .collect(),
-    )
-    .await;
+    // Grouped by registry, each group with its own few slots, and each
+    // lookup with its own budget: a registry that hangs holds only its own
+    // slots and time, never another registry's (whose breaker would then
+    // hear of timeouts that were not its own).
+    let mut by_registry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for image in stale {
+        let registry = crate::policy::Reference::parse(&image)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_default();
+        by_registry.entry(registry).or_default().push(image);
+    }
+    let lookup = |image: String| async move {
+        let answer = match crate::policy::Reference::parse(&image) {
+            Ok(reference) => {
+                probity_probe::deadline::scope(TAG_BUDGET, registry.digest(&reference))
+                    .await
+                    .map(|d| d.to_string())
+                    .map_err(|e| e.reason)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        (image, answer)
+    };
+    let groups = by_registry.into_values().map(|images| {
+        futures::stream::iter(images)
+            .map(lookup)
+            .buffer_unordered(PER_REGISTRY)
+            .collect::<Vec<_>>()
+    });
+    let answers: Vec<(String, Result<String, String>)> = futures::stream::iter(groups)
+        .buffer_unordered(REGISTRIES_AT_ONCE)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
     if let Ok(mut tags) = ctx.tags.lock() {
         for (image, answer) in &answers {
             tags.insert(image.clone(), (answer.clone(), Instant::now()));

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::drift::PodObservation;
 use crate::policy::WorkloadKind;
-use crate::policy::workload::EXEMPT_ANNOTATION;
+use crate::policy::workload::{EXEMPT_ANNOTATION, creates};
 
 /// A cached workload (or pod).
 #[derive(Debug, Clone)]
@@ -105,8 +105,13 @@ impl Slim {
             .owner_references
             .as_ref()
             .map(|refs| {
+                // Only a controller of a kind that creates this kind
+                // stands for the object; any other is ignored, so the
+                // object keeps its body and is judged on its own.
                 refs.iter()
-                    .filter(|o| o.controller == Some(true))
+                    .filter(|o| {
+                        o.controller == Some(true) && creates(&o.api_version, &o.kind, kind)
+                    })
                     .cloned()
                     .collect()
             })
@@ -368,5 +373,24 @@ mod tests {
             (owner.kind, owner.name.as_str()),
             (WorkloadKind::StatefulSet, "db")
         );
+    }
+
+    #[test]
+    fn pods_under_a_fake_controller_are_judged_on_their_own() {
+        for owner in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "1", "controller": true}),
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "c", "uid": "1", "controller": true}),
+            json!({"apiVersion": "example.com/v1", "kind": "ReplicaSet", "name": "c", "uid": "1", "controller": true}),
+        ] {
+            let pod = dynamic(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "shop", "ownerReferences": [owner.clone()]},
+                "spec": {"containers": [{"name": "app", "image": "evil:latest"}]},
+            }));
+            let slim = Slim::from_dynamic(WorkloadKind::Pod, pod, None, &|_, _| None, 0);
+            assert!(slim.body.is_some(), "{owner}: kept for evaluation");
+            assert!(slim.controller().is_none(), "{owner}: not a controller");
+            assert!(slim.pod.as_ref().and_then(|p| p.owner.clone()).is_none());
+        }
     }
 }

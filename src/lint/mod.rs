@@ -108,7 +108,9 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
         files: inputs.len(),
         ..Report::default()
     };
-    for input in inputs {
+    let mut owners = Owners::default();
+    let mut deferred: Vec<(usize, yaml::Document, Vec<String>)> = Vec::new();
+    for (file_index, input) in inputs.iter().enumerate() {
         for doc in yaml::read_stream(&input.text) {
             let doc = match doc {
                 Ok(doc) => doc,
@@ -121,35 +123,186 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
                     continue;
                 }
             };
+            let mut controlled = Vec::new();
             for (prefix, object) in workload::objects(&doc.value) {
-                lint_object(
-                    &input.name,
-                    &doc,
-                    &prefix,
-                    object,
-                    policies,
-                    &namespaces,
-                    &mut report,
-                );
+                let Some(workload) = classify(&input.name, &doc, &prefix, object, &mut report)
+                else {
+                    continue;
+                };
+                owners.record(&workload, object);
+                if workload.controller.is_some() {
+                    controlled.push(prefix);
+                } else {
+                    judge(
+                        &input.name,
+                        &doc,
+                        &prefix,
+                        &workload,
+                        policies,
+                        &namespaces,
+                        &mut report,
+                    );
+                }
+            }
+            if !controlled.is_empty() {
+                deferred.push((file_index, doc, controlled));
             }
         }
+    }
+    // Objects that name a controller are judged through it only when the
+    // inputs hold that owner (with the same UID, and for a Pod the same
+    // containers); otherwise on their own.
+    let mut judged_late = false;
+    for (file_index, doc, prefixes) in &deferred {
+        let file = &inputs[*file_index].name;
+        for prefix in prefixes {
+            let Some(object) = doc.value.pointer(prefix) else {
+                continue;
+            };
+            let Ok(Classified::Workload(workload)) = Workload::classify(object) else {
+                continue;
+            };
+            match workload
+                .controller
+                .as_ref()
+                .filter(|c| owners.stands_for(c, &workload))
+            {
+                Some(owner) => report.notes.push(Problem {
+                    file: file.clone(),
+                    pos: Some(doc.locate(prefix)),
+                    message: format!(
+                        "skipped {} {}: it is judged through its controller {owner}",
+                        workload.kind.as_str(),
+                        workload.name
+                    ),
+                }),
+                None => {
+                    judged_late = true;
+                    judge(
+                        file,
+                        doc,
+                        prefix,
+                        &workload,
+                        policies,
+                        &namespaces,
+                        &mut report,
+                    );
+                }
+            }
+        }
+    }
+    if judged_late {
+        let order: BTreeMap<&str, usize> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| (input.name.as_str(), i))
+            .collect();
+        report
+            .findings
+            .sort_by_key(|f| (order.get(f.file.as_str()).copied(), f.pos));
     }
     report
 }
 
-fn lint_object(
+/// The workloads among the inputs that can own others, by kind, namespace
+/// and name: their UID when the manifest has one, and their pod template's
+/// containers.
+#[derive(Debug, Default)]
+struct Owners(BTreeMap<(&'static str, String, String), (Option<String>, Option<PodTemplate>)>);
+
+/// What a Pod must share with the template of the controller it names.
+type PodTemplate = Vec<(
+    String,
+    Option<String>,
+    [Option<k8s_openapi::api::core::v1::Probe>; 3],
+)>;
+
+fn pod_template(pod: &k8s_openapi::api::core::v1::PodSpec) -> PodTemplate {
+    pod.init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.image.clone(),
+                [
+                    c.readiness_probe.clone(),
+                    c.liveness_probe.clone(),
+                    c.startup_probe.clone(),
+                ],
+            )
+        })
+        .collect()
+}
+
+impl Owners {
+    fn key(
+        kind: &str,
+        namespace: Option<&String>,
+        name: &str,
+    ) -> Option<(&'static str, String, String)> {
+        let kind = crate::policy::WorkloadKind::from_kind(kind)?.as_str();
+        Some((
+            kind,
+            namespace.cloned().unwrap_or_default(),
+            name.to_owned(),
+        ))
+    }
+
+    fn record(&mut self, workload: &Workload, object: &Value) {
+        use crate::policy::WorkloadKind as K;
+        if workload.kind == K::Pod {
+            return;
+        }
+        let Some(key) = Self::key(
+            workload.kind.as_str(),
+            workload.namespace.as_ref(),
+            &workload.name,
+        ) else {
+            return;
+        };
+        let uid = object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let template = matches!(
+            workload.kind,
+            K::ReplicaSet | K::StatefulSet | K::DaemonSet | K::Job
+        )
+        .then(|| pod_template(&workload.pod));
+        self.0.insert(key, (uid, template));
+    }
+
+    /// Whether `owner`, named by `workload`, is among the inputs and may
+    /// stand for it.
+    fn stands_for(&self, owner: &crate::policy::Controller, workload: &Workload) -> bool {
+        let Some(key) = Self::key(&owner.kind, workload.namespace.as_ref(), &owner.name) else {
+            return false;
+        };
+        let Some((uid, template)) = self.0.get(&key) else {
+            return false;
+        };
+        if uid.as_ref().is_some_and(|uid| *uid != owner.uid) {
+            return false;
+        }
+        workload.kind != crate::policy::WorkloadKind::Pod
+            || template.as_ref() == Some(&pod_template(&workload.pod))
+    }
+}
+
+/// The workload `object` is, or `None` after noting why it is skipped.
+fn classify(
     file: &str,
     doc: &yaml::Document,
     prefix: &str,
     object: &Value,
-    policies: &[Policy],
-    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
     report: &mut Report,
-) {
+) -> Option<Box<Workload>> {
     let at = |pointer: &str| Some(doc.locate(&format!("{prefix}{pointer}")));
-    let workload = match Workload::classify(object) {
-        Ok(Classified::Workload(w)) => w,
-        Ok(Classified::OtherKind(_)) => return,
+    match Workload::classify(object) {
+        Ok(Classified::Workload(w)) => Some(w),
+        Ok(Classified::OtherKind(_)) => None,
         Ok(Classified::NotKubernetes) => {
             report.notes.push(Problem {
                 file: file.to_owned(),
@@ -158,7 +311,7 @@ fn lint_object(
                     "skipped a document that is not a Kubernetes object (no apiVersion and kind)"
                         .to_owned(),
             });
-            return;
+            None
         }
         Err(e) => {
             report.errors.push(Problem {
@@ -166,21 +319,22 @@ fn lint_object(
                 pos: at(&e.path),
                 message: format!("{e}"),
             });
-            return;
+            None
         }
-    };
-    if let Some(owner) = &workload.controller {
-        report.notes.push(Problem {
-            file: file.to_owned(),
-            pos: at(""),
-            message: format!(
-                "skipped {} {}: it is judged through its controller {owner}",
-                workload.kind.as_str(),
-                workload.name
-            ),
-        });
-        return;
     }
+}
+
+/// Evaluates every policy that applies to `workload` and records the
+/// findings at their place in `doc`.
+fn judge(
+    file: &str,
+    doc: &yaml::Document,
+    prefix: &str,
+    workload: &Workload,
+    policies: &[Policy],
+    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    report: &mut Report,
+) {
     report.workloads += 1;
     let object_ref = ObjectRef {
         kind: workload.kind.as_str(),
@@ -190,9 +344,9 @@ fn lint_object(
     let mut found: Vec<Located> = Vec::new();
     for policy in policies
         .iter()
-        .filter(|p| p.applies_to(&workload, namespaces))
+        .filter(|p| p.applies_to(workload, namespaces))
     {
-        for finding in evaluate(&policy.spec, &workload) {
+        for finding in evaluate(&policy.spec, workload) {
             let duplicate = found.iter().any(|f| {
                 f.finding.rule.id == finding.rule.id && f.finding.pointer == finding.pointer
             });
@@ -239,4 +393,114 @@ fn namespace_labels(inputs: &[Input]) -> BTreeMap<String, BTreeMap<String, Strin
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> Report {
+        let inputs = [Input {
+            name: "m.yaml".to_owned(),
+            text: text.to_owned(),
+        }];
+        lint(&inputs, &[Policy::builtin()])
+    }
+
+    const RS: &str = "apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: web-5d8f, uid: rs-1}
+spec:
+  template:
+    spec:
+      containers: [{name: app, image: \"nginx:latest\"}]
+";
+
+    fn pod(owner_kind: &str, owner_api: &str, uid: &str, image: &str) -> String {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: web-5d8f-x
+  ownerReferences: [{{apiVersion: {owner_api}, kind: {owner_kind}, name: web-5d8f, uid: {uid}, controller: true}}]
+spec:
+  containers: [{{name: app, image: \"{image}\"}}]
+"
+        )
+    }
+
+    fn judged_pods(report: &Report) -> usize {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.object.kind == "Pod")
+            .count()
+    }
+
+    #[test]
+    fn a_pod_is_judged_through_its_owner_only_when_the_inputs_hold_it() {
+        let with_owner = run(&format!(
+            "{RS}---\n{}",
+            pod("ReplicaSet", "apps/v1", "rs-1", "nginx:latest")
+        ));
+        assert_eq!(judged_pods(&with_owner), 0, "{:?}", with_owner.findings);
+        assert!(
+            with_owner.notes.iter().any(|n| n
+                .message
+                .contains("judged through its controller ReplicaSet/web-5d8f")),
+            "{:?}",
+            with_owner.notes
+        );
+        assert!(
+            with_owner
+                .findings
+                .iter()
+                .any(|f| f.object.kind == "ReplicaSet")
+        );
+
+        let alone = run(&pod("ReplicaSet", "apps/v1", "rs-1", "nginx:latest"));
+        assert!(
+            judged_pods(&alone) > 0,
+            "no owner in the inputs: judged as a Pod"
+        );
+
+        let other_uid = run(&format!(
+            "{RS}---\n{}",
+            pod("ReplicaSet", "apps/v1", "rs-2", "nginx:latest")
+        ));
+        assert!(
+            judged_pods(&other_uid) > 0,
+            "an owner with another UID is not this one"
+        );
+
+        let other_image = run(&format!(
+            "{RS}---\n{}",
+            pod("ReplicaSet", "apps/v1", "rs-1", "evil:latest")
+        ));
+        assert!(
+            judged_pods(&other_image) > 0,
+            "containers that are not the template's are judged on their own"
+        );
+
+        let fake_kind = run(&format!(
+            "{RS}---\n{}",
+            pod("ConfigMap", "v1", "rs-1", "nginx:latest")
+        ));
+        assert!(judged_pods(&fake_kind) > 0, "a ConfigMap creates no Pods");
+    }
+
+    #[test]
+    fn findings_stay_in_file_order_when_owned_objects_are_judged_late() {
+        let text = format!(
+            "{}---\n{}",
+            pod("ReplicaSet", "apps/v1", "rs-1", "nginx:latest"),
+            RS.replace("web-5d8f", "other")
+        );
+        let report = run(&text);
+        let lines: Vec<usize> = report.findings.iter().map(|f| f.pos.line).collect();
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(lines, sorted);
+        assert_eq!(report.findings.first().map(|f| f.object.kind), Some("Pod"));
+    }
 }

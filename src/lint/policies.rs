@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::input::Input;
 use super::yaml::{self, Pos};
-use crate::policy::spec::{ClusterReadinessPolicySpec, ReadinessPolicySpec};
+use crate::policy::spec::{ClusterReadinessPolicySpec, ExemptionRules, ReadinessPolicySpec};
 use crate::policy::{Workload, selector};
 
 /// The API group and version of probity's policies.
@@ -31,11 +31,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The built-in policy used when `--policy` is not given.
+    /// The built-in policy used when `--policy` is not given. Unlike a
+    /// policy in the cluster, it lets an annotation exempt any rule.
     pub fn builtin() -> Self {
         Self {
             name: "default".to_owned(),
-            spec: ReadinessPolicySpec::default(),
+            spec: ReadinessPolicySpec {
+                exemptions: ExemptionRules::any(),
+                ..ReadinessPolicySpec::default()
+            },
             namespace: None,
             namespace_selector: None,
             cluster: true,

@@ -19,7 +19,7 @@ pub use spec::{
 };
 pub use spec::{ClusterReadinessPolicy, ReadinessPolicy};
 pub use status::{PolicyStatus, ResolvedImage, ViolationRef};
-pub use workload::{Classified, InvalidWorkload, Workload};
+pub use workload::{Classified, Controller, InvalidWorkload, Workload};
 
 /// The CustomResourceDefinitions of `ReadinessPolicy` and
 /// `ClusterReadinessPolicy`, as `probity crd` prints them and `crds/` holds

@@ -52,6 +52,42 @@ pub struct ReadinessPolicySpec {
     /// How the admission webhooks apply the policy.
     #[serde(default)]
     pub admission: AdmissionRules,
+    /// Which rules a workload may exempt itself from.
+    #[serde(default)]
+    pub exemptions: ExemptionRules,
+}
+
+/// Which rules a workload's `probity.dev/exempt` annotation may exempt. The
+/// annotation is written by whoever can edit the workload, so by default it
+/// may only exempt the probe rules; the image rules hold unless the policy
+/// lists them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExemptionRules {
+    /// Rule ids an annotation may exempt (`PRB104`). Absent: the probe rules
+    /// PRB101-PRB109 only; the image rules PRB001-PRB004 only when listed.
+    /// Empty: no exemptions at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^PRB[0-9]{3}$")))]
+    pub allowed_rules: Option<Vec<String>>,
+}
+
+impl ExemptionRules {
+    /// Every rule may be exempted (`probity lint`'s built-in default: CI
+    /// owners review exemptions in the change that adds them).
+    pub fn any() -> Self {
+        Self {
+            allowed_rules: Some(super::rules::ALL.iter().map(|r| r.id.to_owned()).collect()),
+        }
+    }
+
+    /// Whether an annotation may exempt the rule `id` (`PRB104`).
+    pub fn allows(&self, id: &str) -> bool {
+        match &self.allowed_rules {
+            Some(listed) => listed.iter().any(|r| r == id),
+            None => id.starts_with("PRB1"),
+        }
+    }
 }
 
 /// How the admission webhooks apply a policy.
@@ -198,11 +234,13 @@ pub enum WorkloadKind {
     CronJob,
     /// v1 Pod.
     Pod,
+    /// v1 ReplicationController.
+    ReplicationController,
 }
 
 impl WorkloadKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Deployment,
         Self::StatefulSet,
         Self::DaemonSet,
@@ -210,6 +248,7 @@ impl WorkloadKind {
         Self::Job,
         Self::CronJob,
         Self::Pod,
+        Self::ReplicationController,
     ];
 
     /// The kind name as in manifests.
@@ -222,6 +261,7 @@ impl WorkloadKind {
             Self::Job => "Job",
             Self::CronJob => "CronJob",
             Self::Pod => "Pod",
+            Self::ReplicationController => "ReplicationController",
         }
     }
 
@@ -235,7 +275,7 @@ impl WorkloadKind {
         match self {
             Self::Deployment | Self::StatefulSet | Self::DaemonSet | Self::ReplicaSet => "apps/v1",
             Self::Job | Self::CronJob => "batch/v1",
-            Self::Pod => "v1",
+            Self::Pod | Self::ReplicationController => "v1",
         }
     }
 

@@ -24,13 +24,34 @@ pub struct Workload {
     /// Exemption annotations found on the workload and its pod template,
     /// with the JSON pointer of each.
     pub exemptions: Vec<(String, String)>,
-    /// The controlling owner (`kind/name`), when another object manages
-    /// this one: it is then judged through that owner.
-    pub controller: Option<String>,
+    /// The controlling owner (`kind/name`), when the controller
+    /// ownerReference names a kind that creates objects of this kind, of
+    /// the expected API group (see [`creates`]): the object may then be
+    /// judged through that owner. Any other ownerReference is ignored, so
+    /// the object is judged on its own.
+    pub controller: Option<Controller>,
     /// The pod spec.
     pub pod: PodSpec,
     /// JSON pointer of the pod spec inside the object.
     pub pod_pointer: &'static str,
+}
+
+/// A controller ownerReference that may stand for the object (see
+/// [`creates`]); shown as `Kind/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// The owner's kind.
+    pub kind: String,
+    /// The owner's name (in the object's namespace).
+    pub name: String,
+    /// The owner's UID, as the reference states it.
+    pub uid: String,
+}
+
+impl std::fmt::Display for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
 }
 
 /// An object of a supported kind whose fields do not have the types
@@ -54,6 +75,28 @@ pub const EXEMPT_ANNOTATION: &str = "probity.dev/exempt";
 
 fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// Whether an owner of `owner_api_version` and `owner_kind` is a controller
+/// that creates objects of `kind`: Pods come from ReplicaSets, StatefulSets,
+/// DaemonSets (`apps`), Jobs (`batch`) and ReplicationControllers (core);
+/// ReplicaSets from Deployments; Jobs from CronJobs. Only such an owner can
+/// stand for the object: an ownerReference is written by whoever writes the
+/// object, so naming a ConfigMap, a CronJob or a custom resource as a Pod's
+/// controller proves nothing.
+pub fn creates(owner_api_version: &str, owner_kind: &str, kind: WorkloadKind) -> bool {
+    let group = group_of(owner_api_version);
+    match kind {
+        WorkloadKind::Pod => matches!(
+            (group, owner_kind),
+            ("apps", "ReplicaSet" | "StatefulSet" | "DaemonSet")
+                | ("batch", "Job")
+                | ("", "ReplicationController")
+        ),
+        WorkloadKind::ReplicaSet => (group, owner_kind) == ("apps", "Deployment"),
+        WorkloadKind::Job => (group, owner_kind) == ("batch", "CronJob"),
+        _ => false,
+    }
 }
 
 /// What an object in a manifest is, before evaluation.
@@ -137,7 +180,12 @@ impl Workload {
             .iter()
             .flatten()
             .find(|o| o.controller == Some(true))
-            .map(|o| format!("{}/{}", o.kind, o.name));
+            .filter(|o| creates(&o.api_version, &o.kind, workload_kind))
+            .map(|o| Controller {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            });
 
         Ok(Classified::Workload(Box::new(Self {
             kind: workload_kind,
@@ -306,7 +354,10 @@ mod tests {
                 "annotations": {"probity.dev/exempt": "PRB002: internal"}},
             "spec": {"template": {"metadata": {"annotations": {"probity.dev/exempt": "PRB104: x"}},
                 "spec": {"containers": []}}}}));
-        assert_eq!(rs.controller.as_deref(), Some("Deployment/web"));
+        assert_eq!(
+            rs.controller.as_ref().map(ToString::to_string).as_deref(),
+            Some("Deployment/web")
+        );
         assert_eq!(rs.exemptions.len(), 2);
         assert_eq!(
             rs.exemptions[0].0,
@@ -315,6 +366,62 @@ mod tests {
         assert_eq!(
             rs.exemptions[1].0,
             "/spec/template/metadata/annotations/probity.dev~1exempt"
+        );
+    }
+
+    #[test]
+    fn only_owners_that_create_the_kind_count_as_controllers() {
+        let pod = |owner: Value| {
+            workload(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "ownerReferences": [owner]},
+                "spec": {"containers": []}}))
+        };
+        let owner = |api_version: &str, kind: &str| json!({"apiVersion": api_version, "kind": kind, "name": "o", "uid": "u", "controller": true});
+        for (api_version, kind) in [
+            ("apps/v1", "ReplicaSet"),
+            ("apps/v1", "StatefulSet"),
+            ("apps/v1", "DaemonSet"),
+            ("batch/v1", "Job"),
+            ("v1", "ReplicationController"),
+        ] {
+            let p = pod(owner(api_version, kind));
+            assert_eq!(
+                p.controller.as_ref().map(ToString::to_string),
+                Some(format!("{kind}/o")),
+                "{api_version} {kind}"
+            );
+        }
+        for (api_version, kind) in [
+            ("v1", "ConfigMap"),
+            ("batch/v1", "CronJob"),
+            ("apps/v1", "Deployment"),
+            ("argoproj.io/v1alpha1", "Rollout"),
+            ("example.com/v1", "ReplicaSet"),
+            ("v1", "Job"),
+        ] {
+            let p = pod(owner(api_version, kind));
+            assert_eq!(
+                p.controller, None,
+                "a Pod under {api_version} {kind} is judged as a Pod"
+            );
+        }
+        let not_controller = pod(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "name": "o", "uid": "u"}));
+        assert_eq!(
+            not_controller.controller, None,
+            "controller: true is required"
+        );
+        let rs_under_cronjob = workload(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "r", "ownerReferences": [owner("batch/v1", "CronJob")]},
+            "spec": {"template": {"spec": {"containers": []}}}}));
+        assert_eq!(rs_under_cronjob.controller, None);
+        let deployment_under_anything =
+            workload(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "ownerReferences": [owner("batch/v1", "CronJob")]},
+            "spec": {"template": {"spec": {"containers": []}}}}));
+        assert_eq!(
+            deployment_under_anything.controller, None,
+            "nothing creates Deployments"
         );
     }
 

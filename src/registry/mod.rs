@@ -44,6 +44,11 @@ application/vnd.docker.distribution.manifest.v2+json";
 
 /// Upper bound on one registry call when the caller set no deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Below this much budget a lookup is not attempted.
+const MIN_BUDGET: Duration = Duration::from_millis(50);
+/// A registry that does not answer within this much is failing; with less,
+/// the timeout says nothing about it.
+const FAIR_BUDGET: Duration = Duration::from_secs(1);
 /// Largest manifest read when a registry omits `Docker-Content-Digest`.
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -174,6 +179,15 @@ impl RegistryClient {
             return Ok(hit);
         }
         let registry = reference.registry().to_owned();
+        let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_TIMEOUT);
+        if budget < MIN_BUDGET {
+            // Another lookup spent the time: not the registry's fault, so
+            // its breaker hears nothing.
+            return Err(fail(format!(
+                "no time left to ask registry {registry} ({} ms)",
+                budget.as_millis()
+            )));
+        }
         let breaker = self.breaker(&registry);
         let permit = match &breaker {
             Some(b) => Some(b.try_acquire().map_err(|open| {
@@ -184,7 +198,6 @@ impl RegistryClient {
             })?),
             None => None,
         };
-        let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_TIMEOUT);
         let outcome = tokio::time::timeout(budget, self.head_manifest(reference)).await;
         let (result, verdict) = match outcome {
             Ok(Ok(digest)) => (Ok(digest), Verdict::Success),
@@ -195,7 +208,13 @@ impl RegistryClient {
                     "registry {registry} did not answer within {} ms",
                     budget.as_millis()
                 ))),
-                Verdict::Failure,
+                // Silence within a fair budget counts against the
+                // registry; a caller that had little time left does not.
+                if budget >= FAIR_BUDGET {
+                    Verdict::Failure
+                } else {
+                    Verdict::Ignore
+                },
             ),
         };
         if let Some(permit) = permit {
@@ -471,6 +490,72 @@ impl Resolve for RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback registry that accepts connections and never answers,
+    /// counting them.
+    async fn silent_registry() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (addr.to_string(), accepted)
+    }
+
+    #[tokio::test]
+    async fn short_budgets_never_trip_the_registry_breaker() {
+        let (registry, accepted) = silent_registry().await;
+        let client = RegistryClient::new(Options::default()).expect("client");
+        let reference = Reference::parse(&format!("{registry}/app:1")).expect("reference");
+
+        let err = probity_probe::deadline::scope(Duration::ZERO, client.digest(&reference))
+            .await
+            .expect_err("no budget");
+        assert!(err.reason.contains("no time left"), "{}", err.reason);
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing was sent"
+        );
+
+        for _ in 0..6 {
+            let err = probity_probe::deadline::scope(
+                Duration::from_millis(100),
+                client.digest(&reference),
+            )
+            .await
+            .expect_err("silent registry");
+            assert!(
+                err.reason.contains("did not answer"),
+                "a short budget's timeout does not open the breaker: {}",
+                err.reason
+            );
+        }
+
+        for _ in 0..3 {
+            let _ = probity_probe::deadline::scope(
+                Duration::from_millis(1_100),
+                client.digest(&reference),
+            )
+            .await;
+        }
+        let err = probity_probe::deadline::scope(Duration::from_secs(2), client.digest(&reference))
+            .await
+            .expect_err("open");
+        assert!(
+            err.reason.contains("is failing"),
+            "silence within a fair budget does: {}",
+            err.reason
+        );
+    }
 
     #[test]
     fn loopback_registries_may_use_http() {

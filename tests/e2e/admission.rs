@@ -159,6 +159,7 @@ async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() ->
         "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
         "metadata": {"name": format!("{enforce}-strict")},
         "spec": {"mode": "Enforce",
+                 "exemptions": {"allowedRules": ["PRB001", "PRB002"]},
                  "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": enforce}}},
     }))?;
     Api::<ClusterReadinessPolicy>::all(client.clone())
@@ -653,7 +654,8 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
         &file,
         format!(
             "apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: strict\n  \
-             namespace: {ns}\nspec:\n  mode: Enforce\n  images:\n    allowedRegistries: [registry.example]\n"
+             namespace: {ns}\nspec:\n  mode: Enforce\n  images:\n    allowedRegistries: [registry.example]\n  \
+             exemptions:\n    allowedRules: [PRB001, PRB002]\n"
         ),
     )?;
     let vap = std::process::Command::new(env!("CARGO_BIN_EXE_probity"))

@@ -6,6 +6,7 @@
 mod common;
 
 mod admission;
+mod attacks;
 mod chart;
 mod control_plane;
 mod operator;

@@ -57,7 +57,7 @@ rules:
   - apiGroups: [""]
     apiVersions: [v1]
     operations: [CREATE, UPDATE]
-    resources: [pods]
+    resources: [pods, pods/ephemeralcontainers, replicationcontrollers]
     scope: Namespaced
 failurePolicy: {{ .Values.webhooks.failurePolicy }}
 sideEffects: None

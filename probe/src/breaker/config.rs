@@ -117,6 +117,22 @@ impl Config {
         Ok(())
     }
 
+    /// How long to stay open after `openings` consecutive openings: the base
+    /// times `backoff^openings`, capped at the maximum, then scaled by
+    /// `jitter_unit` (uniform in [0, 1): `1 ± jitter`) and capped again.
+    /// Computed in `f64` and capped before converting, so no count of
+    /// openings, however long an outage, can overflow.
+    pub(crate) fn open_duration(&self, openings: u32, jitter_unit: f64) -> Duration {
+        let max = self.open_max.as_secs_f64();
+        let exponent = i32::try_from(openings).unwrap_or(i32::MAX);
+        // `f64::min` ignores NaN (zero base times an infinite factor).
+        let mut secs = (self.open_base.as_secs_f64() * self.backoff.powi(exponent)).min(max);
+        if self.jitter > 0.0 {
+            secs = (secs * (1.0 + self.jitter * (jitter_unit * 2.0 - 1.0))).min(max);
+        }
+        Duration::try_from_secs_f64(secs.max(0.0)).map_or(self.open_max, |d| d.min(self.open_max))
+    }
+
     /// Whether a snapshot's rates trip the breaker.
     pub(crate) fn trips(&self, s: super::Snapshot) -> bool {
         s.failure_rate() >= self.failure_rate

@@ -436,7 +436,7 @@ impl CircuitBreaker {
                 }
                 let id = slow.next_trial;
                 slow.next_trial += 1;
-                slow.trial = Some((id, now + lease));
+                slow.trial = Some((id, crate::deadline::saturating_add(now, lease)));
                 drop(slow);
                 Ok(permit(shared, PermitKind::Trial(id)))
             }
@@ -624,19 +624,14 @@ impl Shared {
 
     fn open(&self, slow: &mut SlowPath, from: State, now: Instant) {
         let c = &self.config;
-        let exponent = i32::try_from(slow.consecutive_openings).unwrap_or(i32::MAX);
-        let mut open = c
-            .open_base
-            .mul_f64(c.backoff.powi(exponent))
-            .min(c.open_max);
-        if c.jitter > 0.0 {
-            let factor = 1.0 + c.jitter * (slow.rng.f64() * 2.0 - 1.0);
-            open = open.mul_f64(factor).min(c.open_max);
-        }
+        let jitter_unit = if c.jitter > 0.0 { slow.rng.f64() } else { 0.5 };
+        let mut open = c.open_duration(slow.consecutive_openings, jitter_unit);
         let hint = Duration::from_millis(self.hint_ms.swap(0, Ordering::AcqRel));
         open = open.max(hint.min(c.open_max));
         slow.consecutive_openings = slow.consecutive_openings.saturating_add(1);
-        let until = self.now_ms(now) + u64::try_from(open.as_millis()).unwrap_or(u64::MAX / 2);
+        let until = self
+            .now_ms(now)
+            .saturating_add(u64::try_from(open.as_millis()).unwrap_or(u64::MAX / 2));
         self.open_until.store(until, Ordering::Release);
         self.transition(slow, from, State::Open, now);
     }

@@ -259,3 +259,58 @@ async fn call_runs_only_when_closed() {
     assert!(matches!(r, Err(Rejected::Open(_))));
     assert!(!ran.get());
 }
+
+#[tokio::test(start_paused = true)]
+async fn thousands_of_consecutive_openings_stay_capped() {
+    let b = CircuitBreaker::builder()
+        .count_window(10)
+        .minimum_calls(1)
+        .failure_rate(0.5)
+        .open_for(secs(1), 2.0, secs(60))
+        .jitter(0.5, Some(7))
+        .build()
+        .expect("valid");
+    calls(&b, &[F]);
+    for opening in 1..=5_000 {
+        assert_eq!(b.state(), State::Open, "opening {opening}");
+        let open = b.remaining_open();
+        assert!(
+            open <= secs(60),
+            "opening {opening}: {open:?} is past the cap"
+        );
+        tokio::time::advance(open + Duration::from_millis(1)).await;
+        b.try_acquire()
+            .expect("a trial once the open period is over")
+            .record(F);
+    }
+}
+
+mod open_duration {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn never_panics_and_never_passes_the_cap(
+            openings in any::<u32>(),
+            jitter_unit in 0.0f64..1.0,
+            base_ms in 1u64..3_600_000,
+            extra_ms in 0u64..3_600_000,
+            backoff in prop_oneof![1.0f64..1e6, Just(f64::MAX), Just(f64::INFINITY)],
+            jitter in 0.0f64..=1.0,
+        ) {
+            let base = Duration::from_millis(base_ms);
+            let max = base + Duration::from_millis(extra_ms);
+            let config = CircuitBreaker::builder()
+                .open_for(base, backoff, max)
+                .jitter(jitter, None)
+                .config;
+            let open = config.open_duration(openings, jitter_unit);
+            prop_assert!(open <= max, "{open:?} > {max:?}");
+            if jitter == 0.0 && openings == 0 {
+                prop_assert!(open.abs_diff(base) <= Duration::from_micros(1), "{open:?} != {base:?}");
+            }
+        }
+    }
+}

@@ -55,13 +55,22 @@ pub struct Exhausted {
 }
 
 /// Runs `fut` with `budget` from now. Inside an existing scope the earlier
-/// deadline wins: a budget can only shrink on its way down.
+/// deadline wins: a budget can only shrink on its way down. A budget longer
+/// than a century (a hostile `grpc-timeout`, `Duration::MAX`) counts as a
+/// century.
 pub async fn scope<F: Future>(budget: Duration, fut: F) -> F::Output {
-    let mut at = Instant::now() + budget;
+    let mut at = saturating_add(Instant::now(), budget);
     if let Some(outer) = deadline() {
         at = at.min(outer);
     }
     DEADLINE.scope(at, fut).await
+}
+
+/// `at + d`, with `d` capped at a century, so that no budget or lease,
+/// however large, overflows an `Instant`.
+pub(crate) fn saturating_add(at: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d.min(CENTURY)).unwrap_or(at)
 }
 
 /// The current deadline, if a [`scope`] set one.

@@ -1,8 +1,8 @@
 //! The rules: one file each, evaluated per container by [`evaluate`].
 //!
-//! Image rules (PRB0xx) apply to every kind and to init containers; probe
-//! rules (PRB1xx) to the main containers of long-running kinds. Ephemeral
-//! containers are never judged.
+//! Image rules (PRB0xx) apply to every kind and to every image a pod
+//! pulls: init, app and ephemeral containers, and image volumes. Probe rules
+//! (PRB1xx) apply to the app containers of long-running kinds.
 
 mod handler;
 mod prb001_image_latest_tag;
@@ -138,6 +138,9 @@ pub(crate) struct Cx<'a> {
     pub(crate) container: &'a Container,
     /// Pointer of the container, `/spec/template/spec/containers/0`.
     pub(crate) pointer: String,
+    /// The field holding the image under `pointer`: `image`, or
+    /// `reference` for an image volume.
+    pub(crate) image_field: &'static str,
 }
 
 impl Cx<'_> {
@@ -199,9 +202,22 @@ impl ProbeKind {
 /// [`Workload::controller`]); this only applies rules.
 pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Finding> {
     let mut out = Vec::new();
-    let exemptions = prb900_invalid_exemption::parse_all(&workload.exemptions, &mut out);
+    let allows = |id: &str| policy.exemptions.allows(id);
+    let exemptions = prb900_invalid_exemption::parse_all(&workload.exemptions, &allows, &mut out);
     let pod = &workload.pod;
-    let groups = [
+    // Ephemeral containers and image volumes pull images too; the image
+    // rules see them as containers named after them.
+    let ephemeral: Vec<Container> = pod
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|e| Container {
+            name: e.name.clone(),
+            image: e.image.clone(),
+            ..Container::default()
+        })
+        .collect();
+    for (field, containers, probe_rules) in [
         (
             "initContainers",
             pod.init_containers.as_deref().unwrap_or_default(),
@@ -212,19 +228,37 @@ pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Findin
             pod.containers.as_slice(),
             workload.kind.is_long_running(),
         ),
-    ];
-    for (field, containers, probe_rules) in groups {
+        ("ephemeralContainers", ephemeral.as_slice(), false),
+    ] {
         for (i, container) in containers.iter().enumerate() {
             let cx = Cx {
                 policy,
                 container,
                 pointer: format!("{}/{field}/{i}", workload.pod_pointer),
+                image_field: "image",
             };
             check_image(&cx, &mut out);
             if probe_rules {
                 check_probes(&cx, &mut out);
             }
         }
+    }
+    for (i, volume) in pod.volumes.iter().flatten().enumerate() {
+        let Some(reference) = volume.image.as_ref().and_then(|v| v.reference.clone()) else {
+            continue;
+        };
+        let container = Container {
+            name: format!("volume {}", volume.name),
+            image: Some(reference),
+            ..Container::default()
+        };
+        let cx = Cx {
+            policy,
+            container: &container,
+            pointer: format!("{}/volumes/{i}/image", workload.pod_pointer),
+            image_field: "reference",
+        };
+        check_image(&cx, &mut out);
     }
     for finding in &mut out {
         if let Some(reason) = exemptions.get(finding.rule.id) {
@@ -294,5 +328,126 @@ mod tests {
         );
         assert_eq!(find("image-latest-tag").map(|r| r.id), Some("PRB001"));
         assert!(find("PRB999").is_none());
+    }
+}
+
+#[cfg(test)]
+mod pod_images_and_exemptions {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::spec::ExemptionRules;
+    use crate::policy::{Classified, Workload};
+
+    fn workload(object: serde_json::Value) -> Workload {
+        match Workload::classify(&object) {
+            Ok(Classified::Workload(w)) => *w,
+            other => panic!("not a workload: {other:?}"),
+        }
+    }
+
+    fn pointers(findings: &[Finding], id: &str) -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| f.rule.id == id && f.exempt.is_none())
+            .map(|f| f.pointer.clone())
+            .collect()
+    }
+
+    #[test]
+    fn ephemeral_containers_and_image_volumes_are_judged_by_the_image_rules() {
+        let pod = workload(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "app", "image": "app:1@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}},
+                    "livenessProbe": {"httpGet": {"path": "/livez", "port": 8080}, "failureThreshold": 6},
+                    "ports": [{"containerPort": 8080}]}],
+                "ephemeralContainers": [{"name": "debug", "image": "busybox"}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "c"}},
+                            {"name": "model", "image": {"reference": "quay.io/acme/model:latest"}}],
+            }}),
+        );
+        let findings = evaluate(&ReadinessPolicySpec::default(), &pod);
+        assert_eq!(
+            pointers(&findings, "PRB001"),
+            [
+                "/spec/ephemeralContainers/0/image",
+                "/spec/volumes/1/image/reference"
+            ]
+        );
+        assert_eq!(
+            pointers(&findings, "PRB002"),
+            [
+                "/spec/ephemeralContainers/0/image",
+                "/spec/volumes/1/image/reference"
+            ]
+        );
+        assert!(
+            pointers(&findings, "PRB101").is_empty(),
+            "ephemeral containers get no probe rules: {findings:?}"
+        );
+        let volume = findings
+            .iter()
+            .find(|f| f.pointer.starts_with("/spec/volumes"))
+            .expect("volume finding");
+        assert_eq!(volume.container.as_deref(), Some("volume model"));
+    }
+
+    fn exempted(allowed: Option<Vec<&str>>, annotation: &str) -> Vec<Finding> {
+        let mut policy = ReadinessPolicySpec::default();
+        policy.exemptions = ExemptionRules {
+            allowed_rules: allowed.map(|l| l.into_iter().map(str::to_owned).collect()),
+        };
+        let deployment = workload(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "annotations": {"probity.dev/exempt": annotation}},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:latest"}]}}}}));
+        evaluate(&policy, &deployment)
+    }
+
+    #[test]
+    fn by_default_annotations_exempt_probe_rules_only() {
+        let findings = exempted(None, "PRB001,PRB002: trust me");
+        assert_eq!(
+            pointers(&findings, "PRB001").len(),
+            1,
+            "image rules still hold"
+        );
+        let invalid: Vec<&Finding> = findings.iter().filter(|f| f.rule.id == "PRB900").collect();
+        assert_eq!(invalid.len(), 1, "{findings:?}");
+        assert!(
+            invalid[0]
+                .message
+                .contains("does not let an annotation exempt PRB001")
+        );
+
+        let findings = exempted(None, "PRB101: a batch-like server; PRB102: same");
+        assert!(pointers(&findings, "PRB101").is_empty());
+        assert!(pointers(&findings, "PRB102").is_empty());
+        assert!(findings.iter().all(|f| f.rule.id != "PRB900"));
+    }
+
+    #[test]
+    fn a_policy_may_allow_image_rules_or_nothing() {
+        let findings = exempted(
+            Some(vec!["PRB001", "PRB002"]),
+            "image-latest-tag, prb002 : vendor image",
+        );
+        assert!(
+            pointers(&findings, "PRB001").is_empty(),
+            "names and any case count: {findings:?}"
+        );
+        assert!(pointers(&findings, "PRB002").is_empty());
+
+        let findings = exempted(Some(vec![]), "PRB101: no");
+        assert_eq!(
+            pointers(&findings, "PRB101").len(),
+            1,
+            "an empty list allows nothing"
+        );
+        assert!(findings.iter().any(|f| f.rule.id == "PRB900"));
+
+        let findings = exempted(None, "PRB101,PRB001: one disallowed id spoils the clause");
+        assert_eq!(pointers(&findings, "PRB101").len(), 1);
     }
 }

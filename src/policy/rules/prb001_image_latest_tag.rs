@@ -38,5 +38,5 @@ pub(super) fn check(cx: &Cx<'_>, image: &Reference, out: &mut Vec<Finding>) {
             image.name()
         ),
     };
-    out.push(cx.finding(&META, "image", message));
+    out.push(cx.finding(&META, cx.image_field, message));
 }

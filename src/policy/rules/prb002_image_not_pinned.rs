@@ -29,6 +29,6 @@ rule! {
 pub(super) fn check(cx: &Cx<'_>, image: &Reference, out: &mut Vec<Finding>) {
     if cx.policy.images.require_digest && !image.is_pinned() {
         let message = format!("image {image} is not pinned to a digest");
-        out.push(cx.finding(&META, "image", message));
+        out.push(cx.finding(&META, cx.image_field, message));
     }
 }

@@ -46,6 +46,6 @@ pub(super) fn check(cx: &Cx<'_>, image: &Reference, out: &mut Vec<Finding>) {
             image.registry(),
             allowed.join(", ")
         );
-        out.push(cx.finding(&META, "image", message));
+        out.push(cx.finding(&META, cx.image_field, message));
     }
 }

@@ -31,5 +31,5 @@ pub(super) fn check(cx: &Cx<'_>, image: &str, err: &InvalidReference, out: &mut 
     } else {
         format!("image {image:?} is not a valid reference: {err}")
     };
-    out.push(cx.finding(&META, "image", message));
+    out.push(cx.finding(&META, cx.image_field, message));
 }

@@ -6,7 +6,10 @@ rule! {
     /// ## What it does
     /// Checks `probity.dev/exempt` annotations, on the workload or its pod
     /// template: `"PRB104,PRB107: reason"`, with clauses separated by `;`.
-    /// Flags an exemption without a reason and one naming an unknown rule.
+    /// Flags an exemption without a reason, one naming an unknown rule, and
+    /// one naming a rule the policy does not let annotations exempt
+    /// (`spec.exemptions.allowedRules`; by default the probe rules only).
+    /// A flagged clause exempts nothing.
     ///
     /// ## Why it matters
     /// An exemption is a decision someone will have to revisit. Without the
@@ -28,9 +31,11 @@ rule! {
 }
 
 /// Parses every exemption annotation, reporting bad ones into `out`, and
-/// returns the rule ids exempted with their reasons.
+/// returns the rule ids exempted with their reasons. `allows` says which
+/// rule ids the policy lets an annotation exempt.
 pub(super) fn parse_all(
     annotations: &[(String, String)],
+    allows: &dyn Fn(&str) -> bool,
     out: &mut Vec<Finding>,
 ) -> BTreeMap<&'static str, String> {
     let mut exempt = BTreeMap::new();
@@ -42,7 +47,14 @@ pub(super) fn parse_all(
             let mut rules = Vec::new();
             for id in ids.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 match find(id) {
-                    Some(rule) if rule.id != META.id => rules.push(rule.id),
+                    Some(rule) if rule.id != META.id && allows(rule.id) => rules.push(rule.id),
+                    Some(rule) if rule.id != META.id => {
+                        problem = Some(format!(
+                            "this policy does not let an annotation exempt {} [{}] \
+                             (spec.exemptions.allowedRules)",
+                            rule.id, rule.name
+                        ));
+                    }
                     _ => problem = Some(format!("exemption names unknown rule {id:?}")),
                 }
             }

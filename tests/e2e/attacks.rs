@@ -1,0 +1,356 @@
+//! What a user with ordinary namespace rights tries, against the real API
+//! server: a Pod claiming a ConfigMap as its controller, a Deployment
+//! claiming a CronJob, a ReplicationController (a kind once unjudged), an
+//! annotation exempting the image rules, a substring trick on the
+//! exemption, a `:latest` debug container and a `:latest` image volume.
+//! Each must be denied by the webhook while it is up, and by the
+//! ValidatingAdmissionPolicy backstop while it is down.
+
+use std::time::Duration;
+
+use crate::common::{Operator, eventually, free_port};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(40);
+const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn pinned() -> String {
+    format!("registry.example/app:1.0@{DIGEST}")
+}
+
+fn container(image: &str) -> Value {
+    json!({
+        "name": "app", "image": image,
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": 8080}, "failureThreshold": 6},
+    })
+}
+
+fn pod(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [container(image)]},
+    })
+}
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [container(image)]}},
+        },
+    })
+}
+
+fn owned_by(mut object: Value, api_version: &str, kind: &str) -> Value {
+    object["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": api_version, "kind": kind, "name": "real-and-compliant",
+        "uid": "00000000-0000-0000-0000-000000000001", "controller": true,
+    }]);
+    object
+}
+
+/// Every attack, as (what, the object); each is created with a dry run.
+fn attacks() -> Vec<(&'static str, Value)> {
+    let mut rc = json!({
+        "apiVersion": "v1", "kind": "ReplicationController",
+        "metadata": {"name": "rc"},
+        "spec": {"replicas": 1, "selector": {"app": "rc"},
+                 "template": {"metadata": {"labels": {"app": "rc"}},
+                              "spec": {"containers": [container("registry.example/app:latest")]}}},
+    });
+    rc["metadata"]["labels"] = json!({"app": "rc"});
+    let mut self_exempt = deployment("self-exempt", "registry.example/app:latest");
+    self_exempt["metadata"]["annotations"] =
+        json!({"probity.dev/exempt": "PRB001,PRB002: trust me"});
+    let mut substring = deployment("substring", "registry.example/app:latest");
+    substring["metadata"]["annotations"] =
+        json!({"probity.dev/exempt": "XPRB001X,XPRB002X: not a rule id"});
+    let mut volume = pod("volume", &pinned());
+    volume["spec"]["volumes"] =
+        json!([{"name": "model", "image": {"reference": "registry.example/model:latest"}}]);
+    volume["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "model", "mountPath": "/model"}]);
+    vec![
+        (
+            "a Pod claiming a ConfigMap as controller",
+            owned_by(
+                pod("configmap-owned", "registry.example/app:latest"),
+                "v1",
+                "ConfigMap",
+            ),
+        ),
+        (
+            "a Deployment claiming a CronJob as controller",
+            owned_by(
+                deployment("cronjob-owned", "registry.example/app:latest"),
+                "batch/v1",
+                "CronJob",
+            ),
+        ),
+        (
+            "a Pod claiming a custom resource as controller",
+            owned_by(
+                pod("crd-owned", "registry.example/app:latest"),
+                "example.com/v1",
+                "ReplicaSet",
+            ),
+        ),
+        ("a ReplicationController", rc),
+        ("an annotation exempting the image rules", self_exempt),
+        ("rule ids hidden in other words", substring),
+        ("an image volume on :latest", volume),
+    ]
+}
+
+async fn dry_run_create(client: &Client, ns: &str, object: &Value) -> Result<(), kube::Error> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match kind {
+        "Pod" => {
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            api.create(&params, &serde_json::from_value(object.clone())?)
+                .await
+                .map(drop)
+        }
+        "Deployment" => {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+            api.create(&params, &serde_json::from_value(object.clone())?)
+                .await
+                .map(drop)
+        }
+        _ => {
+            let api: Api<ReplicationController> = Api::namespaced(client.clone(), ns);
+            api.create(&params, &serde_json::from_value(object.clone())?)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+fn denied(what: &str, result: Result<(), kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => s.message,
+        other => panic!("{what}: expected a denial, got {other:?}"),
+    }
+}
+
+/// A compliant bare Pod, then a `:latest` debug container added through
+/// `pods/ephemeralcontainers`, as `kubectl debug` does.
+async fn debug_container(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    if pods.get_opt(name).await?.is_none() {
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod(name, &pinned())).map_err(kube::Error::SerdeError)?,
+        )
+        .await?;
+    }
+    let patch = json!({"spec": {"ephemeralContainers": [
+        {"name": "debug", "image": "busybox:latest", "targetContainerName": "app"}]}});
+    pods.patch_ephemeral_containers(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map(drop)
+}
+
+fn enforce_policy(ns: &str) -> Value {
+    json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "strict", "namespace": ns},
+        "spec": {"mode": "Enforce", "images": {"allowedRegistries": ["registry.example"]}},
+    })
+}
+
+#[tokio::test]
+async fn the_backstop_denies_every_attack_while_the_webhook_is_down() -> anyhow::Result<()> {
+    let _operators = crate::common::operators_together().await;
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let ns = env.namespace(&client, "attack-vap").await?;
+
+    // `probity vap` output, applied as a GitOps pipeline would.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, enforce_policy(&ns).to_string())?;
+    let vap = std::process::Command::new(env!("CARGO_BIN_EXE_probity"))
+        .arg("vap")
+        .arg(&file)
+        .output()?;
+    assert!(
+        vap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&vap.stderr)
+    );
+    let mut apply = env
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut input) = apply.stdin.take() {
+        use std::io::Write as _;
+        input.write_all(&vap.stdout)?;
+    }
+    let applied = apply.wait_with_output()?;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // The backstop is in force once a plain :latest Deployment is denied.
+    eventually(WAIT, "the backstop is in force", || async {
+        match dry_run_create(
+            &client,
+            &ns,
+            &deployment("probe", "registry.example/app:latest"),
+        )
+        .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for (what, object) in attacks() {
+        let message = denied(what, dry_run_create(&client, &ns, &object).await);
+        assert!(message.contains("probity backstop"), "{what}: {message}");
+        assert!(message.contains("PRB001"), "{what}: {message}");
+    }
+    let message = denied(
+        "a :latest debug container",
+        debug_container(&client, &ns, "debugged").await,
+    );
+    assert!(message.contains("PRB001"), "{message}");
+
+    // What is honest still passes: a compliant Pod under a real kind of
+    // controller is judged through it (CEL cannot look owners up), and an
+    // exemption of a probe rule with a reason.
+    let owned = owned_by(pod("rs-owned", &pinned()), "apps/v1", "ReplicaSet");
+    dry_run_create(&client, &ns, &owned).await?;
+    let mut probe_exempt = deployment("probe-exempt", &pinned());
+    if let Some(c) = probe_exempt["spec"]["template"]["spec"]["containers"][0].as_object_mut() {
+        c.remove("readinessProbe");
+    }
+    probe_exempt["metadata"]["annotations"] =
+        json!({"probity.dev/exempt": "PRB101: a one-shot server; tracked in OPS-1"});
+    dry_run_create(&client, &ns, &probe_exempt).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_webhook_denies_every_attack() -> anyhow::Result<()> {
+    let _operators = crate::common::operators_together().await;
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "attack-system").await?;
+    let ns = env.namespace(&client, "attack-webhook").await?;
+
+    let port = free_port();
+    let name = format!("{system}-validate");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "validate.probity.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate")},
+            "rules": probity::admission::config::rules(),
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns],
+            }]},
+            "failurePolicy": "Fail", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+        }],
+    });
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("probity-test").force(),
+            &Patch::Apply(&config),
+        )
+        .await?;
+    let policy: DynamicObject = serde_json::from_value(enforce_policy(&ns))?;
+    let gvk = kube::api::GroupVersionKind::gvk("probity.dev", "v1alpha1", "ReadinessPolicy");
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
+        .create(&PostParams::default(), &policy)
+        .await?;
+
+    let addr = format!("127.0.0.1:{port}");
+    let operator = Operator::start(
+        env.kubeconfig(),
+        "attacks",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            &name,
+            "--mutating-webhook-configuration",
+            "",
+            "--vap-backstop",
+            "false",
+        ],
+    );
+    eventually(WAIT, "the webhook answers", || async {
+        match dry_run_create(
+            &client,
+            &ns,
+            &deployment("probe", "registry.example/app:latest"),
+        )
+        .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("probity") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for (what, object) in attacks() {
+        let message = denied(what, dry_run_create(&client, &ns, &object).await);
+        assert!(
+            message.contains("PRB001 [image-latest-tag]"),
+            "{what}: {message}\n{}",
+            operator.log()
+        );
+        assert!(!message.contains("probity backstop"), "{what}: {message}");
+    }
+    let message = denied(
+        "a :latest debug container",
+        debug_container(&client, &ns, "debugged").await,
+    );
+    assert!(
+        message.contains("PRB001") && message.contains("debug"),
+        "{message}"
+    );
+    let message = denied(
+        "an annotation exempting the image rules",
+        dry_run_create(&client, &ns, &attacks()[4].1).await,
+    );
+    assert!(
+        message.contains("PRB900"),
+        "the refused exemption is named: {message}"
+    );
+    Ok(())
+}
