@@ -38,6 +38,16 @@ pub trait Resolve: Send + Sync {
 
 /// Fallback when the deadline is unknown.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
+/// Distinct images one review may ask the registries about; the rest are
+/// refused through the policy's `registryUnavailable` (a review is attacker
+/// input, and each image is a registry call).
+pub const MAX_IMAGES_PER_REVIEW: usize = 64;
+/// Registry lookups one review runs at once.
+const LOOKUPS_AT_ONCE: usize = 8;
+/// Warnings returned per review; the rest are counted in one more.
+const MAX_WARNINGS: usize = super::validate::MAX_WARNINGS;
+/// Bound on the `pinned` audit annotation.
+const MAX_AUDIT_BYTES: usize = 4096;
 
 /// Decides a mutating request; the deadline scope it runs in bounds every
 /// registry call.
@@ -87,39 +97,66 @@ pub async fn mutate(
         return Response::allow();
     }
 
-    // One registry call per distinct image.
-    let references: BTreeMap<&str, &Reference> = targets
+    // One registry call per distinct image, for at most
+    // MAX_IMAGES_PER_REVIEW of them, a few at a time.
+    let mut references: BTreeMap<&str, &Reference> = targets
         .iter()
         .map(|(_, image, reference)| (image.as_str(), reference))
         .collect();
-    let all_failed = |reason: &str| -> HashMap<String, Result<Digest, ResolveError>> {
-        references
+    let too_many: Vec<String> = if references.len() > MAX_IMAGES_PER_REVIEW {
+        let beyond: Vec<&str> = references
             .keys()
+            .skip(MAX_IMAGES_PER_REVIEW)
+            .copied()
+            .collect();
+        for image in &beyond {
+            references.remove(image);
+        }
+        beyond.into_iter().map(str::to_owned).collect()
+    } else {
+        Vec::new()
+    };
+    let failed = |images: &mut dyn Iterator<Item = &str>, reason: &str| {
+        images
             .map(|image| {
                 let error = ResolveError {
-                    image: (*image).to_owned(),
+                    image: image.to_owned(),
                     reason: reason.to_owned(),
                 };
-                ((*image).to_owned(), Err(error))
+                (image.to_owned(), Err(error))
             })
-            .collect()
+            .collect::<HashMap<String, Result<Digest, ResolveError>>>()
     };
-    let resolved = match resolver {
-        None => all_failed("no registry client is configured"),
+    let mut resolved = match resolver {
+        None => failed(
+            &mut references.keys().copied(),
+            "no registry client is configured",
+        ),
         Some(resolver) => {
+            use futures::StreamExt as _;
             let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_BUDGET);
-            let calls = references.iter().map(|(image, reference)| async {
-                ((*image).to_owned(), resolver.resolve(reference).await)
-            });
-            match tokio::time::timeout(budget, futures::future::join_all(calls)).await {
+            let calls = futures::stream::iter(references.iter())
+                .map(|(image, reference)| async {
+                    ((*image).to_owned(), resolver.resolve(reference).await)
+                })
+                .buffer_unordered(LOOKUPS_AT_ONCE)
+                .collect::<Vec<_>>();
+            match tokio::time::timeout(budget, calls).await {
                 Ok(results) => results.into_iter().collect(),
-                Err(_) => all_failed(&format!(
-                    "the registry did not answer within the admission budget ({} ms)",
-                    budget.as_millis()
-                )),
+                Err(_) => failed(
+                    &mut references.keys().copied(),
+                    &format!(
+                        "the registry did not answer within the admission budget ({} ms)",
+                        budget.as_millis()
+                    ),
+                ),
             }
         }
     };
+    resolved.extend(failed(
+        &mut too_many.iter().map(String::as_str),
+        &format!("more than {MAX_IMAGES_PER_REVIEW} distinct images in one object; not looked up"),
+    ));
 
     let mut patch = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -138,23 +175,33 @@ pub async fn mutate(
     failures.sort();
     failures.dedup();
     if !failures.is_empty() && fail_closed {
-        return Response::deny(format!(
-            "probity: cannot pin images to digests (the policy fails closed): {}",
-            failures.join("; ")
+        return Response::deny(truncate_chars(
+            format!(
+                "probity: cannot pin images to digests (the policy fails closed): {}",
+                failures.join("; ")
+            ),
+            super::validate::MAX_MESSAGE_BYTES,
         ));
     }
     let mut response = Response::allow();
-    for failure in &failures {
+    for failure in failures.iter().take(MAX_WARNINGS) {
         response.warnings.push(truncate_chars(
             format!("probity: not pinned: {failure}"),
             MAX_WARNING_CHARS,
         ));
     }
+    if failures.len() > MAX_WARNINGS {
+        response.warnings.push(format!(
+            "probity: {} more images not pinned",
+            failures.len() - MAX_WARNINGS
+        ));
+    }
     if !patch.is_empty() {
         response.patch = Some(Value::Array(patch));
-        response
-            .audit
-            .insert("pinned".to_owned(), pinned.join(", "));
+        response.audit.insert(
+            "pinned".to_owned(),
+            truncate_chars(pinned.join(", "), MAX_AUDIT_BYTES),
+        );
     }
     response
 }
@@ -335,5 +382,94 @@ mod tests {
         let patch = r.patch.unwrap_or_default();
         assert_eq!(patch.as_array().map(Vec::len), Some(1), "{patch}");
         assert_eq!(patch[0]["path"], "/spec/template/spec/containers/1/image");
+    }
+
+    /// Counts how many lookups run at once.
+    #[derive(Default)]
+    struct Slow {
+        now: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Resolve for Slow {
+        fn resolve<'a>(
+            &'a self,
+            reference: &'a Reference,
+        ) -> BoxFuture<'a, Result<Digest, ResolveError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                self.calls.fetch_add(1, SeqCst);
+                let now = self.now.fetch_add(1, SeqCst) + 1;
+                self.peak.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.now.fetch_sub(1, SeqCst);
+                Digest::parse(DIGEST).map_err(|e| ResolveError {
+                    image: reference.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_with_thousands_of_images_costs_a_bounded_number_of_lookups() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let images: Vec<String> = (0..2_000)
+            .map(|i| format!("r{i}.example/app:{i}"))
+            .collect();
+        let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+        let object = deployment(&refs);
+        let slow = Slow::default();
+        let open = probity_probe::deadline::scope(
+            Duration::from_secs(10),
+            mutate(
+                &request(Operation::Create, object.clone(), None),
+                &[pin_policy(RegistryUnavailable::Allow)],
+                &BTreeMap::new(),
+                Some(&slow),
+            ),
+        )
+        .await;
+        assert_eq!(slow.calls.load(SeqCst), MAX_IMAGES_PER_REVIEW);
+        assert!(
+            slow.peak.load(SeqCst) <= LOOKUPS_AT_ONCE,
+            "{}",
+            slow.peak.load(SeqCst)
+        );
+        assert!(open.allowed);
+        let patched = open
+            .patch
+            .as_ref()
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        assert_eq!(patched, MAX_IMAGES_PER_REVIEW);
+        assert_eq!(open.warnings.len(), MAX_WARNINGS + 1, "{:?}", open.warnings);
+        assert!(
+            open.warnings
+                .iter()
+                .all(|w| w.chars().count() <= MAX_WARNING_CHARS)
+        );
+        assert!(
+            open.audit
+                .get("pinned")
+                .is_some_and(|a| a.chars().count() <= MAX_AUDIT_BYTES)
+        );
+
+        let closed = mutate(
+            &request(Operation::Create, object, None),
+            &[pin_policy(RegistryUnavailable::Deny)],
+            &BTreeMap::new(),
+            Some(&Slow::default()),
+        )
+        .await;
+        assert!(!closed.allowed);
+        let message = closed.message.unwrap_or_default();
+        assert!(
+            message.contains("more than 64 distinct images"),
+            "{}",
+            &message[..200]
+        );
+        assert!(message.chars().count() <= crate::admission::validate::MAX_MESSAGE_BYTES);
     }
 }

@@ -18,7 +18,7 @@ mod auth;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -82,7 +82,51 @@ pub struct RegistryClient {
     options: Options,
     digests: Mutex<HashMap<String, (Digest, Instant)>>,
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
-    breakers: Mutex<HashMap<String, CircuitBreaker>>,
+    breakers: Mutex<HashMap<String, (CircuitBreaker, Instant)>>,
+    /// One lookup per tag at a time: later callers wait for its answer.
+    inflight: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// A tag being looked up, and the lookup's answer for those who waited.
+type Flight = tokio::sync::Mutex<Option<(Result<Digest, ResolveError>, Instant)>>;
+
+/// Entries kept in the digest cache (tags).
+const MAX_DIGESTS: usize = 4096;
+/// Entries kept in the token cache (registry and scope).
+const MAX_TOKENS: usize = 1024;
+/// Registries with a breaker of their own; closed idle ones are forgotten.
+const MAX_BREAKERS: usize = 256;
+/// A breaker unused this long, and closed, is forgotten first.
+const BREAKER_IDLE: Duration = Duration::from_secs(600);
+/// Longest token scope or token kept; longer ones are used once, not cached.
+const MAX_SCOPE_BYTES: usize = 512;
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// A waiter reuses the answer of the lookup it waited for when it is this
+/// fresh (failures too: waiters must not each wait out a dead registry).
+const SHARED_ANSWER: Duration = Duration::from_secs(1);
+
+/// Inserts into a bounded cache: when full, expired entries go first
+/// (`keep` says which stay), then the oldest.
+fn bounded_insert<K: std::hash::Hash + Eq + Clone, V>(
+    map: &mut HashMap<K, (V, Instant)>,
+    key: K,
+    value: (V, Instant),
+    max: usize,
+    keep: impl Fn(&Instant) -> bool,
+) {
+    if map.len() >= max && !map.contains_key(&key) {
+        map.retain(|_, (_, at)| keep(at));
+        if map.len() >= max {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
+        }
+    }
+    map.insert(key, value);
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -136,12 +180,15 @@ impl RegistryClient {
             digests: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         })
     }
 
     fn breaker(&self, registry: &str) -> Option<CircuitBreaker> {
-        let mut breakers = self.breakers.lock().ok()?;
-        if let Some(b) = breakers.get(registry) {
+        use probity_probe::breaker::State;
+        let mut breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((b, used)) = breakers.get_mut(registry) {
+            *used = Instant::now();
             return Some(b.clone());
         }
         let b = CircuitBreaker::builder()
@@ -151,7 +198,21 @@ impl RegistryClient {
             .open_for(Duration::from_secs(5), 2.0, Duration::from_secs(60))
             .build()
             .ok()?;
-        breakers.insert(registry.to_owned(), b.clone());
+        if breakers.len() >= MAX_BREAKERS {
+            // Forget closed breakers, idle ones first: an open one is the
+            // memory of a failing registry and stays.
+            breakers
+                .retain(|_, (b, used)| b.state() != State::Closed || used.elapsed() < BREAKER_IDLE);
+            if breakers.len() >= MAX_BREAKERS {
+                breakers.retain(|_, (b, _)| b.state() != State::Closed);
+            }
+            if breakers.len() >= MAX_BREAKERS {
+                // Every breaker is open: this registry goes unguarded
+                // rather than unbounded.
+                return Some(b);
+            }
+        }
+        breakers.insert(registry.to_owned(), (b.clone(), Instant::now()));
         Some(b)
     }
 
@@ -176,6 +237,50 @@ impl RegistryClient {
         };
         let key = reference.to_string();
         if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_TIMEOUT);
+        let flight = Arc::clone(
+            self.inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default(),
+        );
+        let answer = match tokio::time::timeout(budget, flight.lock()).await {
+            Err(_) => Err(fail(format!(
+                "registry {} did not answer within {} ms",
+                reference.registry(),
+                budget.as_millis()
+            ))),
+            Ok(mut shared) => match shared.as_ref() {
+                Some((answer, at)) if at.elapsed() < SHARED_ANSWER => answer.clone(),
+                _ => {
+                    let answer = self.lookup(reference, &key).await;
+                    // A failure of a short budget is the caller's, not an
+                    // answer for those who wait with more time.
+                    if answer.is_ok() || budget >= FAIR_BUDGET {
+                        *shared = Some((answer.clone(), Instant::now()));
+                    }
+                    answer
+                }
+            },
+        };
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's and ours: nobody else waits, so the entry can go.
+        if Arc::strong_count(&flight) <= 2 {
+            inflight.remove(&key);
+        }
+        answer
+    }
+
+    /// One lookup of `reference`, counted by its registry's breaker.
+    async fn lookup(&self, reference: &Reference, key: &str) -> Result<Digest, ResolveError> {
+        let fail = |reason: String| ResolveError {
+            image: reference.to_string(),
+            reason,
+        };
+        if let Some(hit) = self.cached(key) {
             return Ok(hit);
         }
         let registry = reference.registry().to_owned();
@@ -220,8 +325,16 @@ impl RegistryClient {
         if let Some(permit) = permit {
             permit.record(verdict);
         }
-        if let (Ok(digest), Ok(mut cache)) = (&result, self.digests.lock()) {
-            cache.insert(key, (digest.clone(), Instant::now()));
+        if let Ok(digest) = &result {
+            let mut cache = self.digests.lock().unwrap_or_else(PoisonError::into_inner);
+            let ttl = self.options.cache_ttl;
+            bounded_insert(
+                &mut cache,
+                key.to_owned(),
+                (digest.clone(), Instant::now()),
+                MAX_DIGESTS,
+                |at| at.elapsed() < ttl,
+            );
         }
         result
     }
@@ -287,10 +400,15 @@ impl RegistryClient {
                                     credential.as_ref(),
                                 )
                                 .await?;
-                            if let Ok(mut tokens) = self.tokens.lock() {
-                                tokens.insert(
+                            if scope.len() <= MAX_SCOPE_BYTES && token.len() <= MAX_TOKEN_BYTES {
+                                let mut tokens =
+                                    self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+                                bounded_insert(
+                                    &mut tokens,
                                     (registry.to_owned(), scope.clone()),
                                     (token.clone(), Instant::now() + Duration::from_secs(50)),
+                                    MAX_TOKENS,
+                                    |until| Instant::now() < *until,
                                 );
                             }
                             format!("Bearer {token}")
@@ -508,6 +626,98 @@ mod tests {
             }
         });
         (addr.to_string(), accepted)
+    }
+
+    /// A loopback registry that answers every manifest HEAD with a digest
+    /// after `delay`, counting requests.
+    async fn slow_registry(delay: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        let answer = "HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:\
+                            aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\
+                            Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                            Content-Length: 0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr.to_string(), requests)
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_one_tag_share_one_request() {
+        let (registry, requests) = slow_registry(Duration::from_millis(300)).await;
+        let client = Arc::new(RegistryClient::new(Options::default()).expect("client"));
+        let reference = Reference::parse(&format!("{registry}/app:1")).expect("reference");
+        let lookups = (0..20).map(|_| {
+            let client = Arc::clone(&client);
+            let reference = reference.clone();
+            tokio::spawn(async move {
+                probity_probe::deadline::scope(Duration::from_secs(5), client.digest(&reference))
+                    .await
+            })
+        });
+        let answers = futures::future::join_all(lookups).await;
+        for answer in answers {
+            let digest = answer.expect("task").expect("digest");
+            assert!(digest.to_string().starts_with("sha256:aaaa"));
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            client
+                .inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
+            "finished lookups leave nothing behind"
+        );
+    }
+
+    #[test]
+    fn bounded_caches_drop_expired_entries_then_the_oldest() {
+        let mut map: HashMap<u32, ((), Instant)> = HashMap::new();
+        let start = Instant::now();
+        for i in 0..10 {
+            bounded_insert(
+                &mut map,
+                i,
+                ((), start + Duration::from_secs(u64::from(i))),
+                4,
+                |_| true,
+            );
+            assert!(map.len() <= 4);
+        }
+        let mut keys: Vec<u32> = map.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [6, 7, 8, 9], "the oldest went first");
+        bounded_insert(&mut map, 10, ((), start), 4, |at| {
+            *at > start + Duration::from_secs(7)
+        });
+        let mut keys: Vec<u32> = map.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [8, 9, 10], "expired entries went before any other");
     }
 
     #[tokio::test]
