@@ -310,6 +310,30 @@ pub(crate) struct OperatorArgs {
     )]
     pub(crate) insecure_registry: Vec<String>,
 
+    /// A registry (`host[:port]`) the operator may ask for digests whatever
+    /// the policies list, at any address (private and loopback ones too).
+    /// Without it only registries in a pinning policy's
+    /// `images.allowedRegistries` are contacted, and only at public
+    /// addresses. Repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "REGISTRY",
+        value_delimiter = ',',
+        help_heading = "Registries"
+    )]
+    pub(crate) registry_allow: Vec<String>,
+
+    /// A token service a registry may send the operator to, as
+    /// `REGISTRY=HOST` (`docker.io=auth.docker.io` is built in); others
+    /// must be the registry's own host. Repeatable.
+    #[arg(
+        long,
+        value_name = "REGISTRY=HOST",
+        value_parser = parse_token_host,
+        help_heading = "Registries"
+    )]
+    pub(crate) registry_token_host: Vec<(String, String)>,
+
     /// Seconds a resolved tag -> digest answer is reused; `images.pin:
     /// Report` policies re-check their tags this often.
     #[arg(
@@ -319,6 +343,19 @@ pub(crate) struct OperatorArgs {
         help_heading = "Registries"
     )]
     pub(crate) registry_cache_ttl: u64,
+}
+
+fn parse_token_host(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((registry, host))
+            if !registry.is_empty() && !host.is_empty() && !host.contains('/') =>
+        {
+            Ok((registry.to_owned(), host.to_owned()))
+        }
+        _ => Err(format!(
+            "expected REGISTRY=HOST, such as docker.io=auth.docker.io; got {value:?}"
+        )),
+    }
 }
 
 /// `probity lint`.

@@ -83,6 +83,12 @@ fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
         cache_ttl: Duration::from_secs(args.registry_cache_ttl),
         insecure: args.insecure_registry.clone(),
         credentials,
+        // Registry names come from workloads: public addresses only,
+        // except what the cluster admin named.
+        reach: registry::Reach::public_except(&args.registry_allow),
+        token_hosts: args.registry_token_host.clone(),
+        public_reasons: true,
+        allow: args.registry_allow.clone(),
     })?)
 }
 

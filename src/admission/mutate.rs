@@ -29,6 +29,19 @@ pub struct ResolveError {
 
 /// Resolves tags to digests; the registry client implements it.
 pub trait Resolve: Send + Sync {
+    /// Whether `registry` may be asked whatever the policies list (the
+    /// operator's `--registry-allow`).
+    fn always_allowed(&self, registry: &str) -> bool {
+        let _ = registry;
+        false
+    }
+
+    /// A digest answered recently, without asking the registry.
+    fn cached(&self, reference: &Reference) -> Option<Digest> {
+        let _ = reference;
+        None
+    }
+
     /// The digest `reference`'s tag points at now.
     fn resolve<'a>(
         &'a self,
@@ -103,6 +116,22 @@ pub async fn mutate(
         .iter()
         .map(|(_, image, reference)| (image.as_str(), reference))
         .collect();
+    // A registry is contacted only when a pinning policy that matches the
+    // object lists it, or the operator allows it: the image string is the
+    // requester's, and so would be the request the operator sends.
+    let unlisted: Vec<String> = references
+        .iter()
+        .filter(|(_, reference)| {
+            !pinning
+                .iter()
+                .any(|p| p.spec.images.lists_registry_of(reference))
+                && !resolver.is_some_and(|r| r.always_allowed(reference.registry()))
+        })
+        .map(|(image, _)| (*image).to_owned())
+        .collect();
+    for image in &unlisted {
+        references.remove(image.as_str());
+    }
     let too_many: Vec<String> = if references.len() > MAX_IMAGES_PER_REVIEW {
         let beyond: Vec<&str> = references
             .keys()
@@ -132,6 +161,17 @@ pub async fn mutate(
             &mut references.keys().copied(),
             "no registry client is configured",
         ),
+        // A dry run has no side effects, and a registry call is one.
+        Some(resolver) if request.dry_run => references
+            .iter()
+            .map(|(image, reference)| {
+                let answer = resolver.cached(reference).ok_or_else(|| ResolveError {
+                    image: (*image).to_owned(),
+                    reason: "not resolved recently, and a dry run asks no registry".to_owned(),
+                });
+                ((*image).to_owned(), answer)
+            })
+            .collect(),
         Some(resolver) => {
             use futures::StreamExt as _;
             let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_BUDGET);
@@ -153,6 +193,10 @@ pub async fn mutate(
             }
         }
     };
+    resolved.extend(failed(
+        &mut unlisted.iter().map(String::as_str),
+        "its registry is not in the allowedRegistries of a pinning policy, so it is not asked",
+    ));
     resolved.extend(failed(
         &mut too_many.iter().map(String::as_str),
         &format!("more than {MAX_IMAGES_PER_REVIEW} distinct images in one object; not looked up"),
@@ -233,9 +277,21 @@ mod tests {
     #[derive(Default)]
     struct Table {
         calls: Mutex<Vec<String>>,
+        /// Only registries the policies list may be asked (as in the
+        /// operator without `--registry-allow`).
+        listed_only: bool,
+        cache: Option<Digest>,
     }
 
     impl Resolve for Table {
+        fn always_allowed(&self, _: &str) -> bool {
+            !self.listed_only
+        }
+
+        fn cached(&self, _: &Reference) -> Option<Digest> {
+            self.cache.clone()
+        }
+
         fn resolve<'a>(
             &'a self,
             reference: &'a Reference,
@@ -393,6 +449,10 @@ mod tests {
     }
 
     impl Resolve for Slow {
+        fn always_allowed(&self, _: &str) -> bool {
+            true
+        }
+
         fn resolve<'a>(
             &'a self,
             reference: &'a Reference,
@@ -471,5 +531,100 @@ mod tests {
             &message[..200]
         );
         assert!(message.chars().count() <= crate::admission::validate::MAX_MESSAGE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn only_listed_registries_are_asked() {
+        let table = Table {
+            listed_only: true,
+            ..Table::default()
+        };
+        let mut policy = pin_policy(RegistryUnavailable::Allow);
+        policy.spec.images.allowed_registries = vec!["ghcr.io/acme".to_owned()];
+        let object = deployment(&[
+            "ghcr.io/acme/api:2",
+            "ghcr.io/other/api:2",
+            "169.254.169.254/latest:1",
+        ]);
+        let r = mutate(
+            &request(Operation::Create, object.clone(), None),
+            &[policy],
+            &BTreeMap::new(),
+            Some(&table),
+        )
+        .await;
+        assert_eq!(
+            table.calls.lock().map(|c| c.clone()).unwrap_or_default(),
+            ["ghcr.io/acme/api:2"]
+        );
+        assert_eq!(
+            r.patch.as_ref().and_then(Value::as_array).map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(
+            r.warnings
+                .iter()
+                .filter(|w| w.contains("not in the allowedRegistries"))
+                .count(),
+            2,
+            "{:?}",
+            r.warnings
+        );
+
+        // A pinning policy without an allowlist pins nothing, and says so.
+        let table = Table {
+            listed_only: true,
+            ..Table::default()
+        };
+        let r = mutate(
+            &request(Operation::Create, object, None),
+            &[pin_policy(RegistryUnavailable::Allow)],
+            &BTreeMap::new(),
+            Some(&table),
+        )
+        .await;
+        assert!(table.calls.lock().map(|c| c.is_empty()).unwrap_or_default());
+        assert!(r.patch.is_none());
+        assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
+    }
+
+    #[tokio::test]
+    async fn dry_runs_are_answered_from_the_cache_only() {
+        let mut req = request(Operation::Create, deployment(&["nginx:1.27"]), None);
+        req.dry_run = true;
+        let cold = Table::default();
+        let r = mutate(
+            &req,
+            &[pin_policy(RegistryUnavailable::Allow)],
+            &BTreeMap::new(),
+            Some(&cold),
+        )
+        .await;
+        assert!(
+            cold.calls.lock().map(|c| c.is_empty()).unwrap_or_default(),
+            "no registry call"
+        );
+        assert!(r.patch.is_none());
+        assert!(
+            r.warnings.iter().any(|w| w.contains("dry run")),
+            "{:?}",
+            r.warnings
+        );
+        let warm = Table {
+            cache: Digest::parse(DIGEST).ok(),
+            ..Table::default()
+        };
+        let r = mutate(
+            &req,
+            &[pin_policy(RegistryUnavailable::Allow)],
+            &BTreeMap::new(),
+            Some(&warm),
+        )
+        .await;
+        assert!(warm.calls.lock().map(|c| c.is_empty()).unwrap_or_default());
+        assert_eq!(
+            r.patch.as_ref().and_then(Value::as_array).map(Vec::len),
+            Some(1)
+        );
     }
 }

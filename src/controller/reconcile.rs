@@ -173,8 +173,16 @@ pub(crate) async fn reconcile<P: PolicyObject>(
         let first = report.then_some(&empty);
         outcome = evaluate_matched(&ctx, &policy, &uid, generation, now, window, first);
         if report {
-            // The tags are known once matched: resolve, then judge PRB302.
-            let snapshot = resolve_tags(&ctx, &outcome.tags).await;
+            // The tags are known once matched: resolve the ones whose
+            // registry the policy (or the operator) allows, then judge
+            // PRB302.
+            let (listed, unlisted) = split_listed(&ctx, &policy, &outcome.tags);
+            let mut snapshot = resolve_tags(&ctx, &listed).await;
+            snapshot.extend(unlisted.into_iter().map(|image| {
+                let why =
+                    "not asked: its registry is not in spec.images.allowedRegistries".to_owned();
+                (image, Err(why))
+            }));
             outcome = evaluate_matched(
                 &ctx,
                 &policy,
@@ -664,6 +672,28 @@ fn build_status<P: PolicyObject>(
         images_omitted: i64::try_from(outcome.tags.len().saturating_sub(MAX_LISTED_VIOLATIONS))
             .unwrap_or(i64::MAX),
     }
+}
+
+/// The tags whose registry `policy` lists in `images.allowedRegistries`,
+/// or the operator's `--registry-allow` allows, and the others, which are
+/// never looked up: an image string is the workload author's, and so would
+/// be the request the operator sends.
+fn split_listed(
+    ctx: &Context,
+    policy: &Policy,
+    tags: &BTreeSet<String>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    use crate::admission::Resolve as _;
+    tags.iter().cloned().partition(|image| {
+        crate::policy::Reference::parse(image).is_ok_and(|reference| {
+            policy.spec.images.lists_registry_of(&reference)
+                || ctx
+                    .options
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.always_allowed(reference.registry()))
+        })
+    })
 }
 
 /// Tag -> digest answers, as of the last resolution.

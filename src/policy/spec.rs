@@ -325,6 +325,22 @@ impl Default for ImageRules {
     }
 }
 
+impl ImageRules {
+    /// Whether `image` comes from a registry in `allowedRegistries` (a
+    /// registry, or a registry and a path prefix: `ghcr.io/acme`). False
+    /// when the list is empty.
+    pub fn lists_registry_of(&self, image: &super::Reference) -> bool {
+        let name = image.name();
+        self.allowed_registries.iter().any(|entry| {
+            let entry = entry.trim_end_matches('/');
+            name == entry
+                || name
+                    .strip_prefix(entry)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+}
+
 /// How tags are resolved to digests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PinMode {

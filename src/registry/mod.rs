@@ -15,6 +15,7 @@
 //! - Resolved digests are cached for a TTL.
 
 mod auth;
+mod connect;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,12 +27,12 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use probity_probe::breaker::{CircuitBreaker, Verdict};
 
 use auth::Challenge;
 pub use auth::{Credential, DockerConfig};
+pub use connect::{Reach, is_public};
 
 use crate::admission::{Resolve, ResolveError};
 use crate::policy::{Digest, Reference};
@@ -52,7 +53,7 @@ const FAIR_BUDGET: Duration = Duration::from_secs(1);
 /// Largest manifest read when a registry omits `Docker-Content-Digest`.
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<connect::Guarded>, Empty<Bytes>>;
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -64,6 +65,18 @@ pub struct Options {
     pub insecure: Vec<String>,
     /// Credentials by registry host.
     pub credentials: DockerConfig,
+    /// Which addresses may be contacted (registries and token services).
+    pub reach: Reach,
+    /// Token services a registry may send its clients to, besides its own
+    /// host: (registry, host). `docker.io` -> `auth.docker.io` is built in.
+    pub token_hosts: Vec<(String, String)>,
+    /// Answer with generic reasons ("registry X did not answer") and log
+    /// the details, for reasons shown to someone other than the operator
+    /// of the client (admission warnings, policy status).
+    pub public_reasons: bool,
+    /// Registries (`host[:port]`) that may be asked for any image, whatever
+    /// the policies list (`--registry-allow`).
+    pub allow: Vec<String>,
 }
 
 impl Default for Options {
@@ -72,9 +85,18 @@ impl Default for Options {
             cache_ttl: Duration::from_secs(60),
             insecure: Vec::new(),
             credentials: DockerConfig::default(),
+            reach: Reach::Any,
+            token_hosts: Vec::new(),
+            public_reasons: false,
+            allow: Vec::new(),
         }
     }
 }
+
+/// Token services of well-known registries on another host.
+const BUILTIN_TOKEN_HOSTS: [(&str, &str); 1] = [("docker.io", "auth.docker.io")];
+/// Longest `realm` a registry may send.
+const MAX_REALM_BYTES: usize = 2048;
 
 /// Resolves tags to digests; cheap to share behind an `Arc`.
 pub struct RegistryClient {
@@ -170,7 +192,7 @@ impl RegistryClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(connect::Guarded::new(options.reach.clone()));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -306,8 +328,19 @@ impl RegistryClient {
         let outcome = tokio::time::timeout(budget, self.head_manifest(reference)).await;
         let (result, verdict) = match outcome {
             Ok(Ok(digest)) => (Ok(digest), Verdict::Success),
-            Ok(Err(CallError::Refused(reason))) => (Err(fail(reason)), Verdict::Ignore),
-            Ok(Err(CallError::Down(reason))) => (Err(fail(reason)), Verdict::Failure),
+            Ok(Err(e)) => {
+                let verdict = match e {
+                    CallError::Down(_) => Verdict::Failure,
+                    _ => Verdict::Ignore,
+                };
+                let reason = if self.options.public_reasons {
+                    tracing::warn!(image = %reference, detail = %e.detail(), "registry lookup failed");
+                    e.public(&registry, reference.tag().unwrap_or("latest"))
+                } else {
+                    e.detail().to_owned()
+                };
+                (Err(fail(reason)), verdict)
+            }
             Err(_) => (
                 Err(fail(format!(
                     "registry {registry} did not answer within {} ms",
@@ -380,10 +413,16 @@ impl RegistryClient {
                     authorization = Some(match challenge {
                         Challenge::Basic => {
                             let c = credential.as_ref().ok_or_else(|| {
-                                CallError::Refused(format!(
+                                CallError::Denied(format!(
                                     "{registry} requires credentials and none are configured"
                                 ))
                             })?;
+                            if !credentials_may_go_to(&url) {
+                                return Err(CallError::Refused(format!(
+                                    "{registry} asks for credentials over plain HTTP; they are \
+                                     only sent over HTTPS (or to loopback)"
+                                )));
+                            }
                             c.basic()
                         }
                         Challenge::Bearer {
@@ -392,6 +431,13 @@ impl RegistryClient {
                             scope: offered,
                         } => {
                             let scope = offered.unwrap_or(scope.clone());
+                            if scope.len() > MAX_SCOPE_BYTES {
+                                return Err(CallError::Refused(format!(
+                                    "{registry} asked for a token scope of {} bytes (at most {MAX_SCOPE_BYTES})",
+                                    scope.len()
+                                )));
+                            }
+                            self.check_realm(registry, &realm)?;
                             let token = self
                                 .fetch_token(
                                     &realm,
@@ -400,7 +446,7 @@ impl RegistryClient {
                                     credential.as_ref(),
                                 )
                                 .await?;
-                            if scope.len() <= MAX_SCOPE_BYTES && token.len() <= MAX_TOKEN_BYTES {
+                            if token.len() <= MAX_TOKEN_BYTES {
                                 let mut tokens =
                                     self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
                                 bounded_insert(
@@ -421,13 +467,13 @@ impl RegistryClient {
                     });
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    return Err(CallError::Refused(format!(
+                    return Err(CallError::Denied(format!(
                         "{registry} refused access to {repository} ({})",
                         response.status()
                     )));
                 }
                 StatusCode::NOT_FOUND => {
-                    return Err(CallError::Refused(format!(
+                    return Err(CallError::NotFound(format!(
                         "{registry} has no manifest {repository}:{tag}"
                     )));
                 }
@@ -440,6 +486,64 @@ impl RegistryClient {
         Err(CallError::Refused(format!(
             "{registry} rejected the credentials it asked for"
         )))
+    }
+
+    /// Whether `registry` may send the client's credentials to `realm`:
+    /// https (plain HTTP only for a registry that is itself reached over
+    /// it), a bounded length, and the registry's own host or a token host
+    /// configured for it.
+    fn check_realm(&self, registry: &str, realm: &str) -> Result<(), CallError> {
+        if realm.len() > MAX_REALM_BYTES {
+            return Err(CallError::Refused(format!(
+                "{registry} offered a token realm of {} bytes (at most {MAX_REALM_BYTES})",
+                realm.len()
+            )));
+        }
+        let uri: http::Uri = realm.parse().map_err(|_| {
+            CallError::Refused(format!(
+                "{registry} offered a token realm that is not a URL"
+            ))
+        })?;
+        let scheme_ok = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => self.scheme(registry) == "http",
+            _ => false,
+        };
+        if !scheme_ok {
+            return Err(CallError::Refused(format!(
+                "{registry} offered a token realm that is not https"
+            )));
+        }
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let own = [
+            connect::host_of(registry),
+            connect::host_of(api_host(registry)),
+        ];
+        let configured = self
+            .options
+            .token_hosts
+            .iter()
+            .map(|(r, h)| (r.as_str(), h.as_str()))
+            .chain(BUILTIN_TOKEN_HOSTS)
+            .filter(|(r, _)| *r == registry)
+            .map(|(_, h)| h);
+        if own
+            .iter()
+            .copied()
+            .chain(configured)
+            .any(|h| h.eq_ignore_ascii_case(host))
+        {
+            Ok(())
+        } else {
+            Err(CallError::Refused(format!(
+                "{registry} sent its token request to {host}, which is neither the registry \
+                 nor a token host configured for it (--registry-token-host)"
+            )))
+        }
     }
 
     fn token(&self, registry: &str, scope: &str) -> Option<String> {
@@ -465,7 +569,9 @@ impl RegistryClient {
         };
         let separator = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{separator}{query}");
-        let authorization = credential.map(Credential::basic);
+        let authorization = credential
+            .filter(|_| credentials_may_go_to(&url))
+            .map(Credential::basic);
         let response = self
             .send(Method::GET, &url, authorization.as_deref(), false)
             .await?;
@@ -573,8 +679,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// How a call failed: the registry answered no (its health is fine), or
 /// it is down (counts against its breaker).
 enum CallError {
+    /// The registry answered, but not with something usable.
     Refused(String),
+    /// 401/403 after any authentication the client could do.
+    Denied(String),
+    /// No such manifest.
+    NotFound(String),
+    /// No answer, a server error or throttling.
     Down(String),
+}
+
+impl CallError {
+    fn detail(&self) -> &str {
+        match self {
+            Self::Refused(d) | Self::Denied(d) | Self::NotFound(d) | Self::Down(d) => d,
+        }
+    }
+
+    /// What a requester is told: nothing the registry wrote.
+    fn public(&self, registry: &str, tag: &str) -> String {
+        match self {
+            Self::Down(_) => format!("registry {registry} did not answer"),
+            Self::Denied(_) => format!("registry {registry} refused access"),
+            Self::NotFound(_) => format!("registry {registry} has no tag {tag}"),
+            Self::Refused(_) => format!("registry {registry} sent an answer probity cannot use"),
+        }
+    }
+}
+
+/// Credentials travel only over https, or to loopback (which no one else
+/// on the network sees).
+fn credentials_may_go_to(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    uri.scheme_str() == Some("https") || uri.host().is_some_and(is_loopback)
 }
 
 /// `docker.io` is served from `registry-1.docker.io`.
@@ -597,6 +736,17 @@ pub fn is_loopback(registry: &str) -> bool {
 }
 
 impl Resolve for RegistryClient {
+    fn always_allowed(&self, registry: &str) -> bool {
+        self.options
+            .allow
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(registry))
+    }
+
+    fn cached(&self, reference: &Reference) -> Option<Digest> {
+        RegistryClient::cached(self, &reference.to_string())
+    }
+
     fn resolve<'a>(
         &'a self,
         reference: &'a Reference,
@@ -718,6 +868,106 @@ mod tests {
         let mut keys: Vec<u32> = map.keys().copied().collect();
         keys.sort_unstable();
         assert_eq!(keys, [8, 9, 10], "expired entries went before any other");
+    }
+
+    /// A loopback registry that answers every request with a Bearer
+    /// challenge naming `realm`.
+    async fn challenging_registry(realm: String) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let realm = realm.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",\
+                             service=\"test\"\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_realm_elsewhere_is_never_contacted() {
+        // The token service the registry points at: another loopback host.
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind 127.0.0.2");
+        let elsewhere = listener.local_addr().expect("addr");
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let cases = [
+            (
+                format!("http://{elsewhere}/token"),
+                "neither the registry nor a token host",
+            ),
+            ("ftp://example.com/token".to_owned(), "not https"),
+            (
+                format!("https://{}/token", "a".repeat(3000)),
+                "token realm of",
+            ),
+        ];
+        for (realm, expected) in cases {
+            let registry = challenging_registry(realm.clone()).await;
+            let client = RegistryClient::new(Options::default()).expect("client");
+            let reference = Reference::parse(&format!("{registry}/app:1")).expect("reference");
+            let err =
+                probity_probe::deadline::scope(Duration::from_secs(5), client.digest(&reference))
+                    .await
+                    .expect_err("refused realm");
+            assert!(err.reason.contains(expected), "{realm}: {}", err.reason);
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // Configured as the registry's token host, it is asked.
+        let registry = challenging_registry(format!("http://{elsewhere}/token")).await;
+        let client = RegistryClient::new(Options {
+            token_hosts: vec![(registry.clone(), "127.0.0.2".to_owned())],
+            ..Options::default()
+        })
+        .expect("client");
+        let reference = Reference::parse(&format!("{registry}/app:1")).expect("reference");
+        let _ =
+            probity_probe::deadline::scope(Duration::from_millis(500), client.digest(&reference))
+                .await;
+        assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn public_reasons_say_nothing_the_registry_wrote() {
+        let registry = challenging_registry("ftp://evil.example/<script>".to_owned()).await;
+        let client = RegistryClient::new(Options {
+            public_reasons: true,
+            ..Options::default()
+        })
+        .expect("client");
+        let reference = Reference::parse(&format!("{registry}/app:1")).expect("reference");
+        let err = probity_probe::deadline::scope(Duration::from_secs(5), client.digest(&reference))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.reason,
+            format!("registry {registry} sent an answer probity cannot use")
+        );
     }
 
     #[tokio::test]

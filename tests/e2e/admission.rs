@@ -549,6 +549,9 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
             "1",
             "--admission-budget-ms",
             "1500",
+            // A loopback registry: reachable only when the operator names it.
+            "--registry-allow",
+            &registry.host,
         ],
     );
 

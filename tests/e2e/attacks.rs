@@ -354,3 +354,139 @@ async fn the_webhook_denies_every_attack() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A loopback listener that counts connections and answers nothing: a
+/// stand-in for an internal service an attacker wants the operator to call.
+async fn bait() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> anyhow::Result<()> {
+    let _operators = crate::common::operators_together().await;
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "ssrf-system").await?;
+    let ns = env.namespace(&client, "ssrf").await?;
+    // Two internal services: one a tenant's policy lists as a registry, one
+    // nobody lists.
+    let (listed, listed_hits) = bait().await;
+    let (unlisted, unlisted_hits) = bait().await;
+    let policy = json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "pin", "namespace": ns},
+        "spec": {"mode": "Audit", "images": {"pin": "Admission", "allowedRegistries": [listed]}},
+    });
+    let gvk = kube::api::GroupVersionKind::gvk("probity.dev", "v1alpha1", "ReadinessPolicy");
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
+        .create(&PostParams::default(), &serde_json::from_value(policy)?)
+        .await?;
+
+    let port = free_port();
+    let name = format!("{system}-mutate");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "mutate.probity.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+            "rules": probity::admission::config::rules(),
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns],
+            }]},
+            "failurePolicy": "Fail", "sideEffects": "None", "reinvocationPolicy": "Never",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+        }],
+    });
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .patch(
+        &name,
+        &PatchParams::apply("probity-test").force(),
+        &Patch::Apply(&config),
+    )
+    .await?;
+    let addr = format!("127.0.0.1:{port}");
+    let _operator = Operator::start(
+        env.kubeconfig(),
+        "ssrf",
+        &system,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            "",
+            "--mutating-webhook-configuration",
+            &name,
+            "--vap-backstop",
+            "false",
+        ],
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut seen = Vec::new();
+    for registry in [&listed, &unlisted, &"169.254.169.254".to_owned()] {
+        let object: Deployment =
+            serde_json::from_value(deployment("probe", &format!("{registry}/team/app:1.0")))?;
+        let created = eventually(WAIT, "the mutating webhook answers", || async {
+            let params = PostParams {
+                dry_run: false,
+                ..PostParams::default()
+            };
+            match deployments.create(&params, &object).await {
+                Ok(d) => Ok(d),
+                Err(e) => Err(format!("{e}")),
+            }
+        })
+        .await;
+        let image = created
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .unwrap_or_default();
+        assert!(
+            !image.contains('@'),
+            "{registry}: nothing was pinned: {image}"
+        );
+        seen.push(image);
+        deployments.delete("probe", &Default::default()).await?;
+        eventually(WAIT, "the probe Deployment is gone", || async {
+            match deployments.get_opt("probe").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        listed_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a loopback address a tenant's policy lists is still not public"
+    );
+    assert_eq!(
+        unlisted_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a registry no policy lists is never asked"
+    );
+    Ok(())
+}

@@ -67,7 +67,14 @@ async fn report_records_digests_and_flags_moved_tags() -> anyhow::Result<()> {
         env.kubeconfig(),
         "tags",
         &ns,
-        &["--registry-cache-ttl", "1", "--vap-backstop", "false"],
+        &[
+            "--registry-cache-ttl",
+            "1",
+            "--vap-backstop",
+            "false",
+            "--registry-allow",
+            &registry.host,
+        ],
     );
     let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
     let policy: ReadinessPolicy = serde_json::from_value(json!({

@@ -33,14 +33,7 @@ pub(super) fn check(cx: &Cx<'_>, image: &Reference, out: &mut Vec<Finding>) {
         return;
     }
     let name = image.name();
-    let ok = allowed.iter().any(|entry| {
-        let entry = entry.trim_end_matches('/');
-        name == entry
-            || name
-                .strip_prefix(entry)
-                .is_some_and(|rest| rest.starts_with('/'))
-    });
-    if !ok {
+    if !cx.policy.images.lists_registry_of(image) {
         let message = format!(
             "image {name} comes from {}, which is not an allowed registry ({})",
             image.registry(),
