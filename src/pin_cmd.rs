@@ -30,6 +30,7 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
         cache_ttl: Duration::from_secs(600),
         insecure: args.insecure_registry.clone(),
         credentials,
+        ..registry::Options::default()
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -96,7 +97,10 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
         if stdin {
             let _ = out.write_all(after.as_bytes());
         } else if after != input.text
-            && let Err(e) = write_atomically(Path::new(&input.name), &after)
+            && let Err(e) = write_atomically(
+                input.path.as_deref().unwrap_or(Path::new(&input.name)),
+                &after,
+            )
         {
             let _ = writeln!(err, "error: {}: {e}", input.name);
             input_error = true;
@@ -159,23 +163,104 @@ fn resolve(
     })
 }
 
-/// Writes through a temporary file in the same directory and renames it
-/// over `path`, so a crash never leaves a half-written manifest.
+/// Writes `text` over `path` so that a crash never leaves a half-written
+/// manifest and no one else can slip a file in: a symbolic link is
+/// followed and its target rewritten (the link stays a link); the new
+/// content goes to a fresh temporary file in the target's directory,
+/// created exclusively (`O_EXCL`) with the target's permissions from the
+/// start, synced, then renamed over the target.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.probity-pin.{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let target = std::fs::canonicalize(path)?;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let mode = std::fs::metadata(&target)?.permissions().mode() & 0o7777;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(target.file_name().unwrap_or_default());
+    let mut created = None;
+    for _ in 0..16 {
+        let mut candidate = name.clone();
+        candidate.push(format!(".probity-pin.{:016x}", fastrand::u64(..)));
+        let tmp = dir.join(candidate);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(file) => {
+                created = Some((tmp, file));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let Some((tmp, mut file)) = created else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free temporary file name in the target's directory",
+        ));
+    };
+    // The umask may have narrowed the mode given to open.
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &target));
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    written?;
+    // The rename itself is durable once the directory is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn writes_replace_the_target_of_a_link_and_keep_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real.yaml");
+        std::fs::write(&real, "old").expect("write");
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        write_atomically(&link, "new").expect("written");
+        assert_eq!(std::fs::read_to_string(&real).expect("read"), "new");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink(),
+            "the link stays a link"
+        );
+        let mode = std::fs::metadata(&real).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().as_bytes().starts_with(b"."))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file is left behind");
+    }
+
+    #[test]
+    fn non_utf8_paths_are_written_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.yaml");
+        let path = dir.path().join(name);
+        std::fs::write(&path, "old").expect("write");
+        write_atomically(&path, "new").expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+    }
 }

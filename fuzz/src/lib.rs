@@ -42,6 +42,7 @@ pub fn manifest(data: &[u8]) {
     let inputs = [Input {
         name: "fuzz.yaml".to_owned(),
         text: text.to_owned(),
+        path: None,
     }];
     let result = lint(&inputs, &[Policy::builtin()]);
     let _ = report::to_json(&result);

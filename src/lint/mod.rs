@@ -403,6 +403,7 @@ mod tests {
         let inputs = [Input {
             name: "m.yaml".to_owned(),
             text: text.to_owned(),
+            path: None,
         }];
         lint(&inputs, &[Policy::builtin()])
     }

@@ -14,6 +14,7 @@ fn read(path: &Path) -> Input {
     Input {
         name: path.display().to_string(),
         text: std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        path: Some(path.to_path_buf()),
     }
 }
 

@@ -114,6 +114,7 @@ fn client(credentials: &str) -> anyhow::Result<RegistryClient> {
         cache_ttl: Duration::from_secs(60),
         insecure: Vec::new(),
         credentials: DockerConfig::parse(credentials.as_bytes(), "test config")?,
+        ..Options::default()
     })?)
 }
 
