@@ -120,7 +120,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .min_budget(Duration::from_millis(50)),
         )
         .layer(DeadlineLayer::new(Duration::from_secs(2)).floor(Duration::from_millis(10)));
-    let app = api.merge(health.router());
+    let app = api
+        .merge(health.router())
+        .merge(health.dependencies_router());
     let host = std::env::var("HOST").unwrap_or_else(|_| "0.0.0.0".into());
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving");

@@ -124,7 +124,15 @@ async fn the_inventory_lists_every_edge_and_flags_missing_answers() {
         .dependency(Dependency::new("search").breaker(breaker()))
         .build()
         .expect("valid");
-    let addr = serve(health.router()).await;
+    let probes_only = serve(health.router()).await;
+    let reply = request(probes_only, "GET", "/dependencies", &[])
+        .await
+        .expect("request");
+    assert_eq!(
+        reply.status, 404,
+        "the inventory is mounted only when asked for"
+    );
+    let addr = serve(health.router().merge(health.dependencies_router())).await;
     let reply = request(addr, "GET", "/dependencies", &[])
         .await
         .expect("request");

@@ -42,6 +42,25 @@ impl Health {
             .route("/livez/{check}", get(livez_one))
             .route("/readyz/{check}", get(readyz_one))
             .route("/startupz/{check}", get(startupz_one))
+            .with_state(self.clone())
+    }
+
+    /// `GET /dependencies`: every registered dependency edge (timeout,
+    /// breaker rule, fallback) as JSON, flagging missing answers. Not part
+    /// of [`router`](Self::router): the inventory describes the service's
+    /// internals, so mount it where only operators reach it (an admin
+    /// port).
+    ///
+    /// ```
+    /// # let health = probity_probe::health::Health::builder().build().expect("valid");
+    /// let admin: axum::Router = health.router().merge(health.dependencies_router());
+    /// # let _ = admin;
+    /// ```
+    pub fn dependencies_router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
             .route("/dependencies", get(dependencies))
             .with_state(self.clone())
     }
@@ -134,7 +153,11 @@ fn respond(
         );
     }
     for name in &report.unknown_excludes {
-        tracing::warn!(probe = probe.path_name(), check = %name, "cannot exclude unknown health check");
+        // Any client can send `?exclude=`: each name is logged once, and
+        // only the first few.
+        if inner.note_unknown_exclude(name) {
+            tracing::debug!(probe = probe.path_name(), check = %name, "cannot exclude unknown health check");
+        }
     }
     let status = if report.ok {
         StatusCode::OK
@@ -244,6 +267,17 @@ pub(crate) fn json(report: &Report, show_reasons: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unknown_excludes_are_logged_once_and_boundedly() {
+        let health = crate::health::Health::builder().build().expect("valid");
+        assert!(health.inner.note_unknown_exclude("nope"));
+        assert!(!health.inner.note_unknown_exclude("nope"), "once per name");
+        let fresh = (0..100)
+            .filter(|i| health.inner.note_unknown_exclude(&format!("n{i}")))
+            .count();
+        assert_eq!(fresh, super::super::LOGGED_UNKNOWN_EXCLUDES - 1);
+    }
 
     #[test]
     fn query_takes_verbose_in_any_form_and_repeated_excludes() {

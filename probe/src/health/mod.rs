@@ -117,6 +117,23 @@ struct Inner {
     drain_delay: Duration,
     drain_deadline: Duration,
     target: ProbeTarget,
+    /// Unknown `?exclude=` names already logged (bounded).
+    unknown_excludes: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct unknown `?exclude=` names logged; later ones are not.
+const LOGGED_UNKNOWN_EXCLUDES: usize = 32;
+
+impl Inner {
+    /// Whether `name` is an unknown exclude not logged before (and there
+    /// is room to remember it).
+    fn note_unknown_exclude(&self, name: &str) -> bool {
+        let mut seen = self
+            .unknown_excludes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.len() < LOGGED_UNKNOWN_EXCLUDES && seen.insert(name.to_owned())
+    }
 }
 
 /// The health registry. Cheap to clone; background checks stop when the
@@ -412,6 +429,7 @@ impl HealthBuilder {
             drain_delay: self.drain_delay,
             drain_deadline: self.drain_deadline,
             target: self.target,
+            unknown_excludes: std::sync::Mutex::default(),
         });
         let mut rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
