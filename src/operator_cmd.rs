@@ -65,6 +65,10 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
         options.backstop = Some(exclude);
     }
     let registry = Arc::new(registry_client(args)?);
+    if let Some(path) = &args.registry_config {
+        // A mounted Secret changes in place: follow it.
+        registry.reload_credentials(path.clone(), Duration::from_secs(10));
+    }
     options.registry = Some(Arc::clone(&registry));
     options.tag_ttl = Duration::from_secs(args.registry_cache_ttl);
     if let Some(addr) = args.webhook_addr {

@@ -155,12 +155,13 @@ pub enum ConfigError {
 }
 
 impl DockerConfig {
-    /// Parses a Docker config; `origin` names it in errors.
+    /// Parses a Docker config; `origin` names it in errors. An entry whose
+    /// `auth` is not base64 `user:password` is skipped with a warning, so
+    /// one bad entry does not take every registry's credentials away.
     ///
     /// # Errors
     ///
-    /// When the JSON is malformed or an `auth` field is not base64
-    /// `user:password`.
+    /// When the JSON is not a Docker config.
     pub fn parse(json: &[u8], origin: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(json)
             .map_err(|e| ConfigError::Parse(origin.to_owned(), e.to_string()))?;
@@ -178,19 +179,16 @@ impl DockerConfig {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(auth.trim())
                     .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        ConfigError::Parse(
-                            origin.to_owned(),
-                            format!("auths.{key}.auth is not base64"),
-                        )
-                    })?;
-                let (username, password) = decoded.split_once(':').ok_or_else(|| {
-                    ConfigError::Parse(
-                        origin.to_owned(),
-                        format!("auths.{key}.auth is not user:password"),
-                    )
-                })?;
+                    .and_then(|b| String::from_utf8(b).ok());
+                let Some((username, password)) = decoded.as_deref().and_then(|d| d.split_once(':'))
+                else {
+                    tracing::warn!(
+                        config = origin,
+                        registry = %key,
+                        "skipping a credential whose auth is not base64 user:password"
+                    );
+                    continue;
+                };
                 Credential {
                     username: username.to_owned(),
                     password: password.to_owned(),
@@ -301,11 +299,22 @@ mod tests {
             Some("tok".to_owned())
         );
         assert!(config.for_registry("empty.example").is_none());
-        let err = DockerConfig::parse(br#"{"auths": {"x": {"auth": "!!"}}}"#, "c.json")
-            .expect_err("bad base64");
+        let partly_bad = DockerConfig::parse(
+            br#"{"auths": {"x": {"auth": "!!"}, "y": {"auth": "bm9jb2xvbg=="}, "ok.example": {"username": "u", "password": "p"}}}"#,
+            "c.json",
+        )?;
         assert!(
-            err.to_string().contains("auths.x.auth is not base64"),
-            "{err}"
+            partly_bad.for_registry("x").is_none(),
+            "not base64: skipped"
+        );
+        assert!(partly_bad.for_registry("y").is_none(), "no colon: skipped");
+        assert!(
+            partly_bad.for_registry("ok.example").is_some(),
+            "the rest are kept"
+        );
+        assert!(
+            DockerConfig::parse(b"[1]", "c.json").is_err(),
+            "not a config at all"
         );
         Ok(())
     }

@@ -107,6 +107,9 @@ pub struct RegistryClient {
     breakers: Mutex<HashMap<String, (CircuitBreaker, Instant)>>,
     /// One lookup per tag at a time: later callers wait for its answer.
     inflight: Mutex<HashMap<String, Arc<Flight>>>,
+    /// The credentials in use: `options.credentials`, or the file
+    /// [`RegistryClient::reload_credentials`] watches.
+    credentials: std::sync::RwLock<DockerConfig>,
 }
 
 /// A tag being looked up, and the lookup's answer for those who waited.
@@ -203,6 +206,7 @@ impl RegistryClient {
             tokens: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            credentials: std::sync::RwLock::new(options.credentials.clone()),
         })
     }
 
@@ -244,6 +248,54 @@ impl RegistryClient {
         } else {
             "https"
         }
+    }
+
+    /// Re-reads the Docker config at `path` every `every` while the client
+    /// lives, and uses the new credentials when the file changed (a
+    /// mounted Secret is updated in place). A file that cannot be read or
+    /// parsed keeps the credentials in use, with a warning.
+    pub fn reload_credentials(
+        self: &Arc<Self>,
+        path: std::path::PathBuf,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let stamp = |path: &std::path::Path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.modified().ok(), m.len()))
+            };
+            let mut last = stamp(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(client) = client.upgrade() else {
+                    return;
+                };
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match DockerConfig::read(&path) {
+                    Ok(config) => {
+                        *client
+                            .credentials
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner) = config;
+                        client
+                            .tokens
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clear();
+                        tracing::info!(path = %path.display(), "registry credentials reloaded");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry credentials not reloaded; keeping the ones in use");
+                    }
+                }
+            }
+        })
     }
 
     /// The digest `reference`'s tag points at now.
@@ -388,7 +440,11 @@ impl RegistryClient {
             self.scheme(registry)
         );
         let scope = format!("repository:{repository}:pull");
-        let credential = self.options.credentials.for_registry(registry);
+        let credential = self
+            .credentials
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .for_registry(registry);
 
         let mut authorization = self.token(registry, &scope).map(|t| format!("Bearer {t}"));
         for attempt in 0..2 {
@@ -814,6 +870,56 @@ mod tests {
             }
         });
         (addr.to_string(), requests)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_are_reloaded_when_the_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        let write = |password: &str| {
+            let json = format!(
+                r#"{{"auths": {{"r.example": {{"username": "u", "password": "{password}"}}}}}}"#
+            );
+            std::fs::write(&path, json).expect("write");
+        };
+        write("one");
+        let client = Arc::new(
+            RegistryClient::new(Options {
+                credentials: DockerConfig::read(&path).expect("config"),
+                ..Options::default()
+            })
+            .expect("client"),
+        );
+        let task = client.reload_credentials(path.clone(), Duration::from_secs(5));
+        let password = |c: &RegistryClient| {
+            c.credentials
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .for_registry("r.example")
+                .map(|c| c.password)
+        };
+        write("second");
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(password(&client).as_deref(), Some("second"));
+        std::fs::write(&path, "not json").expect("write");
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            password(&client).as_deref(),
+            Some("second"),
+            "a broken file keeps the old ones"
+        );
+        drop(client);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the watcher stops with the client")
+            .expect("task");
     }
 
     #[tokio::test]
