@@ -105,7 +105,7 @@ fn generate_ca() -> Result<(String, String), TlsError> {
     ];
     let now = unix_now();
     params.not_before = at(now - 300);
-    params.not_after = at(now + secs(CA_VALIDITY));
+    params.not_after = at(now.saturating_add(secs(CA_VALIDITY)));
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -135,12 +135,22 @@ fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged) -> Result<PemPair, Tls
     // A little backdating absorbs clock skew between replicas and the API
     // server (at most a tenth of the lifetime, which counts it).
     params.not_before = at(now - (secs(opts.validity) / 10).min(60));
-    params.not_after = at(now + secs(opts.validity));
+    // Never past the CA: a leaf outliving its issuer would fail to verify
+    // before its own renewal came due.
+    let ca_end = ca_not_after(ca_cert).unwrap_or(i64::MAX);
+    params.not_after = at(now.saturating_add(secs(opts.validity)).min(ca_end));
     let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// The end of `ca_cert`'s validity, in Unix seconds.
+fn ca_not_after(ca_cert: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(ca_cert.as_bytes()).ok()?;
+    let x509 = pem.parse_x509().ok()?;
+    Some(x509.validity().not_after.timestamp())
 }
 
 /// Whether `cert` must be replaced: unreadable, past two thirds of its
@@ -442,6 +452,25 @@ mod tests {
         more.dns_names.push("other.svc".to_owned());
         assert!(needs_renewal(&pair.cert, &more, now));
         assert!(needs_renewal("not a certificate", &o, now));
+        Ok(())
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_ca() -> Result<(), TlsError> {
+        let (ca_cert, ca_key) = generate_ca()?;
+        let ca_end = ca_not_after(&ca_cert).expect("CA validity");
+        let century = opts(Duration::from_secs(100 * 365 * 24 * 3600));
+        let pair = issue(&ca_cert, &ca_key, &century)?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert.as_bytes()).expect("pem");
+        let leaf_end = pem
+            .parse_x509()
+            .expect("x509")
+            .validity()
+            .not_after
+            .timestamp();
+        assert!(leaf_end <= ca_end, "leaf ends {leaf_end}, CA {ca_end}");
+        let forever = opts(Duration::MAX);
+        issue(&ca_cert, &ca_key, &forever)?;
         Ok(())
     }
 }

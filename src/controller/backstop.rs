@@ -1,11 +1,13 @@
 //! Keeps each policy's ValidatingAdmissionPolicy backstop (and binding) in
 //! sync: applied by the leader with server-side apply when a policy's
-//! generation changes, deleted when the policy is gone.
+//! generation changes, re-created when someone deleted it, deleted when the
+//! policy is gone. A replica that becomes leader forgets what it applied
+//! before (another leader may have changed it since), and an API server
+//! without the API is asked again every few minutes (it may be upgraded).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -25,9 +27,14 @@ pub(crate) struct Backstop {
     pub(crate) exclude: Vec<String>,
     /// Generation last applied, by object name.
     applied: Mutex<HashMap<String, (String, i64)>>,
-    /// Set when the API server has no ValidatingAdmissionPolicy API.
-    unsupported: AtomicBool,
+    /// When the API server last said it has no ValidatingAdmissionPolicy
+    /// API.
+    unsupported: Mutex<Option<Instant>>,
 }
+
+/// How long an API server without the API is left alone before it is asked
+/// again.
+const REPROBE: Duration = Duration::from_secs(300);
 
 impl Backstop {
     pub(crate) fn new(exclude: Vec<String>) -> Self {
@@ -36,6 +43,23 @@ impl Backstop {
             ..Self::default()
         }
     }
+
+    fn unsupported(&self) -> bool {
+        self.unsupported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < REPROBE)
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets every applied generation, so each policy's backstop is
+    /// applied again on its next reconcile.
+    pub(crate) fn forget_applied(&self) {
+        self.applied().clear();
+    }
 }
 
 /// Applies `obj`'s backstop unless this generation already was.
@@ -43,7 +67,7 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
     let Some(backstop) = &ctx.backstop else {
         return Ok(());
     };
-    if backstop.unsupported.load(Ordering::Relaxed) {
+    if backstop.unsupported() {
         return Ok(());
     }
     let policy = obj.policy();
@@ -52,11 +76,7 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
         obj.meta().uid.clone().unwrap_or_default(),
         obj.meta().generation.unwrap_or(0),
     );
-    if backstop
-        .applied
-        .lock()
-        .is_ok_and(|a| a.get(&name) == Some(&stamp))
-    {
+    if backstop.applied().get(&name) == Some(&stamp) {
         return Ok(());
     }
     let (mut policy_object, mut binding) = vap::backstop(&policy, &backstop.exclude);
@@ -77,10 +97,13 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
         .await
     {
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            backstop.unsupported.store(true, Ordering::Relaxed);
+            *backstop
+                .unsupported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             tracing::warn!(
                 "the API server has no admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy; \
-                 no backstop (Kubernetes 1.30 or newer needed)"
+                 no backstop (Kubernetes 1.30 or newer needed); asking again in 5 minutes"
             );
             return Ok(());
         }
@@ -92,15 +115,14 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
     bindings
         .patch(&name, &apply, &Patch::Apply(&binding))
         .await?;
-    if let Ok(mut applied) = backstop.applied.lock() {
-        applied.insert(name, stamp);
-    }
+    backstop.applied().insert(name, stamp);
     Ok(())
 }
 
 /// Deletes backstops whose policy no longer exists, every `every` while
 /// this replica leads.
 pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: Stop) {
+    let mut leading = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -109,10 +131,12 @@ pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: S
         let Some(backstop) = &ctx.backstop else {
             return;
         };
-        if !ctx.leadership.is_leader()
-            || !ctx.policies_synced()
-            || backstop.unsupported.load(Ordering::Relaxed)
-        {
+        let leader = ctx.leadership.is_leader();
+        if leader && !leading {
+            backstop.forget_applied();
+        }
+        leading = leader;
+        if !leader || !ctx.policies_synced() || backstop.unsupported() {
             continue;
         }
         if let Err(e) = sweep_once(&ctx).await {
@@ -121,40 +145,56 @@ pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: S
     }
 }
 
-async fn sweep_once(ctx: &Context) -> Result<(), kube::Error> {
-    let wanted: HashSet<String> = ctx
-        .policies
-        .state()
+async fn sweep_once(ctx: &Context) -> Result<(), Error> {
+    let namespaced = ctx.policies.state();
+    let cluster = ctx.cluster_policies.state();
+    let wanted: HashSet<String> = namespaced
         .iter()
         .map(|p| vap::object_name(&p.policy()))
-        .chain(
-            ctx.cluster_policies
-                .state()
-                .iter()
-                .map(|p| vap::object_name(&p.policy())),
-        )
+        .chain(cluster.iter().map(|p| vap::object_name(&p.policy())))
         .collect();
     let selector = format!("{}={}", vap::MANAGED_BY.0, vap::MANAGED_BY.1);
     let params = ListParams::default().labels(&selector);
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(ctx.client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(ctx.client.clone());
-    for stale in policies
+    let existing: HashSet<String> = policies
         .list_metadata(&params)
         .await?
         .items
         .into_iter()
         .map(|o| o.name_any())
-        .filter(|n| !wanted.contains(n))
-    {
+        .collect();
+    // Deleted by someone else: applied again, whatever the memo says.
+    for policy in &namespaced {
+        recreate_if_missing(ctx, &**policy, &existing).await?;
+    }
+    for policy in &cluster {
+        recreate_if_missing(ctx, &**policy, &existing).await?;
+    }
+    for stale in existing.iter().filter(|n| !wanted.contains(*n)) {
         // Binding first, so a policy is never left half-bound.
-        let _ = bindings.delete(&stale, &DeleteParams::default()).await;
-        policies.delete(&stale, &DeleteParams::default()).await?;
-        if let Some(backstop) = &ctx.backstop
-            && let Ok(mut applied) = backstop.applied.lock()
-        {
-            applied.remove(&stale);
+        let _ = bindings.delete(stale, &DeleteParams::default()).await;
+        policies.delete(stale, &DeleteParams::default()).await?;
+        if let Some(backstop) = &ctx.backstop {
+            backstop.applied().remove(stale);
         }
         tracing::info!(name = %stale, "deleted the backstop of a deleted policy");
     }
     Ok(())
+}
+
+async fn recreate_if_missing<P: PolicyObject>(
+    ctx: &Context,
+    obj: &P,
+    existing: &HashSet<String>,
+) -> Result<(), Error> {
+    let name = vap::object_name(&obj.policy());
+    if existing.contains(&name) {
+        return Ok(());
+    }
+    if let Some(backstop) = &ctx.backstop {
+        backstop.applied().remove(&name);
+    }
+    tracing::info!(%name, "re-creating a missing admission policy backstop");
+    sync(ctx, obj).await
 }

@@ -57,8 +57,23 @@ struct State {
     /// Last successful acquire or renew started at this instant.
     renewed: Option<Instant>,
     renew_deadline: Duration,
+    /// How long one write may take: the lease duration minus the renew
+    /// deadline, so a write started by a leader ends before any standby
+    /// can take over.
+    fence: Duration,
     holder: Option<String>,
     always: bool,
+}
+
+/// Why a fenced write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Fenced {
+    /// This replica is not the leader (any more).
+    #[error("not the leader")]
+    NotLeader,
+    /// The write did not finish within the fence.
+    #[error("the write took longer than the leadership fence ({0:?})")]
+    TimedOut(Duration),
 }
 
 impl Leadership {
@@ -69,6 +84,7 @@ impl Leadership {
             state: Arc::new(Mutex::new(State {
                 renewed: None,
                 renew_deadline: Duration::MAX,
+                fence: Duration::from_secs(30),
                 holder: None,
                 always: true,
             })),
@@ -87,6 +103,26 @@ impl Leadership {
             || state
                 .renewed
                 .is_some_and(|at| at.elapsed() < state.renew_deadline)
+    }
+
+    /// Runs `write` if this replica leads now, bounded by the fence (lease
+    /// duration minus renew deadline): a leader that loses its lease
+    /// mid-write cannot land the write after a standby took over.
+    ///
+    /// # Errors
+    ///
+    /// [`Fenced`] when not leading or when the fence passed first.
+    pub async fn fenced<F: std::future::Future>(&self, write: F) -> Result<F::Output, Fenced> {
+        if !self.is_leader() {
+            return Err(Fenced::NotLeader);
+        }
+        let fence = self
+            .state
+            .lock()
+            .map_or(Duration::from_secs(1), |s| s.fence);
+        tokio::time::timeout(fence, write)
+            .await
+            .map_err(|_| Fenced::TimedOut(fence))
     }
 
     /// The current holder as last observed, for status reports.
@@ -112,6 +148,10 @@ pub fn spawn(
     let state = Arc::new(Mutex::new(State {
         renewed: None,
         renew_deadline: options.renew_deadline,
+        fence: options
+            .lease_duration
+            .saturating_sub(options.renew_deadline)
+            .max(Duration::from_millis(100)),
         holder: None,
         always: false,
     }));
@@ -162,13 +202,16 @@ pub fn spawn(
             tokio::select! {
                 () = tokio::time::sleep(period) => {}
                 () = &mut stop => {
-                    if reader.is_leader() {
-                        elector.release().await;
-                    }
+                    // Stop writing first, then give the lease up: after
+                    // the release a standby may write at once.
+                    let was_leader = reader.is_leader();
                     if let Ok(mut s) = state.lock() {
                         s.renewed = None;
                     }
                     let _ = tx.send(false);
+                    if was_leader {
+                        elector.release().await;
+                    }
                     return;
                 }
             }
@@ -292,5 +335,45 @@ impl Elector {
                 tracing::warn!(lease = %self.options.name, error = %e, "releasing the lease failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elected(renewed: Option<Instant>) -> Leadership {
+        let (_tx, changes) = watch::channel(renewed.is_some());
+        Leadership {
+            state: Arc::new(Mutex::new(State {
+                renewed,
+                renew_deadline: Duration::from_secs(10),
+                fence: Duration::from_secs(5),
+                holder: None,
+                always: false,
+            })),
+            changes,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_happen_only_while_leading_and_within_the_fence() {
+        let standby = elected(None);
+        assert_eq!(standby.fenced(async { 1 }).await, Err(Fenced::NotLeader));
+
+        let leader = elected(Some(Instant::now()));
+        assert_eq!(leader.fenced(async { 2 }).await, Ok(2));
+        let slow = leader
+            .fenced(tokio::time::sleep(Duration::from_secs(6)))
+            .await;
+        assert_eq!(slow, Err(Fenced::TimedOut(Duration::from_secs(5))));
+    }
+
+    #[tokio::test]
+    async fn leadership_lapses_after_the_renew_deadline() {
+        let stale = elected(Instant::now().checked_sub(Duration::from_secs(11)));
+        assert!(!stale.is_leader(), "not renewed within the renew deadline");
+        assert_eq!(stale.fenced(async {}).await, Err(Fenced::NotLeader));
+        assert!(Leadership::always().is_leader());
     }
 }

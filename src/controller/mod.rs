@@ -121,6 +121,9 @@ pub enum Error {
     /// The webhooks could not be served.
     #[error("webhooks: {0}")]
     Webhook(String),
+    /// A leader's write did not finish within its leadership fence.
+    #[error("{0}")]
+    Fenced(#[from] leader::Fenced),
     /// A reconcile panicked (a bug); it is retried like any failure.
     #[error("{what} panicked: {message}")]
     Panicked {

@@ -210,15 +210,30 @@ pub(crate) async fn reconcile<P: PolicyObject>(
                 "kind": P::KIND,
                 "status": status,
             });
-            api.patch_status(
-                &obj.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            let name = obj.name_any();
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match ctx
+                .leadership
+                .fenced(api.patch_status(&name, &params, &Patch::Apply(&patch)))
+                .await
+            {
+                Ok(written) => {
+                    written?;
+                }
+                Err(super::leader::Fenced::NotLeader) => {}
+                Err(e) => return Err(Error::Fenced(e)),
+            }
         }
         queue_events(&ctx, &policy, &uid, &outcome);
-        super::backstop::sync(&ctx, &*obj).await?;
+        match ctx
+            .leadership
+            .fenced(super::backstop::sync(&ctx, &*obj))
+            .await
+        {
+            Ok(synced) => synced?,
+            Err(super::leader::Fenced::NotLeader) => {}
+            Err(e) => return Err(Error::Fenced(e)),
+        }
     }
     record_violation_metrics(&ctx, &policy.name, &outcome);
     if let Ok(mut failures) = ctx.failures.lock() {
@@ -919,9 +934,6 @@ pub(crate) async fn publish_events(
         let Some(job) = job else {
             return;
         };
-        if !ctx.leadership.is_leader() {
-            continue;
-        }
         let already = ctx
             .seen_events
             .lock()
@@ -937,7 +949,19 @@ pub(crate) async fn publish_events(
             action: "Audit".to_owned(),
             secondary: None,
         };
-        match recorder.publish(&event, &job.regarding).await {
+        let published = match ctx
+            .leadership
+            .fenced(recorder.publish(&event, &job.regarding))
+            .await
+        {
+            Ok(published) => published,
+            Err(super::leader::Fenced::NotLeader) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "event not published");
+                continue;
+            }
+        };
+        match published {
             Ok(()) => {
                 ctx.metrics.events.inc();
                 if let Ok(mut seen) = ctx.seen_events.lock() {
