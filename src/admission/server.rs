@@ -1,6 +1,12 @@
 //! The webhook HTTPS server: `/validate` and `/mutate` over rustls, with a
-//! body limit, a strict content type, handshake and header timeouts, and a
-//! graceful stop that finishes in-flight reviews.
+//! graceful stop that finishes in-flight reviews. Anyone who can reach the
+//! port can send it bytes, so every resource a peer can claim is bounded:
+//! connections ([`MAX_CONNECTIONS`]; more are closed on accept), HTTP/2
+//! streams per connection, handshake, header and body-read time, body size
+//! ([`MAX_BODY_BYTES`]), and reviews evaluated at once ([`MAX_REVIEWS`], a
+//! probity-probe bulkhead: beyond it a review waits briefly, then gets 503
+//! with `Retry-After`). The content type and the caches' readiness are
+//! checked before the body is read.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -8,16 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use probity_probe::bulkhead::Bulkhead;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::mutate::{self, Resolve};
@@ -28,8 +36,18 @@ use crate::lint::policies::Policy;
 /// Largest AdmissionReview accepted: an object and its old version of up
 /// to 1.5 MiB each (etcd's default limit), JSON-encoded.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+/// Reviews evaluated at once.
+pub const MAX_REVIEWS: u32 = 64;
+/// How long a review waits for a free slot before it gets 503.
+const REVIEW_WAIT: Duration = Duration::from_millis(250);
+/// Connections served at once; more are closed as they are accepted.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Concurrent HTTP/2 streams on one connection.
+const MAX_STREAMS: u32 = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to receive a whole body once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the webhooks get the policies and namespace labels to judge by.
 pub trait PolicySource: Send + Sync + 'static {
@@ -57,6 +75,8 @@ pub enum Outcome {
     Malformed,
     /// Caches not synced yet.
     NotReady,
+    /// Too many reviews at once: answered 503 before any work.
+    Shed,
 }
 
 impl Outcome {
@@ -69,6 +89,7 @@ impl Outcome {
             Self::Denied => "denied",
             Self::Malformed => "malformed",
             Self::NotReady => "not_ready",
+            Self::Shed => "shed",
         }
     }
 }
@@ -98,13 +119,24 @@ impl std::fmt::Debug for Webhooks {
     }
 }
 
-/// The `/validate` and `/mutate` routes.
+/// The webhooks and the slots their reviews take.
+#[derive(Clone)]
+struct Served {
+    webhooks: Webhooks,
+    reviews: Bulkhead,
+}
+
+/// The `/validate` and `/mutate` routes, evaluating at most
+/// [`MAX_REVIEWS`] reviews at once.
 pub fn router(webhooks: Webhooks) -> Router {
+    router_with_limit(webhooks, Bulkhead::new(MAX_REVIEWS, REVIEW_WAIT))
+}
+
+fn router_with_limit(webhooks: Webhooks, reviews: Bulkhead) -> Router {
     Router::new()
         .route("/validate", post(validate_handler))
         .route("/mutate", post(mutate_handler))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(webhooks)
+        .with_state(Served { webhooks, reviews })
 }
 
 fn error(status: StatusCode, message: String) -> HttpResponse {
@@ -118,33 +150,90 @@ struct Rejection {
     message: String,
 }
 
-/// Checks the content type and decodes the review, or says why not.
-fn accept(webhooks: &Webhooks, headers: &HeaderMap, body: &[u8]) -> Result<Request, Rejection> {
+/// Checks the content type and readiness, takes a review slot, reads the
+/// body within its time and size limits and decodes it, or says why not.
+async fn accept(
+    served: &Served,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Request, probity_probe::bulkhead::BulkheadPermit), Rejection> {
+    let reject = |outcome, status, message: String| Rejection {
+        outcome,
+        status,
+        message,
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(Rejection {
-            outcome: Outcome::Malformed,
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            message: format!("content type must be application/json, got {content_type:?}"),
-        });
+        let shown: String = content_type.chars().take(64).collect();
+        return Err(reject(
+            Outcome::Malformed,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be application/json, got {shown:?}"),
+        ));
     }
-    let request = review::decode(body).map_err(|e| Rejection {
-        outcome: Outcome::Malformed,
-        status: StatusCode::BAD_REQUEST,
-        message: e.to_string(),
+    if !served.webhooks.source.ready() {
+        return Err(reject(
+            Outcome::NotReady,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "probity's caches are not synced yet".to_owned(),
+        ));
+    }
+    let too_large = || {
+        reject(
+            Outcome::Malformed,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an AdmissionReview is at most {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let permit = served.reviews.acquire().await.map_err(|full| {
+        reject(
+            Outcome::Shed,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{full}; try again"),
+        )
     })?;
-    if !webhooks.source.ready() {
-        return Err(Rejection {
-            outcome: Outcome::NotReady,
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "probity's caches are not synced yet".to_owned(),
-        });
-    }
-    Ok(request)
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    let bytes =
+        match tokio::time::timeout(BODY_TIMEOUT, http_body_util::BodyExt::collect(limited)).await {
+            Err(_) => {
+                return Err(reject(
+                    Outcome::Malformed,
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large());
+            }
+            Ok(Err(_)) => {
+                return Err(reject(
+                    Outcome::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "the body could not be read".to_owned(),
+                ));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+    let request = review::decode(&bytes)
+        .map_err(|e| reject(Outcome::Malformed, StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((request, permit))
 }
 
 fn observe(webhooks: &Webhooks, name: &'static str, outcome: Outcome, started: Instant) {
@@ -165,25 +254,38 @@ fn outcome_of(response: &Response) -> Outcome {
     }
 }
 
-/// The request and its namespace's labels, or the error answer (already
-/// observed).
-fn prepare(
-    webhooks: &Webhooks,
+/// A review to answer: the request, its namespace's labels, and the slot
+/// it holds until answered.
+type Prepared = (
+    Request,
+    BTreeMap<String, String>,
+    probity_probe::bulkhead::BulkheadPermit,
+);
+
+/// The review, or the error answer (already observed).
+async fn prepare(
+    served: &Served,
     name: &'static str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
     started: Instant,
-) -> Result<(Request, BTreeMap<String, String>), Box<HttpResponse>> {
-    let request = accept(webhooks, headers, body).map_err(|r| {
-        observe(webhooks, name, r.outcome, started);
-        Box::new(error(r.status, r.message))
+) -> Result<Prepared, Box<HttpResponse>> {
+    let (request, permit) = accept(served, headers, body).await.map_err(|r| {
+        observe(&served.webhooks, name, r.outcome, started);
+        let mut response = error(r.status, r.message);
+        if r.outcome == Outcome::Shed {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        Box::new(response)
     })?;
     let labels = request
         .namespace
         .as_deref()
-        .map(|ns| webhooks.source.namespace_labels(ns))
+        .map(|ns| served.webhooks.source.namespace_labels(ns))
         .unwrap_or_default();
-    Ok((request, labels))
+    Ok((request, labels, permit))
 }
 
 fn answer(
@@ -198,36 +300,39 @@ fn answer(
 }
 
 async fn validate_handler(
-    State(webhooks): State<Webhooks>,
+    State(served): State<Served>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> HttpResponse {
     let started = Instant::now();
-    let (request, labels) = match prepare(&webhooks, "validate", &headers, &body, started) {
+    let (request, labels, _slot) = match prepare(&served, "validate", &headers, body, started).await
+    {
         Ok(prepared) => prepared,
         Err(response) => return *response,
     };
+    let webhooks = &served.webhooks;
     let response = validate::validate(&request, &webhooks.source.policies(), &labels);
-    answer(&webhooks, "validate", started, &request, response)
+    answer(webhooks, "validate", started, &request, response)
 }
 
 async fn mutate_handler(
-    State(webhooks): State<Webhooks>,
+    State(served): State<Served>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> HttpResponse {
     let started = Instant::now();
-    let (request, labels) = match prepare(&webhooks, "mutate", &headers, &body, started) {
+    let (request, labels, _slot) = match prepare(&served, "mutate", &headers, body, started).await {
         Ok(prepared) => prepared,
         Err(response) => return *response,
     };
+    let webhooks = &served.webhooks;
     let policies = webhooks.source.policies();
     let response = probity_probe::deadline::scope(
         webhooks.mutate_budget,
         mutate::mutate(&request, &policies, &labels, webhooks.resolver.as_deref()),
     )
     .await;
-    answer(&webhooks, "mutate", started, &request, response)
+    answer(webhooks, "mutate", started, &request, response)
 }
 
 /// Serves `app` over TLS on `listener` until `stop` resolves, then lets
@@ -244,8 +349,20 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(64 * 1024)
+        // Rapid reset: a peer that opens and cancels streams in a loop.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(64))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -260,6 +377,11 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!(%peer, "webhook connection refused: {MAX_CONNECTIONS} already open");
+            drop(tcp);
+            continue;
+        };
         // Small request/response exchanges: without this, Nagle's
         // algorithm and delayed ACKs add 40 ms to some reviews.
         let _ = tcp.set_nodelay(true);
@@ -268,6 +390,7 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -291,5 +414,121 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("webhook connections still open after 10 s; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    struct Source(AtomicBool);
+
+    impl PolicySource for Source {
+        fn ready(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn policies(&self) -> Arc<[Policy]> {
+            Arc::from(vec![Policy::builtin()])
+        }
+        fn namespace_labels(&self, _: &str) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+    }
+
+    fn app(ready: bool, reviews: Bulkhead) -> Router {
+        let webhooks = Webhooks {
+            source: Arc::new(Source(AtomicBool::new(ready))),
+            resolver: None,
+            mutate_budget: Duration::from_secs(1),
+            observer: None,
+        };
+        router_with_limit(webhooks, reviews)
+    }
+
+    fn stalled() -> Body {
+        Body::from_stream(futures::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >())
+    }
+
+    fn post(body: Body, content_type: &str) -> http::Request<Body> {
+        http::Request::post("/validate")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_and_content_type_are_checked_before_the_body_is_read() {
+        let reviews = Bulkhead::new(4, REVIEW_WAIT);
+        let not_ready = app(false, reviews.clone())
+            .oneshot(post(stalled(), "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let wrong_type = app(true, reviews)
+            .oneshot(post(stalled(), "text/plain"))
+            .await
+            .expect("infallible");
+        assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out_and_frees_its_slot() {
+        let reviews = Bulkhead::new(1, Duration::ZERO);
+        let started = tokio::time::Instant::now();
+        let stalled = app(true, reviews.clone())
+            .oneshot(post(stalled(), "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(stalled.status(), StatusCode::REQUEST_TIMEOUT);
+        let waited = started.elapsed();
+        assert!(
+            waited >= BODY_TIMEOUT && waited < BODY_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert_eq!(reviews.in_use(), 0, "the slot is free again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_the_limit_reviews_are_shed_with_retry_after() {
+        let reviews = Bulkhead::new(2, Duration::from_millis(100));
+        let _held = (reviews.try_acquire(), reviews.try_acquire());
+        let shed = app(true, reviews)
+            .oneshot(post(Body::from("{}"), "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            shed.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused_by_their_length_or_as_they_grow() {
+        let reviews = Bulkhead::new(4, REVIEW_WAIT);
+        let declared = http::Request::post("/validate")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string())
+            .body(stalled())
+            .expect("request");
+        let response = app(true, reviews.clone())
+            .oneshot(declared)
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let big = Body::from(vec![b' '; MAX_BODY_BYTES + 1]);
+        let response = app(true, reviews)
+            .oneshot(post(big, "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
