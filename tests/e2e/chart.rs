@@ -415,3 +415,119 @@ fn the_dockerfile_pins_its_bases_and_runs_as_the_charts_user() {
         assert!(deployment.contains(&format!("runAsUser: {id}")), "{user}");
     }
 }
+
+/// The chart's operator guard, against the operator's own ServiceAccount
+/// (impersonated, as a stolen token would be used): it may write the
+/// backstops it labels and the caBundle of its webhook configurations,
+/// nothing else its RBAC would allow.
+#[tokio::test]
+async fn the_operator_guard_limits_what_the_operators_token_can_do() -> anyhow::Result<()> {
+    let Some(binaries) = probity_testenv::binaries_or_skip() else {
+        return Ok(());
+    };
+    let env = tokio::task::spawn_blocking(move || {
+        probity_testenv::TestEnv::start(binaries, &probity_testenv::Options::default())
+    })
+    .await??;
+    let digest = format!("image.digest={DIGEST}");
+    let out = env
+        .helm()
+        .args([
+            "install",
+            "probity",
+            CHART,
+            "-n",
+            "probity",
+            "--create-namespace",
+        ])
+        .args(["--set", &digest])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let operator = "system:serviceaccount:probity:probity";
+    let as_operator = |args: &[&str], stdin: &str| {
+        let mut cmd = env.kubectl();
+        cmd.args(["--as", operator]).args(args);
+        piped(cmd, stdin.as_bytes())
+    };
+    let vap = |name: &str, labelled: bool| {
+        let labels = if labelled {
+            r#""labels": {"app.kubernetes.io/managed-by": "probity-operator"},"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                "metadata": {{"name": "{name}", {labels} "annotations": {{}}}},
+                "spec": {{"failurePolicy": "Fail", "matchConstraints": {{"resourceRules": [{{
+                    "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}}]}},
+                "validations": [{{"expression": "true"}}]}}}}"#
+        )
+    };
+    let create = ["create", "--dry-run=server", "-f", "-"];
+
+    // The guard takes effect within moments of being written.
+    let denied = poll(|| {
+        let out = as_operator(&create, &vap("rogue", false));
+        !out.status.success() && text(&out).contains("managed-by=probity-operator")
+    });
+    assert!(
+        denied,
+        "{}",
+        text(&as_operator(&create, &vap("rogue", false)))
+    );
+    let out = as_operator(&create, &vap("probity-crpol.ok", true));
+    assert!(out.status.success(), "a labelled backstop: {}", text(&out));
+
+    // Someone else's policy cannot be deleted with the operator's token.
+    let out = piped(
+        {
+            let mut c = env.kubectl();
+            c.args(["create", "-f", "-"]);
+            c
+        },
+        vap("someone-elses", false).as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_operator(
+        &["delete", "validatingadmissionpolicy", "someone-elses"],
+        "",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // The webhook configurations: caBundle only (the operator writes it
+    // with get and update, which is all its RBAC allows there).
+    let update = |change: &dyn Fn(&mut serde_json::Value)| {
+        let current = env
+            .kubectl()
+            .args([
+                "get",
+                "validatingwebhookconfiguration",
+                "probity",
+                "-o",
+                "json",
+            ])
+            .output()
+            .expect("kubectl get");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&current.stdout).expect("webhook configuration JSON");
+        change(&mut config);
+        as_operator(&["replace", "-f", "-"], &config.to_string())
+    };
+    let out = update(&|c| c["webhooks"][0]["failurePolicy"] = serde_json::json!("Fail"));
+    assert!(!out.status.success(), "failurePolicy: {}", text(&out));
+    assert!(
+        text(&out).contains("only change the caBundle"),
+        "{}",
+        text(&out)
+    );
+    let out = update(&|c| {
+        c["webhooks"][0]["namespaceSelector"] = serde_json::json!({"matchLabels": {"x": "y"}});
+    });
+    assert!(!out.status.success(), "namespaceSelector: {}", text(&out));
+    let out = update(&|c| {
+        c["webhooks"][0]["clientConfig"]["caBundle"] = serde_json::json!("dGVzdA==");
+    });
+    assert!(out.status.success(), "caBundle: {}", text(&out));
+    tokio::task::spawn_blocking(move || drop(env)).await?;
+    Ok(())
+}
