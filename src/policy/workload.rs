@@ -315,6 +315,11 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}),
         );
         assert_eq!(pod.pod_pointer, "/spec");
+        let rc = workload(json!({"apiVersion": "v1", "kind": "ReplicationController",
+            "metadata": {"name": "r"}, "spec": {"template": {"spec": spec}}}));
+        assert_eq!(rc.kind, WorkloadKind::ReplicationController);
+        assert_eq!(rc.pod_pointer, "/spec/template/spec");
+        assert!(rc.kind.is_long_running(), "probe rules apply to ReplicationControllers");
     }
 
     #[test]
