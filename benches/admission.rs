@@ -97,7 +97,7 @@ fn in_process(iterations: usize) -> (Duration, Duration) {
         let Ok(request) = review::decode(std::hint::black_box(&body)) else {
             panic!("the sample review decodes");
         };
-        let response = validate::validate(&request, &policies, &labels);
+        let response = validate::validate(&request, &policies, &labels, &validate::NoOwners);
         assert!(response.allowed, "{response:?}");
         let bytes = serde_json::to_vec(&response.into_review(&request.uid)).unwrap_or_default();
         std::hint::black_box(bytes);

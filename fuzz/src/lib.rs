@@ -26,10 +26,17 @@ pub fn admission(data: &[u8]) {
     pin.spec.images.pin = PinMode::Admission;
     let policies = [enforce, pin];
     let labels = BTreeMap::new();
-    let response = validate::validate(&request, &policies, &labels).into_review(&request.uid);
+    let response = validate::validate(&request, &policies, &labels, &validate::NoOwners)
+        .into_review(&request.uid);
     assert_eq!(response["response"]["uid"], request.uid.as_str());
     // Without a resolver every pin fails, through the policy's failure mode.
-    let mutated = futures::executor::block_on(mutate::mutate(&request, &policies, &labels, None));
+    let mutated = futures::executor::block_on(mutate::mutate(
+        &request,
+        &policies,
+        &labels,
+        None,
+        &validate::NoOwners,
+    ));
     let _ = mutated.into_review(&request.uid);
 }
 

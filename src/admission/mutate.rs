@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::review::{Operation, Request, Response};
-use super::validate::{MAX_WARNING_CHARS, truncate_chars, workload_of};
+use super::validate::{MAX_WARNING_CHARS, Owners, truncate_chars, workload_of};
 use crate::lint::policies::Policy;
 use crate::policy::workload::unpinned_images;
 use crate::policy::{Digest, PinMode, Reference, RegistryUnavailable};
@@ -69,6 +69,7 @@ pub async fn mutate(
     policies: &[Policy],
     namespace_labels: &BTreeMap<String, String>,
     resolver: Option<&dyn Resolve>,
+    owners: &dyn Owners,
 ) -> Response {
     if !matches!(request.operation, Operation::Create | Operation::Update)
         || request.sub_resource.is_some()
@@ -78,7 +79,7 @@ pub async fn mutate(
     let Some(object) = &request.object else {
         return Response::allow();
     };
-    let Ok(Some(workload)) = workload_of(request, object) else {
+    let Ok(Some(workload)) = workload_of(request, object, owners) else {
         // Unreadable objects are the validating webhook's to deny.
         return Response::allow();
     };
@@ -272,6 +273,23 @@ mod tests {
 
     const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
+    /// [`super::mutate`] with no controller known.
+    async fn mutate(
+        request: &Request,
+        policies: &[Policy],
+        namespace_labels: &BTreeMap<String, String>,
+        resolver: Option<&dyn Resolve>,
+    ) -> Response {
+        super::mutate(
+            request,
+            policies,
+            namespace_labels,
+            resolver,
+            &crate::admission::validate::NoOwners,
+        )
+        .await
+    }
+
     /// Answers from a table and counts calls; registry behaviour itself is
     /// tested against a real registry.
     #[derive(Default)]
@@ -338,6 +356,7 @@ mod tests {
             object: Some(object),
             old_object: old,
             dry_run: false,
+            user_info: Default::default(),
         }
     }
 

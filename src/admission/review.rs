@@ -67,6 +67,17 @@ pub struct Request {
     /// Whether the request is a dry run: evaluated, never persisted.
     #[serde(default)]
     pub dry_run: bool,
+    /// Who sent it, as the API server authenticated them.
+    #[serde(default)]
+    pub user_info: UserInfo,
+}
+
+/// The authenticated sender of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct UserInfo {
+    /// The user name (`system:serviceaccount:kube-system:replicaset-controller`).
+    #[serde(default)]
+    pub username: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,8 +49,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to receive a whole body once its headers are in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the webhooks get the policies and namespace labels to judge by.
-pub trait PolicySource: Send + Sync + 'static {
+/// Where the webhooks get the policies, namespace labels and controllers
+/// to judge by.
+pub trait PolicySource: validate::Owners + Send + Sync + 'static {
     /// Whether the caches are synced. Before that the webhooks answer 503,
     /// and the webhook configuration's failurePolicy decides.
     fn ready(&self) -> bool;
@@ -311,7 +312,8 @@ async fn validate_handler(
         Err(response) => return *response,
     };
     let webhooks = &served.webhooks;
-    let response = validate::validate(&request, &webhooks.source.policies(), &labels);
+    let owners: &dyn validate::Owners = &*webhooks.source;
+    let response = validate::validate(&request, &webhooks.source.policies(), &labels, owners);
     answer(webhooks, "validate", started, &request, response)
 }
 
@@ -329,7 +331,13 @@ async fn mutate_handler(
     let policies = webhooks.source.policies();
     let response = probity_probe::deadline::scope(
         webhooks.mutate_budget,
-        mutate::mutate(&request, &policies, &labels, webhooks.resolver.as_deref()),
+        mutate::mutate(
+            &request,
+            &policies,
+            &labels,
+            webhooks.resolver.as_deref(),
+            &*webhooks.source,
+        ),
     )
     .await;
     answer(webhooks, "mutate", started, &request, response)
@@ -426,6 +434,12 @@ mod tests {
     use super::*;
 
     struct Source(AtomicBool);
+
+    impl validate::Owners for Source {
+        fn owner_matches(&self, _: &str, _: &str, _: &str, _: &str, _: Option<u64>) -> bool {
+            false
+        }
+    }
 
     impl PolicySource for Source {
         fn ready(&self) -> bool {

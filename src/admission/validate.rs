@@ -14,7 +14,10 @@ use serde_json::Value;
 
 use super::review::{Operation, Request, Response};
 use crate::lint::policies::Policy;
-use crate::policy::{Classified, ExistingViolations, Finding, Mode, Workload, evaluate};
+use crate::policy::workload::pod_fingerprint;
+use crate::policy::{
+    Classified, ExistingViolations, Finding, Mode, Workload, WorkloadKind, evaluate,
+};
 
 /// Kubernetes shows at most this many characters of one warning.
 pub const MAX_WARNING_CHARS: usize = 120;
@@ -29,16 +32,35 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// # Errors
 ///
 /// When the object is of a supported kind but unreadable.
-pub fn workload_of(request: &Request, object: &Value) -> Result<Option<Workload>, String> {
+pub fn workload_of(
+    request: &Request,
+    object: &Value,
+    owners: &dyn Owners,
+) -> Result<Option<Workload>, String> {
     match Workload::classify(object) {
         Ok(Classified::Workload(w)) => {
             let mut w = *w;
             // Judged through its controller (a Deployment's ReplicaSet, a
-            // CronJob's Job, a controller's Pod): reported once, there.
-            // Ephemeral containers are in no owner's template, so a Pod
-            // whose ephemeral containers change is judged itself.
-            if w.controller.is_some() && !is_ephemeral_update(request) {
-                return Ok(None);
+            // CronJob's Job, a controller's Pod): reported once, there,
+            // when the controller really stands for it. Ephemeral
+            // containers are in no owner's template, so a Pod whose
+            // ephemeral containers change is judged itself.
+            if let Some(owner) = &w.controller
+                && !is_ephemeral_update(request)
+            {
+                let namespace = w
+                    .namespace
+                    .as_deref()
+                    .or(request.namespace.as_deref())
+                    .unwrap_or_default();
+                let print = (w.kind == WorkloadKind::Pod)
+                    .then(|| object.get("spec").map(pod_fingerprint))
+                    .flatten();
+                if sent_by_its_controller(request, w.kind)
+                    || owners.owner_matches(namespace, &owner.kind, &owner.name, &owner.uid, print)
+                {
+                    return Ok(None);
+                }
             }
             if w.namespace.is_none() {
                 w.namespace.clone_from(&request.namespace);
@@ -50,6 +72,58 @@ pub fn workload_of(request: &Request, object: &Value) -> Result<Option<Workload>
         }
         Ok(_) => Ok(None),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether a workload's controller stands for it: the controller is known
+/// (the operator's caches) with the UID the reference states and, for a
+/// Pod, a pod template with the same containers (`pod_print`).
+pub trait Owners {
+    /// See the trait.
+    fn owner_matches(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        uid: &str,
+        pod_print: Option<u64>,
+    ) -> bool;
+}
+
+/// No controller is known: every object is judged on its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOwners;
+
+impl Owners for NoOwners {
+    fn owner_matches(&self, _: &str, _: &str, _: &str, _: &str, _: Option<u64>) -> bool {
+        false
+    }
+}
+
+/// The built-in controllers, as kube-controller-manager authenticates them
+/// (one service account per controller, or itself). Nobody else can send
+/// requests under these names, so what they create comes from a template
+/// already judged.
+fn sent_by_its_controller(request: &Request, kind: WorkloadKind) -> bool {
+    let user = request.user_info.username.as_str();
+    if user == "system:kube-controller-manager" {
+        return true;
+    }
+    let Some(controller) = user.strip_prefix("system:serviceaccount:kube-system:") else {
+        return false;
+    };
+    match kind {
+        WorkloadKind::Pod => matches!(
+            controller,
+            "replicaset-controller"
+                | "statefulset-controller"
+                | "daemon-set-controller"
+                | "job-controller"
+                | "replication-controller"
+        ),
+        WorkloadKind::ReplicaSet => controller == "deployment-controller",
+        WorkloadKind::Job => controller == "cronjob-controller",
+        _ => false,
     }
 }
 
@@ -65,6 +139,7 @@ pub fn validate(
     request: &Request,
     policies: &[Policy],
     namespace_labels: &BTreeMap<String, String>,
+    owners: &dyn Owners,
 ) -> Response {
     if !matches!(request.operation, Operation::Create | Operation::Update)
         || (request.sub_resource.is_some() && !is_ephemeral_update(request))
@@ -74,13 +149,13 @@ pub fn validate(
     let Some(object) = &request.object else {
         return Response::allow();
     };
-    let workload = match workload_of(request, object) {
+    let workload = match workload_of(request, object, owners) {
         Ok(Some(w)) => w,
         Ok(None) => return Response::allow(),
         Err(e) => return Response::deny(format!("probity cannot evaluate the object: {e}")),
     };
     let old = match (request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) => workload_of(request, old).ok().flatten(),
+        (Operation::Update, Some(old)) => workload_of(request, old, owners).ok().flatten(),
         _ => None,
     };
     let ns = workload.namespace.clone().unwrap_or_default();
@@ -269,6 +344,15 @@ mod tests {
     use crate::admission::review::Gvk;
     use crate::policy::ReadinessPolicySpec;
 
+    /// [`super::validate`] with no controller known.
+    fn validate(
+        request: &Request,
+        policies: &[Policy],
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Response {
+        super::validate(request, policies, namespace_labels, &NoOwners)
+    }
+
     fn deployment(image: &str, replicas: i64) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -297,6 +381,7 @@ mod tests {
             object: Some(object),
             old_object: old,
             dry_run: false,
+            user_info: Default::default(),
         }
     }
 
@@ -472,6 +557,22 @@ mod tests {
         );
     }
 
+    /// Knows one controller: Deployment `web` with UID `1`.
+    struct OneOwner;
+
+    impl Owners for OneOwner {
+        fn owner_matches(
+            &self,
+            _: &str,
+            kind: &str,
+            name: &str,
+            uid: &str,
+            _: Option<u64>,
+        ) -> bool {
+            (kind, name, uid) == ("Deployment", "web", "1")
+        }
+    }
+
     #[test]
     fn controlled_objects_subresources_and_deletes_pass() {
         let mut rs = deployment("nginx:latest", 1);
@@ -479,7 +580,29 @@ mod tests {
         rs["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "1", "controller": true}]);
         let p = [policy(Mode::Enforce)];
         let ns = BTreeMap::new();
-        assert!(validate(&request(Operation::Create, rs, None), &p, &ns).allowed);
+        let create = request(Operation::Create, rs.clone(), None);
+        assert!(
+            super::validate(&create, &p, &ns, &OneOwner).allowed,
+            "a known owner stands for it"
+        );
+        assert!(
+            !validate(&create, &p, &ns).allowed,
+            "an owner nobody knows does not"
+        );
+        let mut other_uid = rs.clone();
+        other_uid["metadata"]["ownerReferences"][0]["uid"] = json!("2");
+        let forged = request(Operation::Create, other_uid, None);
+        assert!(
+            !super::validate(&forged, &p, &ns, &OneOwner).allowed,
+            "nor one with another UID"
+        );
+        let mut by_controller = request(Operation::Create, rs, None);
+        by_controller.user_info.username =
+            "system:serviceaccount:kube-system:deployment-controller".to_owned();
+        assert!(
+            validate(&by_controller, &p, &ns).allowed,
+            "what the controller creates passes"
+        );
         let mut scale = request(Operation::Update, deployment("nginx:latest", 2), None);
         scale.sub_resource = Some("scale".to_owned());
         assert!(validate(&scale, &p, &ns).allowed);

@@ -211,6 +211,56 @@ impl Context {
         labels
     }
 
+    /// Whether the controller `owner_kind`/`owner_name` with `owner_uid`
+    /// is in the caches with that UID and, when `pod_print` is given (a
+    /// Pod), its pod template has those containers: only then may it stand
+    /// for the object. An ownerReference is written by whoever writes the
+    /// object; this is the proof.
+    pub(crate) fn owner_matches(
+        &self,
+        namespace: &str,
+        owner_kind: &str,
+        owner_name: &str,
+        owner_uid: &str,
+        pod_print: Option<u64>,
+    ) -> bool {
+        let Some(kind) = WorkloadKind::from_kind(owner_kind) else {
+            return false;
+        };
+        let Some(owner) = self
+            .store(kind)
+            .and_then(|s| s.get(&ObjectRef::new_with(owner_name, kind).within(namespace)))
+        else {
+            return false;
+        };
+        owner.meta.uid.as_deref() == Some(owner_uid)
+            && pod_print.is_none_or(|print| owner.print == Some(print))
+    }
+
+    /// Whether the cached object `slim` of `kind` is judged through its
+    /// controller (see [`Context::owner_matches`]).
+    pub(crate) fn stands_for(&self, kind: WorkloadKind, slim: &Slim) -> bool {
+        let Some(owner) = slim.controller() else {
+            return false;
+        };
+        let print = if kind == WorkloadKind::Pod {
+            // A Pod without a fingerprint cannot be matched to a template.
+            let Some(print) = slim.print else {
+                return false;
+            };
+            Some(print)
+        } else {
+            None
+        };
+        self.owner_matches(
+            slim.meta.namespace.as_deref().unwrap_or_default(),
+            &owner.kind,
+            &owner.name,
+            &owner.uid,
+            print,
+        )
+    }
+
     fn owner_of_rs(&self, ns: &str, rs: &str) -> Option<String> {
         let store = self.store(WorkloadKind::ReplicaSet)?;
         let slim = store.get(&ObjectRef::new_with(rs, WorkloadKind::ReplicaSet).within(ns))?;
@@ -555,7 +605,7 @@ async fn watch_workloads(
         }
         match &event {
             watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
-                if obj.body.is_some() {
+                if obj.body.is_some() && !ctx.stands_for(kind, obj) {
                     triggers.matching(
                         &ctx,
                         kind,

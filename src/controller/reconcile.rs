@@ -364,6 +364,10 @@ fn evaluate_matched(
             let Some(body) = slim.body.as_deref() else {
                 continue;
             };
+            // Judged through its owner, once, there.
+            if ctx.stands_for(kind, &slim) {
+                continue;
+            }
             let namespace = slim.meta.namespace.clone().unwrap_or_default();
             if !policy.spec.matches(kind, slim.labels()) {
                 continue;

@@ -14,16 +14,20 @@ use serde_json::{Value, json};
 
 use super::drift::PodObservation;
 use crate::policy::WorkloadKind;
-use crate::policy::workload::{EXEMPT_ANNOTATION, creates};
+use crate::policy::workload::{EXEMPT_ANNOTATION, creates, pod_fingerprint};
 
 /// A cached workload (or pod).
 #[derive(Debug, Clone)]
 pub(crate) struct Slim {
     /// Name, namespace, uid, resourceVersion, labels, controller owner.
     pub(crate) meta: ObjectMeta,
-    /// The object as evaluation reads it, as JSON text; `None` for objects
-    /// with a controller owner, which are judged through the owner.
+    /// The object as evaluation reads it, as JSON text. Kept for objects
+    /// with a controller owner too: they are judged on their own when the
+    /// owner does not stand for them (see `Context::stands_for`).
     pub(crate) body: Option<Box<str>>,
+    /// For a Pod, the fingerprint of its containers; for a kind that
+    /// creates Pods, of its pod template's (`pod_fingerprint`).
+    pub(crate) print: Option<u64>,
     /// For pods: the workload they belong to and what their status says.
     pub(crate) pod: Option<Arc<PodInfo>>,
 }
@@ -143,9 +147,18 @@ impl Slim {
                 observation,
             })
         });
-        let body = if meta.owner_references.is_some() {
-            None
-        } else {
+        let print = match kind {
+            WorkloadKind::Pod => data.get("spec").map(pod_fingerprint),
+            WorkloadKind::ReplicaSet
+            | WorkloadKind::StatefulSet
+            | WorkloadKind::DaemonSet
+            | WorkloadKind::Job
+            | WorkloadKind::ReplicationController => {
+                data.pointer("/spec/template/spec").map(pod_fingerprint)
+            }
+            _ => None,
+        };
+        let body = {
             let spec = data.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
             let doc = json!({
                 "apiVersion": kind.api_version(),
@@ -160,7 +173,12 @@ impl Slim {
             });
             Some(doc.to_string().into_boxed_str())
         };
-        Self { meta, body, pod }
+        Self {
+            meta,
+            body,
+            print,
+            pod,
+        }
     }
 }
 
@@ -336,9 +354,10 @@ mod tests {
             "uid": "r", "controller": true});
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs.clone()), None, &|_, _| None, 0);
         assert!(
-            slim.body.is_none(),
-            "owned pods are judged through their owner"
+            slim.body.is_some(),
+            "kept, in case the owner does not stand for the pod"
         );
+        assert!(slim.print.is_some());
         let owner = slim
             .pod
             .as_ref()

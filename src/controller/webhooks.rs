@@ -57,6 +57,19 @@ impl std::fmt::Debug for WebhookOptions {
 /// The controller's caches, as the webhooks see them.
 struct Caches(Arc<Context>);
 
+impl crate::admission::validate::Owners for Caches {
+    fn owner_matches(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        uid: &str,
+        pod_print: Option<u64>,
+    ) -> bool {
+        self.0.owner_matches(namespace, kind, name, uid, pod_print)
+    }
+}
+
 impl PolicySource for Caches {
     fn ready(&self) -> bool {
         self.0.policies_synced()

@@ -54,6 +54,40 @@ impl std::fmt::Display for Controller {
     }
 }
 
+/// A fingerprint of what a Pod must share with its controller's pod
+/// template to be judged through it: each init and app container's name,
+/// image and probes, in order. `pod_spec` is a Pod's `spec` or a
+/// template's `spec.template.spec`, as the API server serves them (both
+/// defaulted the same way).
+pub fn pod_fingerprint(pod_spec: &Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for list in ["initContainers", "containers"] {
+        list.hash(&mut hasher);
+        for container in pod_spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for field in [
+                "name",
+                "image",
+                "readinessProbe",
+                "livenessProbe",
+                "startupProbe",
+            ] {
+                field.hash(&mut hasher);
+                match container.get(field) {
+                    Some(value) => value.to_string().hash(&mut hasher),
+                    None => 0u8.hash(&mut hasher),
+                }
+            }
+        }
+    }
+    hasher.finish()
+}
+
 /// An object of a supported kind whose fields do not have the types
 /// Kubernetes requires.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -319,7 +353,10 @@ mod tests {
             "metadata": {"name": "r"}, "spec": {"template": {"spec": spec}}}));
         assert_eq!(rc.kind, WorkloadKind::ReplicationController);
         assert_eq!(rc.pod_pointer, "/spec/template/spec");
-        assert!(rc.kind.is_long_running(), "probe rules apply to ReplicationControllers");
+        assert!(
+            rc.kind.is_long_running(),
+            "probe rules apply to ReplicationControllers"
+        );
     }
 
     #[test]

@@ -248,3 +248,49 @@ pub async fn https(
         .unwrap_or_default();
     Ok((status, body, leaf))
 }
+
+/// The ReplicaSet `<deployment>-<hash>` a Deployment controller would
+/// create for `deployment` (in `ns`, whose pods run `containers`), owned by
+/// the Deployment with its real UID; created if missing. Returns its UID,
+/// for the ownerReference of the pods a kubelet-style test writes: pods
+/// are judged through their ReplicaSet only when it exists with that UID
+/// and the same containers.
+pub async fn replicaset_of(
+    client: &kube::Client,
+    ns: &str,
+    deployment: &str,
+    hash: &str,
+    containers: serde_json::Value,
+) -> String {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use kube::Api;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let owner_uid = deployments
+        .get(deployment)
+        .await
+        .ok()
+        .and_then(|d| d.metadata.uid)
+        .expect("the Deployment exists");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let name = format!("{deployment}-{hash}");
+    if let Ok(Some(rs)) = replicasets.get_opt(&name).await {
+        return rs.metadata.uid.unwrap_or_default();
+    }
+    let labels = serde_json::json!({"app": deployment, "pod-template-hash": hash});
+    let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name, "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": deployment, "uid": owner_uid, "controller": true}]},
+        "spec": {"selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": containers}}},
+    }))
+    .expect("replicaset");
+    replicasets
+        .create(&kube::api::PostParams::default(), &rs)
+        .await
+        .expect("create the ReplicaSet")
+        .metadata
+        .uid
+        .unwrap_or_default()
+}

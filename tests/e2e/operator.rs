@@ -73,6 +73,7 @@ async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<Event> {
 /// Creates a pod owned by ReplicaSet `<deployment>-<hash>` and writes its
 /// container status like a kubelet.
 async fn kubelet_pod(
+    client: &Client,
     pods: &Api<Pod>,
     deployment: &str,
     hash: &str,
@@ -80,6 +81,15 @@ async fn kubelet_pod(
     digest: &str,
     restarts: i32,
 ) {
+    let containers = json!([{"name": "app", "image": "registry.example/app:1.0"}]);
+    let rs_uid = crate::common::replicaset_of(
+        client,
+        pods.namespace().unwrap_or_default(),
+        deployment,
+        hash,
+        containers.clone(),
+    )
+    .await;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
@@ -87,9 +97,9 @@ async fn kubelet_pod(
             "labels": {"app": deployment, "pod-template-hash": hash},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "name": format!("{deployment}-{hash}"),
-                "uid": "00000000-0000-0000-0000-000000000001", "controller": true}],
+                "uid": rs_uid, "controller": true}],
         },
-        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0"}]},
+        "spec": {"containers": containers},
     }))
     .expect("pod");
     if pods.get_opt(name).await.ok().flatten().is_none() {
@@ -304,9 +314,9 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         .create(&post, &deployment("drift", &pinned(), true))
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    kubelet_pod(&pods, "drift", "7c9d", "drift-7c9d-a", DIGEST_A, 0).await;
-    kubelet_pod(&pods, "drift", "7c9d", "drift-7c9d-b", DIGEST_A, 0).await;
-    kubelet_pod(&pods, "drift", "7c9d", "drift-7c9d-c", DIGEST_B, 0).await;
+    kubelet_pod(&client, &pods, "drift", "7c9d", "drift-7c9d-a", DIGEST_A, 0).await;
+    kubelet_pod(&client, &pods, "drift", "7c9d", "drift-7c9d-b", DIGEST_A, 0).await;
+    kubelet_pod(&client, &pods, "drift", "7c9d", "drift-7c9d-c", DIGEST_B, 0).await;
     let status = eventually(WAIT, "PRB301 in status", || async {
         let s = status_of(&policies, "audit").await?;
         s.violations
@@ -353,7 +363,7 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         .create(&post, &deployment("flappy", &pinned(), true))
         .await?;
     for pod in ["flappy-1a2b-x", "flappy-1a2b-y", "flappy-1a2b-z"] {
-        kubelet_pod(&pods, "flappy", "1a2b", pod, DIGEST_A, 0).await;
+        kubelet_pod(&client, &pods, "flappy", "1a2b", pod, DIGEST_A, 0).await;
     }
     eventually(WAIT, "flappy counted", || async {
         let s = status_of(&policies, "audit").await?;

@@ -42,13 +42,15 @@ async fn report_records_digests_and_flags_moved_tags() -> anyhow::Result<()> {
         .await?;
     // A pod of the Deployment's ReplicaSet, running the first digest.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let containers = json!([{"name": "app", "image": image}]);
+    let rs_uid =
+        crate::common::replicaset_of(&client, &ns, "web", "5d8f", containers.clone()).await;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web-5d8f-a", "labels": {"app": "web", "pod-template-hash": "5d8f"},
                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                        "name": "web-5d8f", "uid": "00000000-0000-0000-0000-000000000001",
-                        "controller": true}]},
-        "spec": {"containers": [{"name": "app", "image": image}]},
+                        "name": "web-5d8f", "uid": rs_uid, "controller": true}]},
+        "spec": {"containers": containers},
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
     let status = json!({"status": {"phase": "Running", "containerStatuses": [{
