@@ -176,9 +176,16 @@ pub async fn mutate(
         Some(resolver) => {
             use futures::StreamExt as _;
             let budget = probity_probe::deadline::remaining().unwrap_or(DEFAULT_BUDGET);
-            let calls = futures::stream::iter(references.iter())
-                .map(|(image, reference)| async {
-                    ((*image).to_owned(), resolver.resolve(reference).await)
+            // Owned, so the stream's futures borrow nothing from this frame
+            // (the review future must be Send).
+            let lookups: Vec<(String, Reference)> = references
+                .iter()
+                .map(|(image, reference)| ((*image).to_owned(), (*reference).clone()))
+                .collect();
+            let calls = futures::stream::iter(lookups)
+                .map(|(image, reference)| async move {
+                    let answer = resolver.resolve(&reference).await;
+                    (image, answer)
                 })
                 .buffer_unordered(LOOKUPS_AT_ONCE)
                 .collect::<Vec<_>>();

@@ -78,7 +78,7 @@ pub fn workload_of(
 /// Whether a workload's controller stands for it: the controller is known
 /// (the operator's caches) with the UID the reference states and, for a
 /// Pod, a pod template with the same containers (`pod_print`).
-pub trait Owners {
+pub trait Owners: Send + Sync {
     /// See the trait.
     fn owner_matches(
         &self,

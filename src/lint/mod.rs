@@ -208,7 +208,10 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
 /// and name: their UID when the manifest has one, and their pod template's
 /// containers.
 #[derive(Debug, Default)]
-struct Owners(BTreeMap<(&'static str, String, String), (Option<String>, Option<PodTemplate>)>);
+struct Owners(BTreeMap<OwnerKey, (Option<String>, Option<PodTemplate>)>);
+
+/// Kind, namespace (empty when the manifest sets none) and name.
+type OwnerKey = (&'static str, String, String);
 
 /// What a Pod must share with the template of the controller it names.
 type PodTemplate = Vec<(
@@ -237,11 +240,7 @@ fn pod_template(pod: &k8s_openapi::api::core::v1::PodSpec) -> PodTemplate {
 }
 
 impl Owners {
-    fn key(
-        kind: &str,
-        namespace: Option<&String>,
-        name: &str,
-    ) -> Option<(&'static str, String, String)> {
+    fn key(kind: &str, namespace: Option<&String>, name: &str) -> Option<OwnerKey> {
         let kind = crate::policy::WorkloadKind::from_kind(kind)?.as_str();
         Some((
             kind,

@@ -174,6 +174,7 @@ impl RegistryClient {
     ///
     /// When the TLS configuration cannot be built.
     pub fn new(options: Options) -> Result<Self, BuildError> {
+        let credentials = options.credentials.clone();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -206,7 +207,7 @@ impl RegistryClient {
             tokens: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
-            credentials: std::sync::RwLock::new(options.credentials.clone()),
+            credentials: std::sync::RwLock::new(credentials),
         })
     }
 

@@ -122,21 +122,30 @@ async fn dry_run_create(client: &Client, ns: &str, object: &Value) -> Result<(),
     match kind {
         "Pod" => {
             let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-            api.create(&params, &serde_json::from_value(object.clone())?)
-                .await
-                .map(drop)
+            api.create(
+                &params,
+                &serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?,
+            )
+            .await
+            .map(drop)
         }
         "Deployment" => {
             let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            api.create(&params, &serde_json::from_value(object.clone())?)
-                .await
-                .map(drop)
+            api.create(
+                &params,
+                &serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?,
+            )
+            .await
+            .map(drop)
         }
         _ => {
             let api: Api<ReplicationController> = Api::namespaced(client.clone(), ns);
-            api.create(&params, &serde_json::from_value(object.clone())?)
-                .await
-                .map(drop)
+            api.create(
+                &params,
+                &serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?,
+            )
+            .await
+            .map(drop)
         }
     }
 }

@@ -395,9 +395,11 @@ mod pod_images_and_exemptions {
     }
 
     fn exempted(allowed: Option<Vec<&str>>, annotation: &str) -> Vec<Finding> {
-        let mut policy = ReadinessPolicySpec::default();
-        policy.exemptions = ExemptionRules {
-            allowed_rules: allowed.map(|l| l.into_iter().map(str::to_owned).collect()),
+        let policy = ReadinessPolicySpec {
+            exemptions: ExemptionRules {
+                allowed_rules: allowed.map(|l| l.into_iter().map(str::to_owned).collect()),
+            },
+            ..ReadinessPolicySpec::default()
         };
         let deployment = workload(json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "annotations": {"probity.dev/exempt": annotation}},
