@@ -512,6 +512,11 @@ mod tests {
             r.audit.get("exempt").map(String::as_str),
             Some("PRB002: pinned by the release pipeline")
         );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("probity exempt: PRB002"))
+        );
         let by_default = validate(
             &request(Operation::Create, d, None),
             &[policy(Mode::Enforce)],
@@ -550,11 +555,7 @@ mod tests {
             &[policy(Mode::Enforce)],
             &BTreeMap::new(),
         );
-        assert!(
-            r.warnings
-                .iter()
-                .any(|w| w.starts_with("probity exempt: PRB002"))
-        );
+        assert!(r.allowed, "a probe rule may be exempted by default: {r:?}");
     }
 
     /// Knows one controller: Deployment `web` with UID `1`.

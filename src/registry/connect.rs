@@ -204,6 +204,8 @@ impl tower::Service<Uri> for Guarded {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use super::*;
 
     #[test]
@@ -283,10 +285,13 @@ mod tests {
             let err = tower::Service::call(&mut guarded, uri)
                 .await
                 .expect_err("loopback is not public");
-            assert!(
-                err.to_string().contains("--registry-allow"),
-                "{host}: {err}"
-            );
+            let mut chain = err.to_string();
+            let mut source = err.source();
+            while let Some(e) = source {
+                chain.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            assert!(chain.contains("--registry-allow"), "{host}: {chain}");
         }
         assert_eq!(
             accepted.load(std::sync::atomic::Ordering::SeqCst),

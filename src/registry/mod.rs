@@ -261,13 +261,14 @@ impl RegistryClient {
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let client = Arc::downgrade(self);
+        let stamp = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        // As the file is now: the credentials in use came from it.
+        let mut last = stamp(&path);
         tokio::spawn(async move {
-            let stamp = |path: &std::path::Path| {
-                std::fs::metadata(path)
-                    .ok()
-                    .map(|m| (m.modified().ok(), m.len()))
-            };
-            let mut last = stamp(&path);
             loop {
                 tokio::time::sleep(every).await;
                 let Some(client) = client.upgrade() else {

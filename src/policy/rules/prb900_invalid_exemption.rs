@@ -49,13 +49,15 @@ pub(super) fn parse_all(
                 match find(id) {
                     Some(rule) if rule.id != META.id && allows(rule.id) => rules.push(rule.id),
                     Some(rule) if rule.id != META.id => {
-                        problem = Some(format!(
+                        problem.get_or_insert(format!(
                             "this policy does not let an annotation exempt {} [{}] \
                              (spec.exemptions.allowedRules)",
                             rule.id, rule.name
                         ));
                     }
-                    _ => problem = Some(format!("exemption names unknown rule {id:?}")),
+                    _ => {
+                        problem.get_or_insert(format!("exemption names unknown rule {id:?}"));
+                    }
                 }
             }
             if reason.is_empty() {
