@@ -28,7 +28,7 @@ pub const POLICY_LABEL: &str = "probity.dev/policy";
 /// DaemonSet, Job or ReplicationController; ReplicaSets under a Deployment;
 /// Jobs under a CronJob. Ephemeral containers are never in an owner's
 /// template, so adding one is judged whoever owns the Pod.
-const NOT_CONTROLLED: &str = "request.subResource == 'ephemeralcontainers' || \
+const NOT_CONTROLLED: &str = "(has(request.subResource) && request.subResource == 'ephemeralcontainers') || \
     !has(object.metadata.ownerReferences) || \
     !object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller && (\
     (object.kind == 'Pod' && ((o.apiVersion.startsWith('apps/') && o.kind in ['ReplicaSet', 'StatefulSet', 'DaemonSet']) \

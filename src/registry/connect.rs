@@ -204,8 +204,6 @@ impl tower::Service<Uri> for Guarded {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
-
     use super::*;
 
     #[test]

@@ -230,12 +230,17 @@ pub async fn https(
     tls.write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(body).await.map_err(|e| e.to_string())?;
+    // A server may answer (413) and close before the body is all sent, as
+    // HTTP allows: read its answer whatever the write says.
+    let written = tls.write_all(body).await;
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response))
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response))
         .await
-        .map_err(|_| "response timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "response timed out".to_owned())?;
+    if response.is_empty() {
+        written.map_err(|e| e.to_string())?;
+        read.map_err(|e| e.to_string())?;
+    }
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()
