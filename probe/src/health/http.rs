@@ -52,9 +52,12 @@ impl Health {
     /// port).
     ///
     /// ```
-    /// # let health = probity_probe::health::Health::builder().build().expect("valid");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let health = probity_probe::health::Health::builder().build().expect("valid");
     /// let admin: axum::Router = health.router().merge(health.dependencies_router());
     /// # let _ = admin;
+    /// # }
     /// ```
     pub fn dependencies_router<S>(&self) -> Router<S>
     where
