@@ -531,20 +531,14 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
         &Patch::Apply(mutating_config(&name, port, &[&open, &closed])),
     )
     .await?;
-    let addr = format!("127.0.0.1:{port}");
-    let operator = Operator::start(
+    let operator = Operator::with_webhooks(
         env.kubeconfig(),
         "pin",
         &system,
+        port,
+        "",
+        &name,
         &[
-            "--webhook-addr",
-            &addr,
-            "--tls-ip-address",
-            "127.0.0.1",
-            "--validating-webhook-configuration",
-            "",
-            "--mutating-webhook-configuration",
-            &name,
             "--registry-cache-ttl",
             "1",
             "--admission-budget-ms",

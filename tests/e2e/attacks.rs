@@ -175,6 +175,17 @@ async fn debug_container(client: &Client, ns: &str, name: &str) -> Result<(), ku
         .map(drop)
 }
 
+/// Creates the ReadinessPolicy `policy` in `ns`.
+async fn create_policy(client: &Client, ns: &str, policy: Value) -> anyhow::Result<()> {
+    let gvk = kube::api::GroupVersionKind::gvk("probity.dev", "v1alpha1", "ReadinessPolicy");
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    let policy: DynamicObject = serde_json::from_value(policy)?;
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok(())
+}
+
 fn enforce_policy(ns: &str) -> Value {
     json!({
         "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
@@ -298,30 +309,16 @@ async fn the_webhook_denies_every_attack() -> anyhow::Result<()> {
             &Patch::Apply(&config),
         )
         .await?;
-    let policy: DynamicObject = serde_json::from_value(enforce_policy(&ns))?;
-    let gvk = kube::api::GroupVersionKind::gvk("probity.dev", "v1alpha1", "ReadinessPolicy");
-    let resource = kube::api::ApiResource::from_gvk(&gvk);
-    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
-        .create(&PostParams::default(), &policy)
-        .await?;
+    create_policy(&client, &ns, enforce_policy(&ns)).await?;
 
-    let addr = format!("127.0.0.1:{port}");
-    let operator = Operator::start(
+    let operator = Operator::with_webhooks(
         env.kubeconfig(),
         "attacks",
         &system,
-        &[
-            "--webhook-addr",
-            &addr,
-            "--tls-ip-address",
-            "127.0.0.1",
-            "--validating-webhook-configuration",
-            &name,
-            "--mutating-webhook-configuration",
-            "",
-            "--vap-backstop",
-            "false",
-        ],
+        port,
+        &name,
+        "",
+        &["--vap-backstop", "false"],
     );
     eventually(WAIT, "the webhook answers", || async {
         match dry_run_create(
@@ -401,11 +398,7 @@ async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> a
         "metadata": {"name": "pin", "namespace": ns},
         "spec": {"mode": "Audit", "images": {"pin": "Admission", "allowedRegistries": [listed]}},
     });
-    let gvk = kube::api::GroupVersionKind::gvk("probity.dev", "v1alpha1", "ReadinessPolicy");
-    let resource = kube::api::ApiResource::from_gvk(&gvk);
-    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
-        .create(&PostParams::default(), &serde_json::from_value(policy)?)
-        .await?;
+    create_policy(&client, &ns, policy).await?;
 
     let port = free_port();
     let name = format!("{system}-mutate");
@@ -432,23 +425,14 @@ async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> a
         &Patch::Apply(&config),
     )
     .await?;
-    let addr = format!("127.0.0.1:{port}");
-    let _operator = Operator::start(
+    let _operator = Operator::with_webhooks(
         env.kubeconfig(),
         "ssrf",
         &system,
-        &[
-            "--webhook-addr",
-            &addr,
-            "--tls-ip-address",
-            "127.0.0.1",
-            "--validating-webhook-configuration",
-            "",
-            "--mutating-webhook-configuration",
-            &name,
-            "--vap-backstop",
-            "false",
-        ],
+        port,
+        "",
+        &name,
+        &["--vap-backstop", "false"],
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let mut seen = Vec::new();

@@ -94,6 +94,33 @@ impl Operator {
         }
     }
 
+    /// Starts an operator that serves the webhooks on `127.0.0.1:port`
+    /// with a self-managed certificate for that address, and writes its CA
+    /// into the named webhook configurations (`""`: none).
+    pub fn with_webhooks(
+        kubeconfig: &std::path::Path,
+        identity: &str,
+        lease_namespace: &str,
+        port: u16,
+        validating: &str,
+        mutating: &str,
+        extra: &[&str],
+    ) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "--webhook-addr",
+            &addr,
+            "--tls-ip-address",
+            "127.0.0.1",
+            "--validating-webhook-configuration",
+            validating,
+            "--mutating-webhook-configuration",
+            mutating,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(kubeconfig, identity, lease_namespace, &args)
+    }
+
     /// The log so far, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
