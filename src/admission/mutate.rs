@@ -71,8 +71,10 @@ pub async fn mutate(
     resolver: Option<&dyn Resolve>,
     owners: &dyn Owners,
 ) -> Response {
+    // Pods' ephemeral containers arrive through their own subresource.
+    let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
     if !matches!(request.operation, Operation::Create | Operation::Update)
-        || request.sub_resource.is_some()
+        || (request.sub_resource.is_some() && !ephemeral)
     {
         return Response::allow();
     }
@@ -104,7 +106,7 @@ pub async fn mutate(
     };
     let targets: Vec<(String, String, Reference)> = unpinned_images(object, workload.pod_pointer)
         .into_iter()
-        .filter(|found| !unchanged(old, &found.list, found.container))
+        .filter(|found| !unchanged(old, &found.list, found.container, found.field))
         .map(|found| (found.pointer(), found.image.to_owned(), found.reference))
         .collect();
     if targets.is_empty() {
@@ -258,16 +260,18 @@ pub async fn mutate(
     response
 }
 
-/// Whether the UPDATE leaves this container's image as it was.
-fn unchanged(old: Option<&Value>, list_pointer: &str, container: &Value) -> bool {
+/// Whether the UPDATE leaves this container's (or volume's) image as it
+/// was; `field` is where the image is inside it.
+fn unchanged(old: Option<&Value>, list_pointer: &str, container: &Value, field: &str) -> bool {
     let Some(old) = old else {
         return false;
     };
     let name = container.get("name");
+    let image = |item: &Value| item.pointer(&format!("/{field}")).cloned();
     old.pointer(list_pointer)
         .and_then(Value::as_array)
         .and_then(|list| list.iter().find(|c| c.get("name") == name))
-        .is_some_and(|c| c.get("image") == container.get("image"))
+        .is_some_and(|c| image(c) == image(container))
 }
 
 #[cfg(test)]
@@ -651,6 +655,53 @@ mod tests {
         assert_eq!(
             r.patch.as_ref().and_then(Value::as_array).map(Vec::len),
             Some(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn image_volumes_and_new_debug_containers_are_pinned() {
+        let mut object = deployment(&[&format!("nginx:1.27@{DIGEST}")]);
+        object["spec"]["template"]["spec"]["volumes"] = json!([
+            {"name": "cfg", "configMap": {"name": "c"}},
+            {"name": "model", "image": {"reference": "quay.io/acme/model:1"}},
+        ]);
+        let r = mutate(
+            &request(Operation::Create, object, None),
+            &[pin_policy(RegistryUnavailable::Allow)],
+            &BTreeMap::new(),
+            Some(&Table::default()),
+        )
+        .await;
+        assert_eq!(
+            r.patch,
+            Some(
+                json!([{"op": "replace", "path": "/spec/template/spec/volumes/1/image/reference",
+                         "value": format!("quay.io/acme/model:1@{DIGEST}")}])
+            )
+        );
+
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}});
+        let mut debugged = pod.clone();
+        debugged["spec"]["ephemeralContainers"] =
+            json!([{"name": "debug", "image": "busybox:1.36"}]);
+        let mut update = request(Operation::Update, debugged, Some(pod));
+        update.sub_resource = Some("ephemeralcontainers".to_owned());
+        let r = mutate(
+            &update,
+            &[pin_policy(RegistryUnavailable::Allow)],
+            &BTreeMap::new(),
+            Some(&Table::default()),
+        )
+        .await;
+        assert_eq!(
+            r.patch,
+            Some(
+                json!([{"op": "replace", "path": "/spec/ephemeralContainers/0/image",
+                         "value": format!("busybox:1.36@{DIGEST}")}])
+            ),
+            "only the new debug container: the app container is unchanged"
         );
     }
 }

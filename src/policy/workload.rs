@@ -259,12 +259,16 @@ fn read<T: serde::de::DeserializeOwned>(
 /// An image of a workload that carries no digest yet.
 #[derive(Debug, Clone)]
 pub struct UnpinnedImage<'a> {
-    /// JSON pointer of the container list (`/spec/template/spec/containers`).
+    /// JSON pointer of the list holding it (`/spec/template/spec/containers`,
+    /// `.../ephemeralContainers`, `.../volumes`).
     pub list: String,
     /// Index in that list.
     pub index: usize,
-    /// The container object.
+    /// The container (or volume) object.
     pub container: &'a Value,
+    /// Where the image is inside it: `image`, or `image/reference` for an
+    /// image volume.
+    pub field: &'static str,
     /// The image as written.
     pub image: &'a str,
     /// The image, parsed.
@@ -272,30 +276,37 @@ pub struct UnpinnedImage<'a> {
 }
 
 impl UnpinnedImage<'_> {
-    /// JSON pointer of the `image` field.
+    /// JSON pointer of the image field.
     pub fn pointer(&self) -> String {
-        format!("{}/{}/image", self.list, self.index)
+        format!("{}/{}/{}", self.list, self.index, self.field)
     }
 }
 
-/// Every image of `object` (init containers first) that parses and has no
-/// digest; `pod_pointer` is the workload's [`Workload::pod_pointer`].
+/// Every image of `object` that parses and has no digest: init, app and
+/// ephemeral containers, then image volumes; `pod_pointer` is the
+/// workload's [`Workload::pod_pointer`].
 pub fn unpinned_images<'a>(object: &'a Value, pod_pointer: &str) -> Vec<UnpinnedImage<'a>> {
     let mut out = Vec::new();
-    for field in ["initContainers", "containers"] {
-        let list = format!("{pod_pointer}/{field}");
-        let Some(containers) = object.pointer(&list).and_then(Value::as_array) else {
+    for (list_field, field) in [
+        ("initContainers", "image"),
+        ("containers", "image"),
+        ("ephemeralContainers", "image"),
+        ("volumes", "image/reference"),
+    ] {
+        let list = format!("{pod_pointer}/{list_field}");
+        let Some(items) = object.pointer(&list).and_then(Value::as_array) else {
             continue;
         };
-        for (index, container) in containers.iter().enumerate() {
-            let Some(image) = container.get("image").and_then(Value::as_str) else {
+        for (index, item) in items.iter().enumerate() {
+            let Some(image) = item.pointer(&format!("/{field}")).and_then(Value::as_str) else {
                 continue;
             };
             match super::Reference::parse(image) {
                 Ok(reference) if !reference.is_pinned() => out.push(UnpinnedImage {
                     list: list.clone(),
                     index,
-                    container,
+                    container: item,
+                    field,
                     image,
                     reference,
                 }),
