@@ -314,7 +314,8 @@ pub(crate) struct OperatorArgs {
     /// the policies list, at any address (private and loopback ones too).
     /// Without it only registries in a pinning policy's
     /// `images.allowedRegistries` are contacted, and only at public
-    /// addresses. Repeatable or comma-separated.
+    /// addresses (`--insecure-registry` hosts may be private too).
+    /// Repeatable or comma-separated.
     #[arg(
         long,
         value_name = "REGISTRY",

@@ -89,7 +89,10 @@ fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
         credentials,
         // Registry names come from workloads: public addresses only,
         // except what the cluster admin named.
-        reach: registry::Reach::public_except(&args.registry_allow),
+        // The admin named `--insecure-registry` hosts too.
+        reach: registry::Reach::public_except(
+            &[args.registry_allow.as_slice(), args.insecure_registry.as_slice()].concat(),
+        ),
         token_hosts: args.registry_token_host.clone(),
         public_reasons: true,
         allow: args.registry_allow.clone(),
