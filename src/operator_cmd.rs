@@ -88,10 +88,14 @@ fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
         insecure: args.insecure_registry.clone(),
         credentials,
         // Registry names come from workloads: public addresses only,
-        // except what the cluster admin named.
-        // The admin named `--insecure-registry` hosts too.
+        // except the registries the cluster admin named (`--registry-allow`,
+        // `--insecure-registry`).
         reach: registry::Reach::public_except(
-            &[args.registry_allow.as_slice(), args.insecure_registry.as_slice()].concat(),
+            &[
+                args.registry_allow.as_slice(),
+                args.insecure_registry.as_slice(),
+            ]
+            .concat(),
         ),
         token_hosts: args.registry_token_host.clone(),
         public_reasons: true,
