@@ -7,6 +7,12 @@
 //! another replica won, and its certificate is used) and replaced with
 //! its `resourceVersion`, so only one renewal lands. Deleting the Secret
 //! rotates the CA as well; the next pass patches the new CA in.
+//!
+//! The CA rotates itself without a failed call: at two thirds of its life a
+//! successor is made and published in the caBundle beside it, while the
+//! serving certificate stays signed by the current CA; once the successor
+//! has been published for [`PROMOTE_AFTER`] it signs the serving
+//! certificate, and the old CA stays in the caBundle until it expires.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +32,16 @@ use rcgen::{
 use super::tls::{CertStore, PemPair, TlsError};
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a successor CA is in the caBundle before it signs: every
+/// replica re-reads the Secret and patches the caBundle within a minute,
+/// and the API server picks the change up within seconds.
+pub const PROMOTE_AFTER: Duration = Duration::from_secs(10 * 60);
+/// A CA is valid from a little before it is made (clock skew).
+const CA_BACKDATE: i64 = 300;
+/// The successor CA and the previous one, beside the current.
+const NEXT_CA_CRT: &str = "next-ca.crt";
+const NEXT_CA_KEY: &str = "next-ca.key";
+const PREVIOUS_CA_CRT: &str = "previous-ca.crt";
 /// Secret keys: the serving pair (kubernetes.io/tls) and the CA.
 const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
@@ -54,11 +70,105 @@ pub struct SelfManaged {
 /// What the Secret holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
-    /// The CA certificate (PEM): the webhook configurations' caBundle.
+    /// The CA certificate (PEM) that signs the serving certificate.
     pub ca_cert: String,
     ca_key: String,
     /// The serving certificate and key.
     pub serving: PemPair,
+    /// A successor CA (certificate, key), published but not signing yet.
+    next: Option<(String, String)>,
+    /// The CA the current one replaced, trusted until it expires.
+    previous: Option<String>,
+}
+
+impl Bundle {
+    /// The webhook configurations' caBundle: the current CA, and the
+    /// successor and the previous one while they matter.
+    pub fn ca_bundle(&self) -> String {
+        let mut pem = self.ca_cert.trim_end().to_owned();
+        for extra in [self.next.as_ref().map(|(c, _)| c), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            pem.push('\n');
+            pem.push_str(extra.trim_end());
+        }
+        pem.push('\n');
+        pem
+    }
+}
+
+/// What a pass over the Secret does, decided from its contents and the
+/// time alone (`plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Nothing is due.
+    Keep,
+    /// Write this bundle.
+    Write(Box<Bundle>),
+}
+
+/// The start and end of `cert`'s validity, in Unix seconds.
+fn validity(cert: &str) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).ok()?;
+    let x509 = pem.parse_x509().ok()?;
+    Some((
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    ))
+}
+
+/// Whether `now` is past two thirds of `cert`'s life (or it is unreadable).
+fn past_two_thirds(cert: &str, now: i64) -> bool {
+    validity(cert).is_none_or(|(start, end)| now >= start + (end - start) * 2 / 3)
+}
+
+/// Decides what `ensure_secret` writes at `now`: a fresh CA and certificate
+/// when there is no usable CA; a successor CA at two thirds of the CA's
+/// life; the successor promoted once published for [`PROMOTE_AFTER`]; an
+/// expired previous CA dropped; a serving certificate renewed when due.
+fn plan(current: Option<&Bundle>, opts: &SelfManaged, now: i64) -> Result<Step, TlsError> {
+    let Some(current) = current.filter(|b| usable_ca(b)) else {
+        let (ca_cert, ca_key) = generate_ca(now)?;
+        let serving = issue(&ca_cert, &ca_key, opts, now)?;
+        return Ok(Step::Write(Box::new(Bundle {
+            ca_cert,
+            ca_key,
+            serving,
+            next: None,
+            previous: None,
+        })));
+    };
+    let mut next = current.clone();
+    let mut reissue = needs_renewal(&current.serving.cert, opts, now);
+    if let Some(previous) = &next.previous
+        && validity(previous).is_none_or(|(_, end)| now >= end)
+    {
+        next.previous = None;
+    }
+    match next.next.clone() {
+        None if past_two_thirds(&current.ca_cert, now) => {
+            next.next = Some(generate_ca(now)?);
+        }
+        Some((ca_cert, ca_key))
+            if validity(&ca_cert)
+                .is_some_and(|(start, _)| now >= start + CA_BACKDATE + secs(PROMOTE_AFTER)) =>
+        {
+            next.previous = Some(std::mem::replace(&mut next.ca_cert, ca_cert));
+            next.ca_key = ca_key;
+            next.next = None;
+            reissue = true;
+        }
+        _ => {}
+    }
+    if reissue {
+        next.serving = issue(&next.ca_cert, &next.ca_key, opts, now)?;
+    }
+    Ok(if next == *current {
+        Step::Keep
+    } else {
+        Step::Write(Box::new(next))
+    })
 }
 
 /// Why the certificate could not be kept.
@@ -92,8 +202,8 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// A new CA.
-fn generate_ca() -> Result<(String, String), TlsError> {
+/// A new CA, valid from `now`.
+fn generate_ca(now: i64) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn("probity-webhook-ca");
@@ -103,15 +213,15 @@ fn generate_ca() -> Result<(String, String), TlsError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let now = unix_now();
-    params.not_before = at(now - 300);
+    params.not_before = at(now - CA_BACKDATE);
     params.not_after = at(now.saturating_add(secs(CA_VALIDITY)));
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A serving certificate for `opts`' names, signed by the CA.
-fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged) -> Result<PemPair, TlsError> {
+/// A serving certificate for `opts`' names, signed by the CA, valid from
+/// `now`.
+fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged, now: i64) -> Result<PemPair, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key)?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key)?;
     let key = KeyPair::generate()?;
@@ -131,26 +241,18 @@ fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged) -> Result<PemPair, Tls
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let now = unix_now();
     // A little backdating absorbs clock skew between replicas and the API
     // server (at most a tenth of the lifetime, which counts it).
     params.not_before = at(now - (secs(opts.validity) / 10).min(60));
     // Never past the CA: a leaf outliving its issuer would fail to verify
     // before its own renewal came due.
-    let ca_end = ca_not_after(ca_cert).unwrap_or(i64::MAX);
+    let ca_end = validity(ca_cert).map_or(i64::MAX, |(_, end)| end);
     params.not_after = at(now.saturating_add(secs(opts.validity)).min(ca_end));
     let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
-}
-
-/// The end of `ca_cert`'s validity, in Unix seconds.
-fn ca_not_after(ca_cert: &str) -> Option<i64> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(ca_cert.as_bytes()).ok()?;
-    let x509 = pem.parse_x509().ok()?;
-    Some(x509.validity().not_after.timestamp())
 }
 
 /// Whether `cert` must be replaced: unreadable, past two thirds of its
@@ -210,17 +312,23 @@ fn read_bundle(secret: &Secret) -> Option<Bundle> {
             cert: text(TLS_CRT)?,
             key: text(TLS_KEY)?,
         },
+        next: text(NEXT_CA_CRT).zip(text(NEXT_CA_KEY)),
+        previous: text(PREVIOUS_CA_CRT),
     })
 }
 
 fn secret_of(bundle: &Bundle, opts: &SelfManaged, resource_version: Option<String>) -> Secret {
     let data = [
-        (CA_CRT, &bundle.ca_cert),
-        (CA_KEY, &bundle.ca_key),
-        (TLS_CRT, &bundle.serving.cert),
-        (TLS_KEY, &bundle.serving.key),
+        (CA_CRT, Some(&bundle.ca_cert)),
+        (CA_KEY, Some(&bundle.ca_key)),
+        (TLS_CRT, Some(&bundle.serving.cert)),
+        (TLS_KEY, Some(&bundle.serving.key)),
+        (NEXT_CA_CRT, bundle.next.as_ref().map(|(c, _)| c)),
+        (NEXT_CA_KEY, bundle.next.as_ref().map(|(_, k)| k)),
+        (PREVIOUS_CA_CRT, bundle.previous.as_ref()),
     ]
     .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
     .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
     .collect();
     Secret {
@@ -254,20 +362,14 @@ pub async fn ensure_secret(client: &Client, opts: &SelfManaged) -> Result<Bundle
     for _ in 0..3 {
         let existing = api.get_opt(&opts.secret).await?;
         let current = existing.as_ref().and_then(read_bundle);
-        let (ca_cert, ca_key) = match &current {
-            Some(b) if usable_ca(b) => {
-                if !needs_renewal(&b.serving.cert, opts, unix_now()) {
-                    return Ok(b.clone());
+        let bundle = match plan(current.as_ref(), opts, unix_now())? {
+            Step::Keep => {
+                if let Some(b) = current {
+                    return Ok(b);
                 }
-                (b.ca_cert.clone(), b.ca_key.clone())
+                continue;
             }
-            _ => generate_ca()?,
-        };
-        let serving = issue(&ca_cert, &ca_key, opts)?;
-        let bundle = Bundle {
-            ca_cert,
-            ca_key,
-            serving,
+            Step::Write(bundle) => *bundle,
         };
         let result = match existing {
             Some(secret) => {
@@ -380,7 +482,7 @@ pub async fn initial(
 ) -> Result<(CertStore, Bundle), CertError> {
     let bundle = ensure_secret(client, opts).await?;
     let store = CertStore::new(&bundle.serving)?;
-    if let Err(e) = ensure_ca_bundle(client, opts, &bundle.ca_cert).await {
+    if let Err(e) = ensure_ca_bundle(client, opts, &bundle.ca_bundle()).await {
         tracing::warn!(error = %e, "cannot write the caBundle yet; retrying");
     }
     Ok((store, bundle))
@@ -408,7 +510,7 @@ pub async fn maintain(client: Client, opts: SelfManaged, store: CertStore, mut s
                         Err(e) => tracing::warn!(error = %e, "new webhook certificate is unusable"),
                     }
                 }
-                if let Err(e) = ensure_ca_bundle(&client, &opts, &bundle.ca_cert).await {
+                if let Err(e) = ensure_ca_bundle(&client, &opts, &bundle.ca_bundle()).await {
                     tracing::warn!(error = %e, "cannot update the caBundle; retrying");
                 }
             }
@@ -440,8 +542,8 @@ mod tests {
     #[test]
     fn issued_certificates_cover_the_names_and_renew_at_two_thirds() -> Result<(), TlsError> {
         let o = opts(Duration::from_secs(3000));
-        let (ca_cert, ca_key) = generate_ca()?;
-        let pair = issue(&ca_cert, &ca_key, &o)?;
+        let (ca_cert, ca_key) = generate_ca(unix_now())?;
+        let pair = issue(&ca_cert, &ca_key, &o, unix_now())?;
         pair.certified_key()?;
         let now = unix_now();
         assert!(!needs_renewal(&pair.cert, &o, now));
@@ -457,10 +559,10 @@ mod tests {
 
     #[test]
     fn a_leaf_never_outlives_its_ca() -> Result<(), TlsError> {
-        let (ca_cert, ca_key) = generate_ca()?;
-        let ca_end = ca_not_after(&ca_cert).expect("CA validity");
+        let (ca_cert, ca_key) = generate_ca(unix_now())?;
+        let (_, ca_end) = validity(&ca_cert).expect("CA validity");
         let century = opts(Duration::from_secs(100 * 365 * 24 * 3600));
-        let pair = issue(&ca_cert, &ca_key, &century)?;
+        let pair = issue(&ca_cert, &ca_key, &century, unix_now())?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert.as_bytes()).expect("pem");
         let leaf_end = pem
             .parse_x509()
@@ -470,7 +572,93 @@ mod tests {
             .timestamp();
         assert!(leaf_end <= ca_end, "leaf ends {leaf_end}, CA {ca_end}");
         let forever = opts(Duration::MAX);
-        issue(&ca_cert, &ca_key, &forever)?;
+        issue(&ca_cert, &ca_key, &forever, unix_now())?;
+        Ok(())
+    }
+
+    /// Whether the serving certificate of `bundle` verifies, at `now`,
+    /// against the roots of its caBundle, as the API server checks it.
+    fn verifies(bundle: &Bundle, now: i64) -> bool {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle.ca_bundle().as_bytes()).flatten() {
+            let _ = roots.add(cert);
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let Ok(verifier) =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+        else {
+            return false;
+        };
+        let Some(leaf) = CertificateDer::pem_slice_iter(bundle.serving.cert.as_bytes())
+            .flatten()
+            .next()
+        else {
+            return false;
+        };
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], at)
+            .is_ok()
+    }
+
+    fn certificates(bundle: &Bundle) -> usize {
+        bundle.ca_bundle().matches("BEGIN CERTIFICATE").count()
+    }
+
+    fn written(step: Step) -> Bundle {
+        match step {
+            Step::Write(bundle) => *bundle,
+            Step::Keep => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn the_ca_rotates_with_an_overlap_and_never_a_gap() -> Result<(), TlsError> {
+        let o = opts(Duration::from_secs(30 * 24 * 3600));
+        let t0 = unix_now();
+        let first = written(plan(None, &o, t0)?);
+        assert!(verifies(&first, t0 + 60));
+        assert_eq!(plan(Some(&first), &o, t0 + 60)?, Step::Keep);
+        assert_eq!(certificates(&first), 1);
+
+        // Two thirds into the CA's life: a successor is published, and the
+        // current CA keeps signing.
+        let t1 = t0 + secs(CA_VALIDITY) * 7 / 10;
+        let second = written(plan(Some(&first), &o, t1)?);
+        assert_eq!(second.ca_cert, first.ca_cert);
+        assert!(second.next.is_some());
+        assert_eq!(certificates(&second), 2);
+        assert!(verifies(&second, t1 + 1));
+        assert_eq!(
+            plan(Some(&second), &o, t1 + 60)?,
+            Step::Keep,
+            "not promoted yet"
+        );
+
+        // Published long enough: the successor signs, the old CA stays
+        // trusted.
+        let t2 = t1 + CA_BACKDATE + secs(PROMOTE_AFTER);
+        let third = written(plan(Some(&second), &o, t2)?);
+        assert_eq!(Some(&third.ca_cert), second.next.as_ref().map(|(c, _)| c));
+        assert_eq!(third.previous.as_ref(), Some(&first.ca_cert));
+        assert_ne!(third.serving, second.serving, "re-issued by the new CA");
+        assert!(verifies(&third, t2 + 1));
+        // A replica still serving the old certificate verifies too.
+        let mut lagging = third.clone();
+        lagging.serving = second.serving.clone();
+        assert!(verifies(&lagging, t2 + 1));
+
+        // Once the old CA expires it leaves the caBundle.
+        let t3 = t0 + secs(CA_VALIDITY) + 1;
+        let fourth = written(plan(Some(&third), &o, t3)?);
+        assert!(fourth.previous.is_none());
+        assert_eq!(certificates(&fourth), 1);
+        assert!(verifies(&fourth, t3 + 1));
         Ok(())
     }
 }
