@@ -211,6 +211,8 @@ async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = peak_rss_kib(pid).unwrap_or(0);
     drop(child);
+    // Kept only when the run fails (the errors above name it).
+    let _ = std::fs::remove_file(&log_path);
     Ok(Run {
         n,
         sync,
