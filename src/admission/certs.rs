@@ -258,17 +258,15 @@ fn issue(ca_cert: &str, ca_key: &str, opts: &SelfManaged, now: i64) -> Result<Pe
 /// Whether `cert` must be replaced: unreadable, past two thirds of its
 /// lifetime, or not covering every name in `opts`.
 pub fn needs_renewal(cert: &str, opts: &SelfManaged, now: i64) -> bool {
+    if past_two_thirds(cert, now) {
+        return true;
+    }
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert.as_bytes()) else {
         return true;
     };
     let Ok(x509) = pem.parse_x509() else {
         return true;
     };
-    let start = x509.validity().not_before.timestamp();
-    let end = x509.validity().not_after.timestamp();
-    if now >= start + (end - start) * 2 / 3 {
-        return true;
-    }
     let Ok(Some(san)) = x509.subject_alternative_name() else {
         return !(opts.dns_names.is_empty() && opts.ip_addresses.is_empty());
     };

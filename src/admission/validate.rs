@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::review::{Operation, Request, Response};
 use crate::lint::policies::Policy;
-use crate::policy::workload::pod_fingerprint;
+use crate::policy::workload::fingerprint_of;
 use crate::policy::{
     Classified, ExistingViolations, Finding, Mode, Workload, WorkloadKind, evaluate,
 };
@@ -53,9 +53,11 @@ pub fn workload_of(
                     .as_deref()
                     .or(request.namespace.as_deref())
                     .unwrap_or_default();
-                let print = (w.kind == WorkloadKind::Pod)
-                    .then(|| object.get("spec").map(pod_fingerprint))
-                    .flatten();
+                let print = if w.kind == WorkloadKind::Pod {
+                    fingerprint_of(w.kind, object)
+                } else {
+                    None
+                };
                 if sent_by_its_controller(request, w.kind)
                     || owners.owner_matches(namespace, &owner.kind, &owner.name, &owner.uid, print)
                 {

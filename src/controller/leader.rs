@@ -119,7 +119,8 @@ impl Leadership {
         let fence = self
             .state
             .lock()
-            .map_or(Duration::from_secs(1), |s| s.fence);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fence;
         tokio::time::timeout(fence, write)
             .await
             .map_err(|_| Fenced::TimedOut(fence))

@@ -605,7 +605,7 @@ async fn watch_workloads(
         }
         match &event {
             watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
-                if obj.body.is_some() && !ctx.stands_for(kind, obj) {
+                if !ctx.stands_for(kind, obj) {
                     triggers.matching(
                         &ctx,
                         kind,

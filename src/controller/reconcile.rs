@@ -361,9 +361,7 @@ fn evaluate_matched(
             continue;
         };
         for slim in store.state() {
-            let Some(body) = slim.body.as_deref() else {
-                continue;
-            };
+            let body = &*slim.body;
             // Judged through its owner, once, there.
             if ctx.stands_for(kind, &slim) {
                 continue;

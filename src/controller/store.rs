@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::drift::PodObservation;
 use crate::policy::WorkloadKind;
-use crate::policy::workload::{EXEMPT_ANNOTATION, creates, pod_fingerprint};
+use crate::policy::workload::{EXEMPT_ANNOTATION, creates, fingerprint_of};
 
 /// A cached workload (or pod).
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub(crate) struct Slim {
     /// The object as evaluation reads it, as JSON text. Kept for objects
     /// with a controller owner too: they are judged on their own when the
     /// owner does not stand for them (see `Context::stands_for`).
-    pub(crate) body: Option<Box<str>>,
+    pub(crate) body: Box<str>,
     /// For a Pod, the fingerprint of its containers; for a kind that
     /// creates Pods, of its pod template's (`pod_fingerprint`).
     pub(crate) print: Option<u64>,
@@ -111,7 +111,7 @@ impl Slim {
             .map(|refs| {
                 // Only a controller of a kind that creates this kind
                 // stands for the object; any other is ignored, so the
-                // object keeps its body and is judged on its own.
+                // object is judged on its own.
                 refs.iter()
                     .filter(|o| {
                         o.controller == Some(true) && creates(&o.api_version, &o.kind, kind)
@@ -147,17 +147,7 @@ impl Slim {
                 observation,
             })
         });
-        let print = match kind {
-            WorkloadKind::Pod => data.get("spec").map(pod_fingerprint),
-            WorkloadKind::ReplicaSet
-            | WorkloadKind::StatefulSet
-            | WorkloadKind::DaemonSet
-            | WorkloadKind::Job
-            | WorkloadKind::ReplicationController => {
-                data.pointer("/spec/template/spec").map(pod_fingerprint)
-            }
-            _ => None,
-        };
+        let print = fingerprint_of(kind, &data);
         let body = {
             let spec = data.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
             let doc = json!({
@@ -171,7 +161,7 @@ impl Slim {
                 },
                 "spec": spec,
             });
-            Some(doc.to_string().into_boxed_str())
+            doc.to_string().into_boxed_str()
         };
         Self {
             meta,
@@ -328,7 +318,7 @@ mod tests {
         let slim = Slim::from_dynamic(WorkloadKind::Deployment, object, None, &|_, _| None, 0);
         assert!(slim.meta.managed_fields.is_none());
         assert!(slim.meta.annotations.is_none());
-        let body: Value = serde_json::from_str(slim.body.as_deref().expect("body")).expect("json");
+        let body: Value = serde_json::from_str(&slim.body).expect("json");
         assert_eq!(
             body["metadata"]["annotations"],
             json!({"probity.dev/exempt": "PRB002: vendor image"})
@@ -354,8 +344,9 @@ mod tests {
             "uid": "r", "controller": true});
         let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs.clone()), None, &|_, _| None, 0);
         assert!(
-            slim.body.is_some(),
-            "kept, in case the owner does not stand for the pod"
+            slim.body.contains("\"containers\""),
+            "kept, in case the owner does not stand for the pod: {}",
+            slim.body
         );
         assert!(slim.print.is_some());
         let owner = slim
@@ -407,7 +398,10 @@ mod tests {
                 "spec": {"containers": [{"name": "app", "image": "evil:latest"}]},
             }));
             let slim = Slim::from_dynamic(WorkloadKind::Pod, pod, None, &|_, _| None, 0);
-            assert!(slim.body.is_some(), "{owner}: kept for evaluation");
+            assert!(
+                slim.body.contains("evil:latest"),
+                "{owner}: kept for evaluation"
+            );
             assert!(slim.controller().is_none(), "{owner}: not a controller");
             assert!(slim.pod.as_ref().and_then(|p| p.owner.clone()).is_none());
         }

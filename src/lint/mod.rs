@@ -165,7 +165,7 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
             match workload
                 .controller
                 .as_ref()
-                .filter(|c| owners.stands_for(c, &workload))
+                .filter(|c| owners.stands_for(c, &workload, object))
             {
                 Some(owner) => report.notes.push(Problem {
                     file: file.clone(),
@@ -205,39 +205,13 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
 }
 
 /// The workloads among the inputs that can own others, by kind, namespace
-/// and name: their UID when the manifest has one, and their pod template's
-/// containers.
+/// and name: their UID when the manifest has one, and the fingerprint of
+/// their pod template's containers (`workload::fingerprint_of`).
 #[derive(Debug, Default)]
-struct Owners(BTreeMap<OwnerKey, (Option<String>, Option<PodTemplate>)>);
+struct Owners(BTreeMap<OwnerKey, (Option<String>, Option<u64>)>);
 
 /// Kind, namespace (empty when the manifest sets none) and name.
 type OwnerKey = (&'static str, String, String);
-
-/// What a Pod must share with the template of the controller it names.
-type PodTemplate = Vec<(
-    String,
-    Option<String>,
-    [Option<k8s_openapi::api::core::v1::Probe>; 3],
-)>;
-
-fn pod_template(pod: &k8s_openapi::api::core::v1::PodSpec) -> PodTemplate {
-    pod.init_containers
-        .iter()
-        .flatten()
-        .chain(&pod.containers)
-        .map(|c| {
-            (
-                c.name.clone(),
-                c.image.clone(),
-                [
-                    c.readiness_probe.clone(),
-                    c.liveness_probe.clone(),
-                    c.startup_probe.clone(),
-                ],
-            )
-        })
-        .collect()
-}
 
 impl Owners {
     fn key(kind: &str, namespace: Option<&String>, name: &str) -> Option<OwnerKey> {
@@ -250,8 +224,7 @@ impl Owners {
     }
 
     fn record(&mut self, workload: &Workload, object: &Value) {
-        use crate::policy::WorkloadKind as K;
-        if workload.kind == K::Pod {
+        if workload.kind == crate::policy::WorkloadKind::Pod {
             return;
         }
         let Some(key) = Self::key(
@@ -265,17 +238,18 @@ impl Owners {
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let template = matches!(
-            workload.kind,
-            K::ReplicaSet | K::StatefulSet | K::DaemonSet | K::Job
-        )
-        .then(|| pod_template(&workload.pod));
+        let template = workload::fingerprint_of(workload.kind, object);
         self.0.insert(key, (uid, template));
     }
 
-    /// Whether `owner`, named by `workload`, is among the inputs and may
-    /// stand for it.
-    fn stands_for(&self, owner: &crate::policy::Controller, workload: &Workload) -> bool {
+    /// Whether `owner`, named by `workload` (the document `object`), is
+    /// among the inputs and may stand for it.
+    fn stands_for(
+        &self,
+        owner: &crate::policy::Controller,
+        workload: &Workload,
+        object: &Value,
+    ) -> bool {
         let Some(key) = Self::key(&owner.kind, workload.namespace.as_ref(), &owner.name) else {
             return false;
         };
@@ -286,7 +260,7 @@ impl Owners {
             return false;
         }
         workload.kind != crate::policy::WorkloadKind::Pod
-            || template.as_ref() == Some(&pod_template(&workload.pod))
+            || template.is_some() && *template == workload::fingerprint_of(workload.kind, object)
     }
 }
 
@@ -487,6 +461,23 @@ spec:
             pod("ConfigMap", "v1", "rs-1", "nginx:latest")
         ));
         assert!(judged_pods(&fake_kind) > 0, "a ConfigMap creates no Pods");
+    }
+
+    #[test]
+    fn replication_controllers_stand_for_their_pods() {
+        let rc = "apiVersion: v1
+kind: ReplicationController
+metadata: {name: web-5d8f, uid: rs-1}
+spec:
+  template:
+    spec:
+      containers: [{name: app, image: \"nginx:latest\"}]
+";
+        let report = run(&format!(
+            "{rc}---\n{}",
+            pod("ReplicationController", "v1", "rs-1", "nginx:latest")
+        ));
+        assert_eq!(judged_pods(&report), 0, "{:?}", report.findings);
     }
 
     #[test]

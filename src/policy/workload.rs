@@ -88,6 +88,24 @@ pub fn pod_fingerprint(pod_spec: &Value) -> u64 {
     hasher.finish()
 }
 
+/// The [`pod_fingerprint`] that `object`, of `kind`, carries: a Pod's own
+/// containers, or the pod template's of a kind that creates Pods
+/// (ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController);
+/// `None` for other kinds.
+pub fn fingerprint_of(kind: WorkloadKind, object: &Value) -> Option<u64> {
+    match kind {
+        WorkloadKind::Pod => object.get("spec").map(pod_fingerprint),
+        WorkloadKind::ReplicaSet
+        | WorkloadKind::StatefulSet
+        | WorkloadKind::DaemonSet
+        | WorkloadKind::Job
+        | WorkloadKind::ReplicationController => {
+            object.pointer("/spec/template/spec").map(pod_fingerprint)
+        }
+        WorkloadKind::Deployment | WorkloadKind::CronJob => None,
+    }
+}
+
 /// An object of a supported kind whose fields do not have the types
 /// Kubernetes requires.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
