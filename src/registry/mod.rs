@@ -785,11 +785,7 @@ fn api_host(registry: &str) -> &str {
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 pub fn is_loopback(registry: &str) -> bool {
-    let host = if let Some(rest) = registry.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
-    };
+    let host = connect::host_of(registry);
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
