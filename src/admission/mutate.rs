@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::review::{Operation, Request, Response};
-use super::validate::{MAX_WARNING_CHARS, Owners, truncate_chars, workload_of};
+use super::validate::{
+    MAX_WARNING_CHARS, Owners, is_ephemeral_update, truncate_chars, workload_of,
+};
 use crate::lint::policies::Policy;
 use crate::policy::workload::unpinned_images;
 use crate::policy::{Digest, PinMode, Reference, RegistryUnavailable};
@@ -72,9 +74,8 @@ pub async fn mutate(
     owners: &dyn Owners,
 ) -> Response {
     // Pods' ephemeral containers arrive through their own subresource.
-    let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
     if !matches!(request.operation, Operation::Create | Operation::Update)
-        || (request.sub_resource.is_some() && !ephemeral)
+        || (request.sub_resource.is_some() && !is_ephemeral_update(request))
     {
         return Response::allow();
     }

@@ -131,7 +131,7 @@ fn sent_by_its_controller(request: &Request, kind: WorkloadKind) -> bool {
 
 /// An UPDATE of `pods/ephemeralcontainers` (`kubectl debug`): the object is
 /// the whole Pod, and its new ephemeral containers pull images.
-fn is_ephemeral_update(request: &Request) -> bool {
+pub(crate) fn is_ephemeral_update(request: &Request) -> bool {
     request.sub_resource.as_deref() == Some("ephemeralcontainers")
 }
 
