@@ -6,7 +6,7 @@
 //! change, instead of the live spec being rewritten behind Git's back.
 
 use crate::lint::yaml::{self, Pos, SyntaxError};
-use crate::policy::workload::{objects, unpinned_images};
+use crate::policy::workload::objects;
 use crate::policy::{Classified, Reference, Workload};
 
 /// An image reference in a file that may be pinned.
@@ -33,7 +33,7 @@ pub fn sites(text: &str) -> Result<Vec<Site>, SyntaxError> {
             let Ok(Classified::Workload(workload)) = Workload::classify(object) else {
                 continue;
             };
-            for found in unpinned_images(object, workload.pod_pointer) {
+            for found in workload.unpinned_images() {
                 out.push(Site {
                     pos: doc.locate(&format!("{prefix}{}", found.pointer())),
                     image: found.image.to_owned(),

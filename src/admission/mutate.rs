@@ -16,8 +16,7 @@ use super::validate::{
     MAX_WARNING_CHARS, Owners, is_ephemeral_update, truncate_chars, workload_of,
 };
 use crate::lint::policies::Policy;
-use crate::policy::workload::unpinned_images;
-use crate::policy::{Digest, PinMode, Reference, RegistryUnavailable};
+use crate::policy::{Classified, Digest, PinMode, Reference, RegistryUnavailable};
 
 /// Why a tag could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +90,7 @@ pub async fn mutate(
         [(ns.clone(), namespace_labels.clone())].into();
     let pinning: Vec<&Policy> = policies
         .iter()
-        .filter(|p| p.spec.images.pin == PinMode::Admission && p.applies_to(&workload, &ns_map))
+        .filter(|p| p.spec.images.pin == PinMode::Admission && p.applies_to(workload, &ns_map))
         .collect();
     if pinning.is_empty() {
         return Response::allow();
@@ -101,13 +100,17 @@ pub async fn mutate(
         .any(|p| p.spec.admission.registry_unavailable == RegistryUnavailable::Deny);
 
     // Images to pin: (pointer of the image field, image as written).
-    let old = match request.operation {
-        Operation::Update => request.old_object.as_ref(),
+    let old = match (request.operation, &request.old_object) {
+        (Operation::Update, Some(Ok(Classified::Workload(old)))) => Some(&**old),
         _ => None,
     };
-    let targets: Vec<(String, String, Reference)> = unpinned_images(object, workload.pod_pointer)
+    let targets: Vec<(String, String, Reference)> = workload
+        .unpinned_images()
         .into_iter()
-        .filter(|found| !unchanged(old, &found.list, found.container, found.field))
+        .filter(|found| {
+            // An UPDATE that leaves this image as it was.
+            old.and_then(|old| old.image_of(found.list_field, found.name)) != Some(found.image)
+        })
         .map(|found| (found.pointer(), found.image.to_owned(), found.reference))
         .collect();
     if targets.is_empty() {
@@ -261,20 +264,6 @@ pub async fn mutate(
     response
 }
 
-/// Whether the UPDATE leaves this container's (or volume's) image as it
-/// was; `field` is where the image is inside it.
-fn unchanged(old: Option<&Value>, list_pointer: &str, container: &Value, field: &str) -> bool {
-    let Some(old) = old else {
-        return false;
-    };
-    let name = container.get("name");
-    let image = |item: &Value| item.pointer(&format!("/{field}")).cloned();
-    old.pointer(list_pointer)
-        .and_then(Value::as_array)
-        .and_then(|list| list.iter().find(|c| c.get("name") == name))
-        .is_some_and(|c| image(c) == image(container))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -365,8 +354,8 @@ mod tests {
             name: "web".to_owned(),
             namespace: Some("shop".to_owned()),
             operation: op,
-            object: Some(object),
-            old_object: old,
+            object: Some(crate::admission::review::read_object(&object)),
+            old_object: old.as_ref().map(crate::admission::review::read_object),
             dry_run: false,
             user_info: Default::default(),
         }

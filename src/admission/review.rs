@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+
+use crate::policy::pod::{MAX_ELEMENTS, with_element_budget};
+use crate::policy::{Classified, InvalidWorkload, Workload};
 
 /// The only AdmissionReview version the webhooks accept.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -38,38 +42,79 @@ pub struct Gvk {
     pub kind: String,
 }
 
+/// An object in a request, as the rules read it (decoded without building
+/// a JSON tree, within [`MAX_ELEMENTS`]), or why it cannot be read.
+pub type Object = Result<Classified, InvalidWorkload>;
+
 /// The parts of an admission request the webhooks use.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// Identifies this request; the response must carry it back.
     pub uid: String,
     /// The kind of the object.
-    #[serde(default)]
     pub kind: Gvk,
     /// The subresource, when one is being admitted (`scale`, `status`).
-    #[serde(default)]
     pub sub_resource: Option<String>,
     /// The object's name (may be empty on CREATE with `generateName`).
-    #[serde(default)]
     pub name: String,
     /// The object's namespace.
-    #[serde(default)]
     pub namespace: Option<String>,
     /// The operation.
     pub operation: Operation,
     /// The object as it would be stored (CREATE, UPDATE).
-    #[serde(default)]
-    pub object: Option<Value>,
+    pub object: Option<Object>,
     /// The object before the change (UPDATE, DELETE).
-    #[serde(default)]
-    pub old_object: Option<Value>,
+    pub old_object: Option<Object>,
     /// Whether the request is a dry run: evaluated, never persisted.
-    #[serde(default)]
     pub dry_run: bool,
     /// Who sent it, as the API server authenticated them.
-    #[serde(default)]
     pub user_info: UserInfo,
+}
+
+/// A request as sent: the objects still unread JSON text inside the body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest<'a> {
+    uid: String,
+    #[serde(default)]
+    kind: Gvk,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default, borrow)]
+    object: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    old_object: Option<&'a RawValue>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    user_info: UserInfo,
+}
+
+/// Reads an object from a JSON tree as [`decode`] reads it from text.
+pub fn read_object(value: &Value) -> Object {
+    with_element_budget(MAX_ELEMENTS, || Workload::classify_json(&value.to_string()))
+}
+
+/// Reads an object's text, bounded as a stranger's input; a workload
+/// without a namespace or name gets the request's (a CREATE with
+/// `generateName`, a namespaced request for an object that omits it).
+fn object(raw: Option<&RawValue>, namespace: Option<&String>, name: &str) -> Option<Object> {
+    let raw = raw.filter(|raw| raw.get() != "null")?;
+    let mut object = with_element_budget(MAX_ELEMENTS, || Workload::classify_json(raw.get()));
+    if let Ok(Classified::Workload(w)) = &mut object {
+        if w.namespace.is_none() {
+            w.namespace = namespace.cloned();
+        }
+        if w.name.is_empty() {
+            name.clone_into(&mut w.name);
+        }
+    }
+    Some(object)
 }
 
 /// The authenticated sender of a request.
@@ -82,12 +127,13 @@ pub struct UserInfo {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Review {
+struct Review<'a> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<Request>,
+    #[serde(borrow)]
+    request: Option<WireRequest<'a>>,
 }
 
 /// Why a body is not an AdmissionReview the webhooks can answer.
@@ -116,7 +162,9 @@ pub enum DecodeError {
     NoRequest(bool),
 }
 
-/// Decodes an AdmissionReview body into its request.
+/// Decodes an AdmissionReview body into its request. The objects in it
+/// are read as the rules need them: an unreadable object is not an
+/// unreadable review (the webhook answers it, and says why).
 ///
 /// # Errors
 ///
@@ -124,7 +172,7 @@ pub enum DecodeError {
 /// request carrying a uid; the error names the offending field.
 pub fn decode(body: &[u8]) -> Result<Request, DecodeError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let review: Review = serde_path_to_error::deserialize(de).map_err(|e| {
+    let review: Review<'_> = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         DecodeError::Malformed {
             path,
@@ -137,11 +185,22 @@ pub fn decode(body: &[u8]) -> Result<Request, DecodeError> {
             kind: review.kind,
         });
     }
-    let request = review.request.ok_or(DecodeError::NoRequest(false))?;
-    if request.uid.is_empty() {
+    let wire = review.request.ok_or(DecodeError::NoRequest(false))?;
+    if wire.uid.is_empty() {
         return Err(DecodeError::NoRequest(true));
     }
-    Ok(request)
+    Ok(Request {
+        object: object(wire.object, wire.namespace.as_ref(), &wire.name),
+        old_object: object(wire.old_object, wire.namespace.as_ref(), &wire.name),
+        uid: wire.uid,
+        kind: wire.kind,
+        sub_resource: wire.sub_resource,
+        name: wire.name,
+        namespace: wire.namespace,
+        operation: wire.operation,
+        dry_run: wire.dry_run,
+        user_info: wire.user_info,
+    })
 }
 
 /// The answer to one request.
@@ -228,6 +287,88 @@ mod tests {
         assert_eq!(request.operation, Operation::Create);
         assert_eq!(request.kind.kind, "Deployment");
         assert!(request.dry_run);
+    }
+
+    fn review_of(object: &str) -> Vec<u8> {
+        format!(
+            r#"{{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {{"uid": "u", "operation": "CREATE", "namespace": "ns",
+                "name": "from-request", "object": {object}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn objects_are_read_typed_and_an_unreadable_one_is_no_unreadable_review() {
+        let request = decode(&review_of(
+            r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"generateName": ""},
+                "status": {"huge": [1, 2, 3]}, "spec": {"template": {"spec": {"containers": [
+                {"name": "web", "image": "nginx:1.27", "env": [{"name": "A"}]}]}}}}"#,
+        ))
+        .expect("a review");
+        let Some(Ok(Classified::Workload(w))) = &request.object else {
+            panic!("a workload: {:?}", request.object);
+        };
+        assert_eq!(w.pod.containers[0].image.as_deref(), Some("nginx:1.27"));
+        assert_eq!(
+            w.namespace.as_deref(),
+            Some("ns"),
+            "the request's namespace"
+        );
+        assert_eq!(w.name, "from-request", "the request's name");
+        assert!(request.old_object.is_none());
+
+        let request = decode(&review_of(
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "x"}]}]}}"#,
+        ))
+        .expect("still a review");
+        let Some(Err(e)) = &request.object else {
+            panic!("unreadable: {:?}", request.object);
+        };
+        assert_eq!(e.path, "/spec/containers/0/ports/0/containerPort");
+        assert_eq!(e.name, "p");
+
+        let request = decode(&review_of(
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "spec": {"containers": "not a list"}}"#,
+        ))
+        .expect("a review");
+        assert!(
+            matches!(&request.object, Some(Ok(Classified::OtherKind(k))) if k == "ConfigMap"),
+            "other kinds are not read: {:?}",
+            request.object
+        );
+    }
+
+    #[test]
+    fn a_hostile_object_is_bounded() {
+        let containers =
+            vec![r#"{"name": "c", "ports": [{"containerPort": 1}, {"containerPort": 2}]}"#; 6000]
+                .join(",");
+        let request = decode(&review_of(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "p"}},
+                "spec": {{"containers": [{containers}]}}}}"#
+        )))
+        .expect("a review");
+        let Some(Err(e)) = &request.object else {
+            panic!("over budget: {:?}", request.object.map(|o| o.is_ok()));
+        };
+        assert!(e.message.contains("list entries"), "{e}");
+
+        // Within the budget, an error far in is located by a second pass
+        // with the budget the first started with.
+        let mut containers = vec![r#"{"name": "c"}"#; 10_000];
+        containers.push(r#"{"name": "last", "image": 7}"#);
+        let request = decode(&review_of(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "p"}},
+                "spec": {{"containers": [{}]}}}}"#,
+            containers.join(",")
+        )))
+        .expect("a review");
+        let Some(Err(e)) = &request.object else {
+            panic!("unreadable: {:?}", request.object.map(|o| o.is_ok()));
+        };
+        assert_eq!(e.path, "/spec/containers/10000/image", "{e}");
     }
 
     #[test]

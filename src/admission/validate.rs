@@ -10,11 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
-use super::review::{Operation, Request, Response};
+use super::review::{Object, Operation, Request, Response};
 use crate::lint::policies::Policy;
-use crate::policy::workload::fingerprint_of;
 use crate::policy::{
     Classified, ExistingViolations, Finding, Mode, Workload, WorkloadKind, evaluate,
 };
@@ -32,49 +29,37 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// # Errors
 ///
 /// When the object is of a supported kind but unreadable.
-pub fn workload_of(
+pub fn workload_of<'a>(
     request: &Request,
-    object: &Value,
+    object: &'a Object,
     owners: &dyn Owners,
-) -> Result<Option<Workload>, String> {
-    match Workload::classify(object) {
-        Ok(Classified::Workload(w)) => {
-            let mut w = *w;
-            // Judged through its controller (a Deployment's ReplicaSet, a
-            // CronJob's Job, a controller's Pod): reported once, there,
-            // when the controller really stands for it. Ephemeral
-            // containers are in no owner's template, so a Pod whose
-            // ephemeral containers change is judged itself.
-            if let Some(owner) = &w.controller
-                && !is_ephemeral_update(request)
-            {
-                let namespace = w
-                    .namespace
-                    .as_deref()
-                    .or(request.namespace.as_deref())
-                    .unwrap_or_default();
-                let print = if w.kind == WorkloadKind::Pod {
-                    fingerprint_of(w.kind, object)
-                } else {
-                    None
-                };
-                if sent_by_its_controller(request, w.kind)
-                    || owners.owner_matches(namespace, &owner.kind, &owner.name, &owner.uid, print)
-                {
-                    return Ok(None);
-                }
-            }
-            if w.namespace.is_none() {
-                w.namespace.clone_from(&request.namespace);
-            }
-            if w.name.is_empty() {
-                w.name.clone_from(&request.name);
-            }
-            Ok(Some(w))
+) -> Result<Option<&'a Workload>, String> {
+    let w = match object {
+        Ok(Classified::Workload(w)) => w,
+        Ok(_) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    // Judged through its controller (a Deployment's ReplicaSet, a CronJob's
+    // Job, a controller's Pod): reported once, there, when the controller
+    // really stands for it. Ephemeral containers are in no owner's
+    // template, so a Pod whose ephemeral containers change is judged
+    // itself.
+    if let Some(owner) = &w.controller
+        && !is_ephemeral_update(request)
+    {
+        let namespace = w.namespace.as_deref().unwrap_or_default();
+        let print = if w.kind == WorkloadKind::Pod {
+            w.fingerprint()
+        } else {
+            None
+        };
+        if sent_by_its_controller(request, w.kind)
+            || owners.owner_matches(namespace, &owner.kind, &owner.name, &owner.uid, print)
+        {
+            return Ok(None);
         }
-        Ok(_) => Ok(None),
-        Err(e) => Err(e.to_string()),
     }
+    Ok(Some(w))
 }
 
 /// Whether a workload's controller stands for it: the controller is known
@@ -168,11 +153,11 @@ pub fn validate(
     let mut warnings: BTreeSet<String> = BTreeSet::new();
     let mut exempt: BTreeSet<String> = BTreeSet::new();
     for policy in policies {
-        if !policy.applies_to(&workload, &ns_map) {
+        if !policy.applies_to(workload, &ns_map) {
             continue;
         }
-        let findings = evaluate(&policy.spec, &workload);
-        let old_findings = old.as_ref().map(|o| evaluate(&policy.spec, o));
+        let findings = evaluate(&policy.spec, workload);
+        let old_findings = old.map(|o| evaluate(&policy.spec, o));
         for finding in &findings {
             if let Some(reason) = &finding.exempt {
                 exempt.insert(format!("{}: {reason}", finding.rule.id));
@@ -182,7 +167,7 @@ pub fn validate(
             let blocking = policy.spec.mode == Mode::Enforce
                 && match (&old_findings, policy.spec.admission.existing_violations) {
                     (Some(before), ExistingViolations::Warn) => {
-                        introduced_or_kept(finding, before, object, request.old_object.as_ref())
+                        introduced_or_kept(finding, before, workload, old)
                     }
                     _ => true,
                 };
@@ -203,7 +188,7 @@ pub fn validate(
     } else {
         denials.sort();
         denials.dedup();
-        Response::deny(denial_message(&workload, &denials))
+        Response::deny(denial_message(workload, &denials))
     };
     response.warnings = bounded_warnings(warnings);
     if !exempt.is_empty() {
@@ -220,8 +205,8 @@ pub fn validate(
 fn introduced_or_kept(
     finding: &Finding,
     before: &[Finding],
-    new_object: &Value,
-    old_object: Option<&Value>,
+    new: &Workload,
+    old: Option<&Workload>,
 ) -> bool {
     let had_it = before.iter().any(|b| {
         b.exempt.is_none()
@@ -232,41 +217,54 @@ fn introduced_or_kept(
     if !had_it {
         return true;
     }
-    let Some(old_object) = old_object else {
+    let Some(old) = old else {
         return true;
     };
     // The container the finding is about, compared by name so that adding
-    // a sidecar does not count as changing the others.
-    let scope = |object: &Value| -> Option<Value> {
-        let pointer = container_pointer(&finding.pointer)?;
-        let list_pointer = pointer.rsplit_once('/').map(|(list, _)| list)?;
+    // a sidecar does not count as changing the others; every field of it
+    // counts (its digest).
+    let scope = |w: &Workload| -> Option<u64> {
+        let list = list_of(&finding.pointer)?;
         let name = finding.container.as_deref()?;
-        object
-            .pointer(list_pointer)?
-            .as_array()?
-            .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-            .cloned()
+        let containers = match list {
+            "initContainers" => &w.pod.init_containers,
+            "containers" => &w.pod.containers,
+            _ => &w.pod.ephemeral_containers,
+        };
+        containers.iter().find(|c| c.name == name).map(|c| c.digest)
     };
-    match (scope(new_object), scope(old_object)) {
+    match (scope(new), scope(old)) {
         (Some(new), Some(old)) => new != old,
-        // Not about a container: compare the field itself.
-        _ => new_object.pointer(&finding.pointer) != old_object.pointer(&finding.pointer),
+        // An exemption annotation: its value.
+        _ if new.exemptions.iter().any(|(p, _)| *p == finding.pointer) => {
+            let value = |w: &Workload| {
+                w.exemptions
+                    .iter()
+                    .find(|(p, _)| *p == finding.pointer)
+                    .map(|(_, v)| v.clone())
+            };
+            value(new) != value(old)
+        }
+        // An image volume: its image.
+        _ => {
+            let volume = |w: &Workload| {
+                finding
+                    .container
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix("volume "))
+                    .and_then(|name| w.image_of("volumes", name).map(str::to_owned))
+            };
+            volume(new) != volume(old)
+        }
     }
 }
 
-/// `/spec/template/spec/containers/0` from a pointer inside a container.
-fn container_pointer(pointer: &str) -> Option<&str> {
-    for list in ["/containers/", "/initContainers/", "/ephemeralContainers/"] {
-        if let Some(at) = pointer.find(list) {
-            let after = at + list.len();
-            let end = pointer[after..]
-                .find('/')
-                .map_or(pointer.len(), |i| after + i);
-            return Some(&pointer[..end]);
-        }
-    }
-    None
+/// The container list a pointer inside a container is in.
+fn list_of(pointer: &str) -> Option<&'static str> {
+    ["/initContainers/", "/containers/", "/ephemeralContainers/"]
+        .into_iter()
+        .find(|list| pointer.contains(list))
+        .map(|list| list.trim_matches('/'))
 }
 
 fn denial_line(finding: &Finding, policy: &str) -> String {
@@ -340,7 +338,7 @@ pub(crate) fn truncate_chars(s: String, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::admission::review::Gvk;
@@ -380,8 +378,8 @@ mod tests {
             name: "web".to_owned(),
             namespace: Some("shop".to_owned()),
             operation: op,
-            object: Some(object),
-            old_object: old,
+            object: Some(crate::admission::review::read_object(&object)),
+            old_object: old.as_ref().map(crate::admission::review::read_object),
             dry_run: false,
             user_info: Default::default(),
         }

@@ -445,10 +445,7 @@ fn evaluate_matched(
 }
 
 fn evaluate_body(policy: &Policy, body: &str) -> Vec<Found> {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let workload = match Workload::classify(&value) {
+    let workload = match Workload::classify_json(body) {
         Ok(Classified::Workload(w)) => w,
         Ok(_) => return Vec::new(),
         // The API server accepted it, so this is a field we read more
@@ -501,10 +498,7 @@ fn tag_findings(
     tags: &TagSnapshot,
     wanted: &mut BTreeSet<String>,
 ) -> Vec<Found> {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let Ok(Classified::Workload(workload)) = Workload::classify(&value) else {
+    let Ok(Classified::Workload(workload)) = Workload::classify_json(body) else {
         return Vec::new();
     };
     let mut out = Vec::new();

@@ -2,6 +2,8 @@
 //! `probity lint`, the admission webhook and the controller. One rule, one
 //! implementation, three entry points.
 
+pub(crate) mod object;
+pub mod pod;
 pub mod reference;
 pub mod rules;
 pub mod selector;

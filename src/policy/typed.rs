@@ -26,24 +26,24 @@ pub fn at<T: serde::de::DeserializeOwned>(
     }
     serde_path_to_error::deserialize(value)
         .map(Some)
-        .map_err(|e| {
-            let mut at = pointer.to_owned();
-            for segment in e.path().iter() {
-                match segment {
-                    serde_path_to_error::Segment::Seq { index } => {
-                        at.push_str(&format!("/{index}"))
-                    }
-                    serde_path_to_error::Segment::Map { key } => {
-                        at.push('/');
-                        at.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    }
-                    serde_path_to_error::Segment::Enum { .. }
-                    | serde_path_to_error::Segment::Unknown => {}
-                }
-            }
-            TypeError {
-                pointer: at,
-                message: e.inner().to_string(),
-            }
+        .map_err(|e| TypeError {
+            pointer: pointer_of(pointer, e.path()),
+            message: e.inner().to_string(),
         })
+}
+
+/// `prefix` followed by `path` as a JSON pointer.
+pub fn pointer_of(prefix: &str, path: &serde_path_to_error::Path) -> String {
+    let mut at = prefix.to_owned();
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => at.push_str(&format!("/{index}")),
+            serde_path_to_error::Segment::Map { key } => {
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    at
 }

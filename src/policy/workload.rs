@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize as _;
 use serde_json::Value;
 
+use super::object::{Head, Parts};
+use super::pod::{PodSpec, again};
 use super::spec::WorkloadKind;
 
 /// A workload ready for evaluation.
@@ -54,56 +55,24 @@ impl std::fmt::Display for Controller {
     }
 }
 
-/// A fingerprint of what a Pod must share with its controller's pod
-/// template to be judged through it: each init and app container's name,
-/// image and probes, in order. `pod_spec` is a Pod's `spec` or a
-/// template's `spec.template.spec`, as the API server serves them (both
-/// defaulted the same way).
-pub fn pod_fingerprint(pod_spec: &Value) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for list in ["initContainers", "containers"] {
-        list.hash(&mut hasher);
-        for container in pod_spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            for field in [
-                "name",
-                "image",
-                "readinessProbe",
-                "livenessProbe",
-                "startupProbe",
-            ] {
-                field.hash(&mut hasher);
-                match container.get(field) {
-                    Some(value) => value.to_string().hash(&mut hasher),
-                    None => 0u8.hash(&mut hasher),
-                }
-            }
-        }
-    }
-    hasher.finish()
-}
-
-/// The [`pod_fingerprint`] that `object`, of `kind`, carries: a Pod's own
-/// containers, or the pod template's of a kind that creates Pods
-/// (ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController);
-/// `None` for other kinds.
-pub fn fingerprint_of(kind: WorkloadKind, object: &Value) -> Option<u64> {
-    match kind {
-        WorkloadKind::Pod => object.get("spec").map(pod_fingerprint),
+/// The [`PodSpec::fingerprint`] of the pod spec that `data` (an object,
+/// or an object without its metadata), of `kind`, carries: a Pod's own, or
+/// the pod template's of a kind that creates Pods (ReplicaSet,
+/// StatefulSet, DaemonSet, Job, ReplicationController); `None` for other
+/// kinds and unreadable specs.
+pub fn fingerprint_of(kind: WorkloadKind, data: &Value) -> Option<u64> {
+    let pointer = match kind {
+        WorkloadKind::Pod => "/spec",
         WorkloadKind::ReplicaSet
         | WorkloadKind::StatefulSet
         | WorkloadKind::DaemonSet
         | WorkloadKind::Job
-        | WorkloadKind::ReplicationController => {
-            object.pointer("/spec/template/spec").map(pod_fingerprint)
-        }
-        WorkloadKind::Deployment | WorkloadKind::CronJob => None,
-    }
+        | WorkloadKind::ReplicationController => "/spec/template/spec",
+        WorkloadKind::Deployment | WorkloadKind::CronJob => return None,
+    };
+    PodSpec::deserialize(data.pointer(pointer)?)
+        .ok()
+        .map(|p| p.fingerprint())
 }
 
 /// An object of a supported kind whose fields do not have the types
@@ -152,7 +121,7 @@ pub fn creates(owner_api_version: &str, owner_kind: &str, kind: WorkloadKind) ->
 }
 
 /// What an object in a manifest is, before evaluation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Classified {
     /// A workload.
     Workload(Box<Workload>),
@@ -163,7 +132,7 @@ pub enum Classified {
 }
 
 impl Workload {
-    /// Reads `object`.
+    /// Reads `object`, a JSON tree (a manifest, a cached object).
     ///
     /// # Errors
     ///
@@ -175,80 +144,173 @@ impl Workload {
         ) else {
             return Ok(Classified::NotKubernetes);
         };
-        let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
-            return Ok(Classified::OtherKind(kind.to_owned()));
+        let workload_kind = match kind_of(api_version, kind) {
+            Ok(k) => k,
+            Err(other) => return Ok(other),
         };
-        let expected_group = match workload_kind.api_version() {
-            "v1" => "",
-            v => group_of(v),
-        };
-        let group = group_of(api_version);
-        if group != expected_group && !(group == "extensions" && expected_group == "apps") {
-            return Ok(Classified::OtherKind(format!("{api_version} {kind}")));
-        }
-
-        let meta: ObjectMeta = read(object, "/metadata", kind, "")?.unwrap_or_default();
-        let name = meta
-            .name
-            .clone()
-            .or_else(|| meta.generate_name.clone())
-            .unwrap_or_default();
-        let pod_pointer = match workload_kind {
-            WorkloadKind::Pod => "/spec",
-            WorkloadKind::CronJob => "/spec/jobTemplate/spec/template/spec",
-            _ => "/spec/template/spec",
-        };
-        let template_meta_pointer = pod_pointer.strip_suffix("/spec").unwrap_or("");
-        let pod: PodSpec = read(object, pod_pointer, kind, &name)?.unwrap_or_default();
-
-        let mut exemptions = Vec::new();
-        if let Some(v) = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(EXEMPT_ANNOTATION))
-        {
-            exemptions.push((annotation_pointer("/metadata"), v.clone()));
-        }
-        if workload_kind != WorkloadKind::Pod {
-            let template_meta: Option<ObjectMeta> = read(
-                object,
-                &format!("{template_meta_pointer}/metadata"),
-                kind,
-                &name,
-            )?;
-            if let Some(v) = template_meta
-                .as_ref()
-                .and_then(|m| m.annotations.as_ref())
-                .and_then(|a| a.get(EXEMPT_ANNOTATION))
-            {
-                exemptions.push((
-                    annotation_pointer(&format!("{template_meta_pointer}/metadata")),
-                    v.clone(),
+        let parts = match Parts::deserialize(object) {
+            Ok(parts) => parts,
+            Err(_) => {
+                let name = object
+                    .pointer("/metadata/name")
+                    .or_else(|| object.pointer("/metadata/generateName"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                return Err(located::<Parts>(
+                    kind,
+                    name,
+                    serde_path_to_error::deserialize(object),
                 ));
             }
-        }
-        let controller = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .filter(|o| creates(&o.api_version, &o.kind, workload_kind))
-            .map(|o| Controller {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                uid: o.uid.clone(),
-            });
+        };
+        Ok(Self::build(workload_kind, parts))
+    }
 
-        Ok(Classified::Workload(Box::new(Self {
-            kind: workload_kind,
+    /// Reads `text`, one JSON object (an AdmissionReview's `object`), in one
+    /// pass without building a JSON tree; run it under
+    /// [`with_element_budget`](super::pod::with_element_budget) when the
+    /// text is a stranger's.
+    ///
+    /// # Errors
+    ///
+    /// When a workload's metadata or pod spec has fields of the wrong type,
+    /// or holds more elements than the budget.
+    pub fn classify_json(text: &str) -> Result<Classified, InvalidWorkload> {
+        // Each pass over the text gets the budget the first one started with.
+        let parts = match again(|| serde_json::from_str::<Parts>(text)) {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Whether it matters depends on what the object is.
+                let head: Head = serde_json::from_str(text).map_err(|_| InvalidWorkload {
+                    kind: "object".to_owned(),
+                    name: String::new(),
+                    path: String::new(),
+                    message: e.to_string(),
+                })?;
+                let (Some(api_version), Some(kind)) = (head.api_version.0, head.kind.0) else {
+                    return Ok(Classified::NotKubernetes);
+                };
+                if let Err(other) = kind_of(&api_version, &kind) {
+                    return Ok(other);
+                }
+                let name = head
+                    .metadata
+                    .and_then(|m| m.name.0.or(m.generate_name.0))
+                    .unwrap_or_default();
+                let de = &mut serde_json::Deserializer::from_str(text);
+                let tracked = again(|| serde_path_to_error::deserialize(de));
+                return Err(located::<Parts>(&kind, &name, tracked));
+            }
+        };
+        let (Some(api_version), Some(kind)) = (&parts.api_version.0, &parts.kind.0) else {
+            return Ok(Classified::NotKubernetes);
+        };
+        match kind_of(api_version, kind) {
+            Ok(workload_kind) => Ok(Self::build(workload_kind, parts)),
+            Err(other) => Ok(other),
+        }
+    }
+
+    fn build(kind: WorkloadKind, parts: Parts) -> Classified {
+        let Parts { metadata, spec, .. } = parts;
+        let name = metadata.name.or(metadata.generate_name).unwrap_or_default();
+        let (pod_pointer, template) = match kind {
+            WorkloadKind::Pod => ("/spec", None),
+            WorkloadKind::CronJob => (
+                "/spec/jobTemplate/spec/template/spec",
+                spec.job_template
+                    .as_ref()
+                    .and_then(|j| j.spec.as_ref())
+                    .and_then(|j| j.template.as_ref()),
+            ),
+            _ => ("/spec/template/spec", spec.template.as_ref()),
+        };
+        let mut exemptions = Vec::new();
+        if let Some(v) = metadata.exempt {
+            exemptions.push((annotation_pointer("/metadata"), v));
+        }
+        let template_meta_pointer = pod_pointer.strip_suffix("/spec").unwrap_or("");
+        if let Some(v) = template.and_then(|t| t.metadata.exempt.clone()) {
+            exemptions.push((
+                annotation_pointer(&format!("{template_meta_pointer}/metadata")),
+                v,
+            ));
+        }
+        let pod = match kind {
+            WorkloadKind::Pod => spec.into_pod(),
+            WorkloadKind::CronJob => spec
+                .job_template
+                .and_then(|j| j.spec)
+                .and_then(|j| j.template)
+                .map(|t| t.spec)
+                .unwrap_or_default(),
+            _ => spec.template.map(|t| t.spec).unwrap_or_default(),
+        };
+        let controller = metadata
+            .controller
+            .filter(|o| creates(&o.api_version, &o.kind, kind))
+            .map(|o| Controller {
+                kind: o.kind,
+                name: o.name,
+                uid: o.uid,
+            });
+        Classified::Workload(Box::new(Self {
+            kind,
             name,
-            namespace: meta.namespace,
-            labels: meta.labels.unwrap_or_default(),
+            namespace: metadata.namespace,
+            labels: metadata.labels,
             exemptions,
             controller,
             pod,
             pod_pointer,
-        })))
+        }))
+    }
+
+    /// [`PodSpec::fingerprint`] for a Pod or a kind that creates Pods from
+    /// its template; `None` for Deployments and CronJobs.
+    pub fn fingerprint(&self) -> Option<u64> {
+        match self.kind {
+            WorkloadKind::Deployment | WorkloadKind::CronJob => None,
+            _ => Some(self.pod.fingerprint()),
+        }
+    }
+}
+
+/// The kind an object of `api_version` and `kind` is, or how it is
+/// classified when it is no workload.
+fn kind_of(api_version: &str, kind: &str) -> Result<WorkloadKind, Classified> {
+    let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
+        return Err(Classified::OtherKind(kind.to_owned()));
+    };
+    let expected_group = match workload_kind.api_version() {
+        "v1" => "",
+        v => group_of(v),
+    };
+    let group = group_of(api_version);
+    if group != expected_group && !(group == "extensions" && expected_group == "apps") {
+        return Err(Classified::OtherKind(format!("{api_version} {kind}")));
+    }
+    Ok(workload_kind)
+}
+
+/// The error of a path-tracked decode that failed, located.
+fn located<T>(
+    kind: &str,
+    name: &str,
+    result: Result<T, serde_path_to_error::Error<serde_json::Error>>,
+) -> InvalidWorkload {
+    let (path, message) = match result {
+        Ok(_) => (String::new(), "unreadable".to_owned()),
+        Err(e) => (
+            super::typed::pointer_of("", e.path()),
+            e.into_inner().to_string(),
+        ),
+    };
+    InvalidWorkload {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        path,
+        message,
     }
 }
 
@@ -260,30 +322,18 @@ fn annotation_pointer(meta: &str) -> String {
     )
 }
 
-fn read<T: serde::de::DeserializeOwned>(
-    object: &Value,
-    pointer: &str,
-    kind: &str,
-    name: &str,
-) -> Result<Option<T>, InvalidWorkload> {
-    super::typed::at(object, pointer).map_err(|e| InvalidWorkload {
-        kind: kind.to_owned(),
-        name: name.to_owned(),
-        path: e.pointer,
-        message: e.message,
-    })
-}
-
 /// An image of a workload that carries no digest yet.
 #[derive(Debug, Clone)]
 pub struct UnpinnedImage<'a> {
     /// JSON pointer of the list holding it (`/spec/template/spec/containers`,
     /// `.../ephemeralContainers`, `.../volumes`).
     pub list: String,
+    /// The list's field name (`containers`, `volumes`).
+    pub list_field: &'static str,
     /// Index in that list.
     pub index: usize,
-    /// The container (or volume) object.
-    pub container: &'a Value,
+    /// The container's (or volume's) name.
+    pub name: &'a str,
     /// Where the image is inside it: `image`, or `image/reference` for an
     /// image volume.
     pub field: &'static str,
@@ -300,39 +350,55 @@ impl UnpinnedImage<'_> {
     }
 }
 
-/// Every image of `object` that parses and has no digest: init, app and
-/// ephemeral containers, then image volumes; `pod_pointer` is the
-/// workload's [`Workload::pod_pointer`].
-pub fn unpinned_images<'a>(object: &'a Value, pod_pointer: &str) -> Vec<UnpinnedImage<'a>> {
-    let mut out = Vec::new();
-    for (list_field, field) in [
-        ("initContainers", "image"),
-        ("containers", "image"),
-        ("ephemeralContainers", "image"),
-        ("volumes", "image/reference"),
-    ] {
-        let list = format!("{pod_pointer}/{list_field}");
-        let Some(items) = object.pointer(&list).and_then(Value::as_array) else {
-            continue;
-        };
-        for (index, item) in items.iter().enumerate() {
-            let Some(image) = item.pointer(&format!("/{field}")).and_then(Value::as_str) else {
-                continue;
-            };
-            match super::Reference::parse(image) {
-                Ok(reference) if !reference.is_pinned() => out.push(UnpinnedImage {
-                    list: list.clone(),
+impl Workload {
+    /// Every image of the pod spec, as (list field, image field, name,
+    /// image) in list order: init, app and ephemeral containers, then
+    /// image volumes.
+    pub fn images(&self) -> impl Iterator<Item = (&'static str, &'static str, usize, &str, &str)> {
+        let containers = [
+            ("initContainers", &self.pod.init_containers),
+            ("containers", &self.pod.containers),
+            ("ephemeralContainers", &self.pod.ephemeral_containers),
+        ]
+        .into_iter()
+        .flat_map(|(list, items)| {
+            items.iter().enumerate().filter_map(move |(i, c)| {
+                Some((list, "image", i, c.name.as_str(), c.image.as_deref()?))
+            })
+        });
+        let volumes = self.pod.volumes.iter().enumerate().filter_map(|(i, v)| {
+            let image = v.image.as_ref()?.reference.as_deref()?;
+            Some(("volumes", "image/reference", i, v.name.as_str(), image))
+        });
+        containers.chain(volumes)
+    }
+
+    /// The image of the container (or volume) called `name` in list
+    /// `list_field`.
+    pub fn image_of(&self, list_field: &str, name: &str) -> Option<&str> {
+        self.images()
+            .find(|(list, _, _, n, _)| *list == list_field && *n == name)
+            .map(|(.., image)| image)
+    }
+
+    /// Every image that parses and has no digest, in [`Self::images`]
+    /// order.
+    pub fn unpinned_images(&self) -> Vec<UnpinnedImage<'_>> {
+        self.images()
+            .filter_map(|(list_field, field, index, name, image)| {
+                let reference = super::Reference::parse(image).ok()?;
+                (!reference.is_pinned()).then(|| UnpinnedImage {
+                    list: format!("{}/{list_field}", self.pod_pointer),
+                    list_field,
                     index,
-                    container: item,
+                    name,
                     field,
                     image,
                     reference,
-                }),
-                _ => {}
-            }
-        }
+                })
+            })
+            .collect()
     }
-    out
 }
 
 /// The objects in `value` with their JSON pointers: the value itself, or the

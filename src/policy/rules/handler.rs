@@ -1,8 +1,7 @@
 //! What a probe checks and how fast it gives up, with Kubernetes' defaults
 //! filled in.
 
-use k8s_openapi::api::core::v1::{Container, Probe};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use crate::policy::pod::{Container, IntOrString, Probe};
 
 /// Kubernetes' defaults for absent probe fields.
 pub(crate) const DEFAULT_PERIOD: i32 = 10;
@@ -47,7 +46,6 @@ pub(crate) fn resolve(port: &IntOrString, container: &Container) -> Port {
         IntOrString::String(name) => container
             .ports
             .iter()
-            .flatten()
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .map_or_else(
                 || Port::Unresolved(name.clone()),
@@ -81,7 +79,7 @@ pub(crate) fn handler(probe: &Probe, container: &Container) -> Handler {
         }
     } else if let Some(exec) = &probe.exec {
         Handler::Exec {
-            argv: exec.command.clone().unwrap_or_default(),
+            argv: exec.command.clone(),
         }
     } else {
         Handler::None

@@ -23,7 +23,7 @@ mod prb302_tag_moved;
 mod prb303_synchronized_restarts;
 mod prb900_invalid_exemption;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use super::pod::{Container, Probe};
 
 use super::reference::Reference;
 use super::spec::ReadinessPolicySpec;
@@ -205,30 +205,15 @@ pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Findin
     let allows = |id: &str| policy.exemptions.allows(id);
     let exemptions = prb900_invalid_exemption::parse_all(&workload.exemptions, &allows, &mut out);
     let pod = &workload.pod;
-    // Ephemeral containers and image volumes pull images too; the image
-    // rules see them as containers named after them.
-    let ephemeral: Vec<Container> = pod
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .map(|e| Container {
-            name: e.name.clone(),
-            image: e.image.clone(),
-            ..Container::default()
-        })
-        .collect();
     for (field, containers, probe_rules) in [
-        (
-            "initContainers",
-            pod.init_containers.as_deref().unwrap_or_default(),
-            false,
-        ),
+        ("initContainers", &pod.init_containers, false),
         (
             "containers",
-            pod.containers.as_slice(),
+            &pod.containers,
             workload.kind.is_long_running(),
         ),
-        ("ephemeralContainers", ephemeral.as_slice(), false),
+        // Ephemeral containers pull images too; only the image rules apply.
+        ("ephemeralContainers", &pod.ephemeral_containers, false),
     ] {
         for (i, container) in containers.iter().enumerate() {
             let cx = Cx {
@@ -243,7 +228,9 @@ pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Findin
             }
         }
     }
-    for (i, volume) in pod.volumes.iter().flatten().enumerate() {
+    // Image volumes too, seen by the image rules as containers named after
+    // them.
+    for (i, volume) in pod.volumes.iter().enumerate() {
         let Some(reference) = volume.image.as_ref().and_then(|v| v.reference.clone()) else {
             continue;
         };

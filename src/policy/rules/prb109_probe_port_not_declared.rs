@@ -31,7 +31,6 @@ pub(super) fn check(cx: &Cx<'_>, out: &mut Vec<Finding>) {
         .container
         .ports
         .iter()
-        .flatten()
         .map(|p| p.container_port)
         .collect();
     for kind in ProbeKind::ALL {
