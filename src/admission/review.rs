@@ -171,14 +171,28 @@ pub enum DecodeError {
 /// When the body is not an `admission.k8s.io/v1` AdmissionReview with a
 /// request carrying a uid; the error names the offending field.
 pub fn decode(body: &[u8]) -> Result<Request, DecodeError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let review: Review<'_> = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        DecodeError::Malformed {
-            path,
-            message: e.into_inner().to_string(),
+    // Fast path; the path-tracking parse runs only to locate an error.
+    let review: Review<'_> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(_) => {
+            let de = &mut serde_json::Deserializer::from_slice(body);
+            let tracked: Result<Review<'_>, _> = serde_path_to_error::deserialize(de);
+            let message = match tracked {
+                Ok(_) => "unreadable".to_owned(),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    return Err(DecodeError::Malformed {
+                        path,
+                        message: e.into_inner().to_string(),
+                    });
+                }
+            };
+            return Err(DecodeError::Malformed {
+                path: ".".to_owned(),
+                message,
+            });
         }
-    })?;
+    };
     if review.api_version != API_VERSION || review.kind != "AdmissionReview" {
         return Err(DecodeError::WrongType {
             api_version: review.api_version,

@@ -14,6 +14,8 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use serde::Deserialize;
+
+use super::reference::{InvalidReference, Reference};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// List entries (containers, ports, volumes, command words, probe
@@ -155,6 +157,9 @@ pub struct Container {
     /// A digest of every field of the container as written, independent of
     /// key order: equal for equal containers.
     pub digest: u64,
+    /// `image`, parsed once as it is read (every policy's image rules use
+    /// it); `None` when there is no image, or for a container built in code.
+    pub reference: Option<Result<Reference, InvalidReference>>,
 }
 
 /// A declared container port.
@@ -323,6 +328,14 @@ fn entry(key: u64, value: u64) -> u64 {
     hash_of(&(key, value))
 }
 
+/// The share of a field the rules read: its name and typed value.
+fn known(key: &'static str, value: &impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 impl<'de> Deserialize<'de> for Container {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(ContainerVisitor)
@@ -386,27 +399,27 @@ impl<'de> Visitor<'de> for ContainerVisitor {
         let mut probes: [Option<Option<Probe>>; 3] = [None, None, None];
         let mut digest = 0u64;
         while let Some(field) = map.next_key::<Field>()? {
-            let (key, value) = match field {
+            let share = match field {
                 Field::Name => {
                     once(&name, "name")?;
                     let v: String = map.next_value()?;
-                    let h = hash_of(&v);
+                    let h = known("name", &v);
                     name = Some(v);
-                    ("name", h)
+                    h
                 }
                 Field::Image => {
                     once(&image, "image")?;
                     let v: Option<String> = map.next_value()?;
-                    let h = hash_of(&v);
+                    let h = known("image", &v);
                     image = Some(v);
-                    ("image", h)
+                    h
                 }
                 Field::Ports => {
                     once(&ports, "ports")?;
                     let v: Vec<ContainerPort> = map.next_value_seed(ListSeed::default())?;
-                    let h = hash_of(&v);
+                    let h = known("ports", &v);
                     ports = Some(v);
-                    ("ports", h)
+                    h
                 }
                 Field::Readiness | Field::Liveness | Field::Startup => {
                     let (i, key) = match field {
@@ -416,9 +429,9 @@ impl<'de> Visitor<'de> for ContainerVisitor {
                     };
                     once(&probes[i], key)?;
                     let v: Option<Probe> = map.next_value()?;
-                    let h = hash_of(&v);
+                    let h = known(key, &v);
                     probes[i] = Some(v);
-                    (key, h)
+                    h
                 }
                 Field::Other(key) => {
                     let value = map.next_value_seed(DigestSeed)?;
@@ -426,12 +439,14 @@ impl<'de> Visitor<'de> for ContainerVisitor {
                     continue;
                 }
             };
-            digest = digest.wrapping_add(entry(hash_of(&key), value));
+            digest = digest.wrapping_add(share);
         }
         let [readiness, liveness, startup] = probes;
+        let image = image.flatten();
         Ok(Container {
+            reference: image.as_deref().map(Reference::parse),
             name: name.ok_or_else(|| de::Error::missing_field("name"))?,
-            image: image.flatten(),
+            image,
             ports: ports.unwrap_or_default(),
             readiness_probe: readiness.flatten(),
             liveness_probe: liveness.flatten(),

@@ -257,13 +257,21 @@ pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Findin
 
 fn check_image(cx: &Cx<'_>, out: &mut Vec<Finding>) {
     let image = cx.container.image.as_deref().unwrap_or_default();
-    match Reference::parse(image) {
-        Ok(reference) => {
-            prb001_image_latest_tag::check(cx, &reference, out);
-            prb002_image_not_pinned::check(cx, &reference, out);
-            prb003_image_registry_not_allowed::check(cx, &reference, out);
+    let parsed;
+    let reference = match &cx.container.reference {
+        Some(reference) => reference,
+        None => {
+            parsed = Reference::parse(image);
+            &parsed
         }
-        Err(err) => prb004_image_reference_invalid::check(cx, image, &err, out),
+    };
+    match reference {
+        Ok(reference) => {
+            prb001_image_latest_tag::check(cx, reference, out);
+            prb002_image_not_pinned::check(cx, reference, out);
+            prb003_image_registry_not_allowed::check(cx, reference, out);
+        }
+        Err(err) => prb004_image_reference_invalid::check(cx, image, err, out),
     }
 }
 
