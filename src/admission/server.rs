@@ -6,7 +6,8 @@
 //! ([`MAX_BODY_BYTES`]), and reviews evaluated at once ([`MAX_REVIEWS`], a
 //! probity-probe bulkhead: beyond it a review waits briefly, then gets 503
 //! with `Retry-After`). The content type and the caches' readiness are
-//! checked before the body is read.
+//! checked before the body is read. Bodies past [`SMALL_BODY_BYTES`] share
+//! [`LARGE_BODIES_BYTES`]; one that does not fit gets 503 at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,6 +39,14 @@ use crate::lint::policies::Policy;
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// Reviews evaluated at once.
 pub const MAX_REVIEWS: u32 = 64;
+/// Bodies up to this size need only a review slot; a typical review is a
+/// few KiB.
+pub const SMALL_BODY_BYTES: usize = 256 * 1024;
+/// Bytes of larger bodies held at once (a body without a Content-Length
+/// counts as [`MAX_BODY_BYTES`]); a large body that does not fit gets 503
+/// at once, so a burst of huge reviews cannot starve ordinary ones or grow
+/// memory past [`MAX_REVIEWS`] x [`SMALL_BODY_BYTES`] plus this.
+pub const LARGE_BODIES_BYTES: usize = 24 * 1024 * 1024;
 /// How long a review waits for a free slot before it gets 503.
 const REVIEW_WAIT: Duration = Duration::from_millis(250);
 /// Connections served at once; more are closed as they are accepted.
@@ -125,6 +134,8 @@ impl std::fmt::Debug for Webhooks {
 struct Served {
     webhooks: Webhooks,
     reviews: Bulkhead,
+    /// [`LARGE_BODIES_BYTES`], in KiB.
+    large_bodies: Arc<Semaphore>,
 }
 
 /// The `/validate` and `/mutate` routes, evaluating at most
@@ -137,7 +148,11 @@ fn router_with_limit(webhooks: Webhooks, reviews: Bulkhead) -> Router {
     Router::new()
         .route("/validate", post(validate_handler))
         .route("/mutate", post(mutate_handler))
-        .with_state(Served { webhooks, reviews })
+        .with_state(Served {
+            webhooks,
+            reviews,
+            large_bodies: Arc::new(Semaphore::new(LARGE_BODIES_BYTES / 1024)),
+        })
 }
 
 fn error(status: StatusCode, message: String) -> HttpResponse {
@@ -204,37 +219,93 @@ async fn accept(
             format!("{full}; try again"),
         )
     })?;
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    let bytes =
-        match tokio::time::timeout(BODY_TIMEOUT, http_body_util::BodyExt::collect(limited)).await {
-            Err(_) => {
-                return Err(reject(
-                    Outcome::Malformed,
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the body did not arrive within {} s",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large());
-            }
-            Ok(Err(_)) => {
-                return Err(reject(
-                    Outcome::Malformed,
-                    StatusCode::BAD_REQUEST,
-                    "the body could not be read".to_owned(),
-                ));
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+    let read = read_body(body, declared, &served.large_bodies);
+    let (bytes, large) = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Err(_) => {
+            return Err(reject(
+                Outcome::Malformed,
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+        Ok(Err(BodyError::Busy)) => {
+            return Err(reject(
+                Outcome::Shed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many large reviews at once ({} MiB of bodies over {} KiB held); \
+                     try again",
+                    LARGE_BODIES_BYTES >> 20,
+                    SMALL_BODY_BYTES >> 10
+                ),
+            ));
+        }
+        Ok(Err(BodyError::Unreadable)) => {
+            return Err(reject(
+                Outcome::Malformed,
+                StatusCode::BAD_REQUEST,
+                "the body could not be read".to_owned(),
+            ));
+        }
+        Ok(Ok(read)) => read,
+    };
     let request = review::decode(&bytes)
         .map_err(|e| reject(Outcome::Malformed, StatusCode::BAD_REQUEST, e.to_string()))?;
+    // The body is read; what the review keeps is its typed objects.
+    drop((bytes, large));
     Ok((request, permit))
+}
+
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    /// It is large and [`LARGE_BODIES_BYTES`] are held by others.
+    Busy,
+    Unreadable,
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`]. Past [`SMALL_BODY_BYTES`]
+/// (declared, or as it arrives) it needs a share of
+/// [`LARGE_BODIES_BYTES`], held with the bytes until they are decoded.
+async fn read_body(
+    mut body: Body,
+    declared: Option<u64>,
+    large: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    use http_body_util::BodyExt as _;
+    let take = |bytes: u64| {
+        let kib =
+            u32::try_from(bytes.min(MAX_BODY_BYTES as u64).div_ceil(1024)).unwrap_or(u32::MAX);
+        Arc::clone(large)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| BodyError::Busy)
+    };
+    // Content-Length is binding (hyper never reads past it).
+    let mut permit = match declared {
+        Some(n) if n > SMALL_BODY_BYTES as u64 => Some(take(n)?),
+        _ => None,
+    };
+    let capacity = declared.map_or(0, |n| n.min(MAX_BODY_BYTES as u64));
+    let mut out = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else {
+            continue;
+        };
+        let len = out.len() + data.len();
+        if len > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        if len > SMALL_BODY_BYTES && permit.is_none() {
+            // Undeclared and growing: as large as it may get.
+            permit = Some(take(MAX_BODY_BYTES as u64)?);
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok((out, permit))
 }
 
 fn observe(webhooks: &Webhooks, name: &'static str, outcome: Outcome, started: Instant) {
@@ -544,5 +615,47 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_bodies_share_a_budget_and_small_ones_keep_their_way() {
+        let router = app(true, Bulkhead::new(16, Duration::ZERO));
+        let large = || {
+            http::Request::post("/validate")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, MAX_BODY_BYTES.to_string())
+                .body(stalled())
+                .expect("request")
+        };
+        let fits = LARGE_BODIES_BYTES / MAX_BODY_BYTES;
+        let held: Vec<_> = (0..fits)
+            .map(|_| tokio::spawn(router.clone().oneshot(large())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let refused = router.clone().oneshot(large()).await.expect("infallible");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.headers().contains_key(header::RETRY_AFTER));
+        let undeclared = Body::from(vec![b' '; SMALL_BODY_BYTES + 1]);
+        let growing = router
+            .clone()
+            .oneshot(post(undeclared, "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            growing.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "an undeclared body is charged once it grows past the small size"
+        );
+        let review = r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "operation": "CREATE"}}"#;
+        let small = router
+            .clone()
+            .oneshot(post(Body::from(review), "application/json"))
+            .await
+            .expect("infallible");
+        assert_eq!(small.status(), StatusCode::OK, "a small review still fits");
+        for h in held {
+            h.abort();
+        }
     }
 }
