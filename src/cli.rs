@@ -225,6 +225,12 @@ pub(crate) struct OperatorArgs {
     )]
     pub(crate) tls_key_file: Option<PathBuf>,
 
+    /// Require a client certificate signed by this CA (PEM) on the webhook
+    /// port: the API server's, configured with an AdmissionConfiguration
+    /// kubeconfig for the webhook. Read at start.
+    #[arg(long, value_name = "FILE", help_heading = "Webhooks")]
+    pub(crate) client_ca_file: Option<PathBuf>,
+
     /// Self-managed certificates: the Secret (in the lease namespace) that
     /// holds the CA and serving certificate.
     #[arg(

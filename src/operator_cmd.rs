@@ -129,6 +129,7 @@ fn webhook_options(
         tls,
         budget: Duration::from_millis(args.admission_budget_ms),
         resolver: Some(registry),
+        client_ca: args.client_ca_file.clone(),
     }
 }
 

@@ -658,4 +658,126 @@ mod tests {
             h.abort();
         }
     }
+
+    /// A CA and two leaves it signs: a server certificate for 127.0.0.1
+    /// and a client certificate.
+    fn pki() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        super::super::tls::PemPair,
+        super::super::tls::PemPair,
+    ) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            SanType,
+        };
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |eku: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::default();
+            params.subject_alt_names =
+                vec![SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
+            params.extended_key_usages = vec![eku];
+            let cert = params.signed_by(&key, &issuer).expect("leaf");
+            super::super::tls::PemPair {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            }
+        };
+        (
+            ca_cert.der().clone(),
+            leaf(ExtendedKeyUsagePurpose::ServerAuth),
+            leaf(ExtendedKeyUsagePurpose::ClientAuth),
+        )
+    }
+
+    /// Connects over TLS (with `client` as the client certificate) and
+    /// returns the response's first line, or why there is none.
+    async fn get(
+        port: u16,
+        ca: &rustls::pki_types::CertificateDer<'static>,
+        client: Option<&super::super::tls::PemPair>,
+    ) -> Result<String, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(pair) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.key.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&response);
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn with_a_client_ca_only_its_clients_are_served() {
+        let (ca, server_pair, client_pair) = pki();
+        let store = super::super::tls::CertStore::new(&server_pair).expect("store");
+        let config = store
+            .server_config(Some(std::slice::from_ref(&ca)))
+            .expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            config,
+            app(true, Bulkhead::new(4, REVIEW_WAIT)),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let served = get(port, &ca, Some(&client_pair)).await;
+        assert_eq!(
+            served.as_deref(),
+            Ok("HTTP/1.1 415 Unsupported Media Type"),
+            "a client of the CA reaches the webhook"
+        );
+        let refused = get(port, &ca, None).await;
+        assert!(
+            refused.is_err(),
+            "no client certificate, no answer: {refused:?}"
+        );
+        // A client certificate another CA signed.
+        let (_, _, stranger) = pki();
+        let refused = get(port, &ca, Some(&stranger)).await;
+        assert!(refused.is_err(), "a stranger's certificate: {refused:?}");
+        let _ = stop.send(());
+        let _ = server.await;
+    }
 }

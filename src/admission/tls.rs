@@ -119,18 +119,41 @@ impl CertStore {
     }
 
     /// A rustls server configuration that asks this store on every
-    /// handshake (HTTP/2 and HTTP/1.1 offered).
+    /// handshake (HTTP/2 and HTTP/1.1 offered). With `client_cas`, a client
+    /// must present a certificate issued by one of them (the API server's
+    /// webhook client certificate); without, any client may connect.
     ///
     /// # Errors
     ///
-    /// When the crypto provider rejects the protocol versions.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// When the crypto provider rejects the protocol versions, or the CAs
+    /// cannot verify anything.
+    pub fn server_config(
+        &self,
+        client_cas: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Pem(format!("TLS configuration: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(self.clone()));
+            .map_err(|e| TlsError::Pem(format!("TLS configuration: {e}")))?;
+        let builder = match client_cas {
+            None => builder.with_no_client_auth(),
+            Some(cas) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in cas {
+                    roots
+                        .add(ca.clone())
+                        .map_err(|e| TlsError::Pem(format!("client CA: {e}")))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| TlsError::Pem(format!("client CA: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(self.clone()));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -140,6 +163,29 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.get())
     }
+}
+
+/// Reads the CA certificates (PEM) that sign the clients allowed to
+/// connect.
+///
+/// # Errors
+///
+/// When the file cannot be read or holds no certificate.
+pub fn read_client_cas(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem(format!("{}: {e}", path.display())))?;
+    if cas.is_empty() {
+        return Err(TlsError::Pem(format!(
+            "{}: no CERTIFICATE block",
+            path.display()
+        )));
+    }
+    Ok(cas)
 }
 
 /// Reads a certificate and key from files.

@@ -41,6 +41,9 @@ pub struct WebhookOptions {
     pub budget: Duration,
     /// Tag-to-digest resolution for `images.pin: Admission`.
     pub resolver: Option<Arc<dyn Resolve>>,
+    /// When set, a client must present a certificate signed by this CA
+    /// file (PEM), read at start.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for WebhookOptions {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for WebhookOptions {
             .field("tls", &self.tls)
             .field("budget", &self.budget)
             .field("resolver", &self.resolver.is_some())
+            .field("client_ca", &self.client_ca)
             .finish()
     }
 }
@@ -154,8 +158,14 @@ pub(crate) async fn start(
             (store, task)
         }
     };
+    let client_cas = options
+        .client_ca
+        .as_deref()
+        .map(tls::read_client_cas)
+        .transpose()
+        .map_err(|e| Error::Webhook(e.to_string()))?;
     let config = store
-        .server_config()
+        .server_config(client_cas.as_deref())
         .map_err(|e| Error::Webhook(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
