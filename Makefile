@@ -11,7 +11,7 @@ export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 
-.PHONY: binaries registry help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission control-plane demo up clean-control-plane
+.PHONY: binaries registry help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission bench-admission-hostile control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ registry: ## Fetch Debian's docker-registry into the cache (once), the OCI regis
 
 bench-admission: control-plane ## Admission: in-process µs per review, and create latency through the API server with and without the webhook
 	$(CARGO) bench --locked --bench admission
+
+bench-admission-hostile: control-plane ## Webhook under hostile load: peak operator RSS, and ordinary reviews answered meanwhile
+	$(CARGO) bench --locked --bench admission_hostile
 
 control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
 	@$(CONTROL_PLANE) build
