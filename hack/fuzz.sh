@@ -31,8 +31,9 @@ declare -A seeds=(
   [reference]=""
   [manifest]="../tests/fixtures/lint"
   [admission]="../tests/fixtures/admission"
+  [object]=""
 )
-for target in reference manifest admission; do
+for target in reference manifest admission object; do
   scratch="target/fuzz-corpus/$target"
   mkdir -p "$scratch"
   dirs=("../$scratch" "corpus/$target")

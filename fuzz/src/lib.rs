@@ -12,7 +12,8 @@ use probity::admission::{mutate, review, validate};
 use probity::lint::input::Input;
 use probity::lint::policies::Policy;
 use probity::lint::{lint, report};
-use probity::policy::{Mode, PinMode, Reference};
+use probity::policy::pod::{MAX_ELEMENTS, with_element_budget};
+use probity::policy::{Classified, Mode, PinMode, Reference, Workload};
 
 /// AdmissionReview decoding and both webhook decisions: any body gives a
 /// decode error or a response echoing the request uid.
@@ -72,4 +73,34 @@ pub fn reference(data: &[u8]) {
             "{input:?} printed as {printed:?}"
         );
     }
+}
+
+/// The typed one-pass object decoder the webhooks use: any text gives a
+/// classification or a located error, and whatever it reads as a workload
+/// it reads the same as the JSON-tree decoder (`probity lint`, the
+/// operator's caches) does: kind, name, labels, exemptions, controller,
+/// every container with its digest.
+pub fn object(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let typed = with_element_budget(MAX_ELEMENTS, || Workload::classify_json(text));
+    let Ok(Classified::Workload(typed)) = typed else {
+        return;
+    };
+    // The tree keeps the last of duplicate keys where the typed decoder
+    // refuses them, so only inputs both read are compared.
+    let Ok(tree) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    let Ok(Classified::Workload(from_tree)) = Workload::classify(&tree) else {
+        panic!("read as a workload from text only: {text:?}");
+    };
+    assert_eq!(typed.kind, from_tree.kind);
+    assert_eq!(typed.name, from_tree.name);
+    assert_eq!(typed.namespace, from_tree.namespace);
+    assert_eq!(typed.labels, from_tree.labels);
+    assert_eq!(typed.exemptions, from_tree.exemptions);
+    assert_eq!(typed.controller, from_tree.controller);
+    assert_eq!(typed.pod, from_tree.pod, "{text:?}");
 }

@@ -371,14 +371,16 @@ pub async fn ensure_secret(client: &Client, opts: &SelfManaged) -> Result<Bundle
         };
         let result = match existing {
             Some(secret) => {
-                let rv = secret.metadata.resource_version.clone();
-                api.replace(
-                    &opts.secret,
-                    &PostParams::default(),
-                    &secret_of(&bundle, opts, rv),
-                )
-                .await
-                .map(drop)
+                // Only the data is the operator's: a Secret the chart
+                // created keeps Helm's labels and annotations.
+                let mut next = secret_of(&bundle, opts, secret.metadata.resource_version.clone());
+                if secret.metadata.labels.is_some() || secret.metadata.annotations.is_some() {
+                    next.metadata.labels = secret.metadata.labels.clone();
+                    next.metadata.annotations = secret.metadata.annotations.clone();
+                }
+                api.replace(&opts.secret, &PostParams::default(), &next)
+                    .await
+                    .map(drop)
             }
             None => api
                 .create(&PostParams::default(), &secret_of(&bundle, opts, None))

@@ -80,3 +80,8 @@ fn manifest_corpus_replays_without_panics() {
 fn reference_corpus_replays_without_panics() {
     replay("reference", &[], targets::reference);
 }
+
+#[test]
+fn object_corpus_replays_without_panics() {
+    replay("object", &[], targets::object);
+}

@@ -415,3 +415,151 @@ fn the_dockerfile_pins_its_bases_and_runs_as_the_charts_user() {
         assert!(deployment.contains(&format!("runAsUser: {id}")), "{user}");
     }
 }
+
+/// Kills the operator when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The chart's RBAC is all the operator needs, with no create verb in its
+/// namespace: run as the chart's ServiceAccount (impersonated) with the
+/// chart's own arguments, it takes the Lease and fills the Secret the chart
+/// created (Helm's labels kept), and a later `helm upgrade` keeps what it
+/// wrote.
+#[tokio::test]
+async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
+    let Some(binaries) = probity_testenv::binaries_or_skip() else {
+        return Ok(());
+    };
+    // Its own control plane: the chart is cluster-wide.
+    let env = tokio::task::spawn_blocking(move || {
+        probity_testenv::TestEnv::start(binaries, &probity_testenv::Options::default())
+    })
+    .await??;
+    let kubectl = |args: &[&str]| env.kubectl().args(args).output().expect("kubectl");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = kubectl(&[args, &["-o", "json"]].concat());
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let digest = format!("image.digest={DIGEST}");
+    let out = env
+        .helm()
+        .args([
+            "install",
+            "probity",
+            CHART,
+            "-n",
+            "probity",
+            "--create-namespace",
+        ])
+        .args(["--set", &digest])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let secret = json(&["get", "secret", "probity-webhook-tls", "-n", "probity"]);
+    assert_eq!(secret["data"]["tls.crt"], "", "the chart creates it empty");
+
+    // The chart's arguments, listening on loopback instead of every
+    // interface.
+    let deployment = json(&["get", "deployment", "probity", "-n", "probity"]);
+    let port = |_: ()| -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (admin, webhook) = (port(())?, port(())?);
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .map(|a| {
+            if a.starts_with("--admin-addr=") {
+                format!("--admin-addr=127.0.0.1:{admin}")
+            } else if a.starts_with("--webhook-addr=") {
+                format!("--webhook-addr=127.0.0.1:{webhook}")
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| a.starts_with("--tls-secret=")),
+        "{args:?}"
+    );
+
+    // Everything as the chart's ServiceAccount.
+    let kubeconfig = env.dir().join("as-chart-sa.kubeconfig");
+    let mut config = json(&["config", "view", "--raw"]);
+    config["users"][0]["user"]["as"] = "system:serviceaccount:probity:probity".into();
+    // JSON is YAML: kubectl and kube read it alike.
+    std::fs::write(&kubeconfig, serde_json::to_vec(&config)?)?;
+    let log = std::fs::File::create(env.dir().join("chart-operator.log"))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "probity-0")
+        .env("POD_NAMESPACE", "probity")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    env.adopt(child.id())?;
+    let operator = Running(child);
+
+    let led = poll(|| {
+        json(&["get", "lease", "probity", "-n", "probity"])["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    });
+    let log = || std::fs::read_to_string(env.dir().join("chart-operator.log")).unwrap_or_default();
+    assert!(led, "the operator took the chart's Lease:\n{}", log());
+    let filled = poll(|| {
+        json(&["get", "secret", "probity-webhook-tls", "-n", "probity"])["data"]["tls.crt"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    });
+    assert!(filled, "the operator filled the chart's Secret:\n{}", log());
+    let secret = json(&["get", "secret", "probity-webhook-tls", "-n", "probity"]);
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm",
+        "Helm still owns it"
+    );
+    let bundled = poll(|| {
+        json(&["get", "validatingwebhookconfiguration", "probity"])["webhooks"][0]["clientConfig"]
+            ["caBundle"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+    });
+    assert!(bundled, "caBundle patched:\n{}", log());
+    assert!(
+        !log().contains("forbidden"),
+        "nothing the operator asked was forbidden:\n{}",
+        log()
+    );
+    drop(operator);
+
+    let out = env
+        .helm()
+        .args([
+            "upgrade",
+            "probity",
+            CHART,
+            "-n",
+            "probity",
+            "--reuse-values",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let after = json(&["get", "secret", "probity-webhook-tls", "-n", "probity"]);
+    assert_eq!(
+        after["data"]["tls.crt"], secret["data"]["tls.crt"],
+        "an upgrade keeps the operator's certificate"
+    );
+    tokio::task::spawn_blocking(move || drop(env)).await?;
+    Ok(())
+}
