@@ -483,3 +483,115 @@ async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> a
     );
     Ok(())
 }
+
+/// The operator's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A Pod with 2,000 containers from 2,001 registries, through the real
+/// API server to both webhooks: denied by probity (so answered inside the
+/// webhook timeout, which the API server enforces) with a bounded message,
+/// and not one registry asked (one of them is a loopback listener a policy
+/// lists).
+#[tokio::test]
+async fn a_review_with_thousands_of_registries_is_answered_without_asking_any() -> anyhow::Result<()>
+{
+    let _operators = crate::common::operators_together().await;
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
+    let system = env.namespace(&client, "fanout-system").await?;
+    let ns = env.namespace(&client, "fanout").await?;
+    let (listed, hits) = bait().await;
+    let policy = json!({
+        "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+        "metadata": {"name": "pin", "namespace": ns},
+        "spec": {"mode": "Enforce",
+                 "images": {"pin": "Admission", "allowedRegistries": [listed, "registry.example"]}},
+    });
+    create_policy(&client, &ns, policy).await?;
+    let port = free_port();
+    let name = format!("{system}-hooks");
+    let (validating, mutating) = webhook_configs(&name, port, &ns);
+    apply_config::<ValidatingWebhookConfiguration>(&client, &name, &validating).await?;
+    apply_config::<MutatingWebhookConfiguration>(&client, &name, &mutating).await?;
+    let operator = Operator::with_webhooks(
+        env.kubeconfig(),
+        "fanout",
+        &system,
+        port,
+        &name,
+        &name,
+        &["--vap-backstop", "false"],
+    );
+    let pid = operator
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
+
+    let mut containers: Vec<Value> = (0..2_000)
+        .map(|i| container(&format!("r{i}.registry.invalid/app:1")))
+        .collect();
+    containers.push(container(&format!("{listed}/team/app:1.0")));
+    for (i, c) in containers.iter_mut().enumerate() {
+        c["name"] = json!(format!("c{i}"));
+    }
+    let object: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fanout"},
+        "spec": {"containers": containers},
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let message = eventually(WAIT, "the webhooks deny the Pod", || async {
+        match pods.create(&params, &object).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("probity") => {
+                Ok(s.message)
+            }
+            other => Err(format!("{:?}", other.map(|_| "admitted"))),
+        }
+    })
+    .await;
+    // The same Pod where no webhook looks: what the API server itself takes.
+    let plain = env.namespace(&client, "fanout-plain").await?;
+    let started = std::time::Instant::now();
+    let admitted = Api::<Pod>::namespaced(client.clone(), &plain)
+        .create(&params, &object)
+        .await;
+    let baseline = started.elapsed();
+    assert!(admitted.is_ok(), "{admitted:?}");
+    let started = std::time::Instant::now();
+    let again = pods.create(&params, &object).await;
+    let took = started.elapsed();
+
+    assert!(
+        matches!(&again, Err(kube::Error::Api(s)) if s.code == 403),
+        "{again:?}"
+    );
+    assert!(
+        message.len() <= 8 * 1024 && message.contains("more"),
+        "the denial is bounded and says how much it left out: {} bytes",
+        message.len()
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no registry was asked"
+    );
+    eprintln!(
+        "2,001 registries in one review: {took:?} with the webhooks, {baseline:?} without; \
+         operator peak RSS {:.1} MiB",
+        peak_rss_mib(pid)
+    );
+    Ok(())
+}

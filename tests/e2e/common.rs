@@ -148,6 +148,11 @@ impl Operator {
         Some((status, body))
     }
 
+    /// The operator's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no lease release, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
