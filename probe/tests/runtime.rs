@@ -70,9 +70,12 @@ async fn a_hung_check_never_blocks_a_probe() {
         .readiness_with(
             "hangs",
             std::future::pending::<Result<(), String>>,
+            // Hangs for a minute per attempt: any answer well inside that
+            // proves the probe did not wait for it, however loaded the
+            // machine is.
             CheckOptions::new()
-                .interval(Duration::from_millis(300))
-                .timeout(Duration::from_millis(200)),
+                .interval(Duration::from_secs(120))
+                .timeout(Duration::from_secs(60)),
         )
         .build()
         .expect("valid");
@@ -95,7 +98,7 @@ async fn a_hung_check_never_blocks_a_probe() {
     took.sort();
     let p99 = took[took.len() * 99 / 100];
     assert!(
-        p99 < Duration::from_millis(1),
+        p99 < Duration::from_secs(1),
         "probe p99 {p99:?} while a check hangs"
     );
 
@@ -106,7 +109,7 @@ async fn a_hung_check_never_blocks_a_probe() {
         let reply = get(addr, "/readyz").await;
         assert_eq!(reply.status, 503);
         assert!(
-            started.elapsed() < Duration::from_millis(100),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
