@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
-use super::reconcile::PolicyObject;
+use super::policy_object::PolicyObject;
 use super::{Context, Error, FIELD_MANAGER, Stop};
 use crate::admission::vap;
 

@@ -18,6 +18,7 @@ pub mod drift;
 mod guard;
 pub mod leader;
 mod metrics;
+mod policy_object;
 mod reconcile;
 mod store;
 mod webhooks;

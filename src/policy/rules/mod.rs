@@ -79,6 +79,9 @@ pub const ALL: [&RuleMeta; 17] = [
     &prb900_invalid_exemption::META,
 ];
 
+/// PRB004, also what the operator reports for a workload it cannot read.
+pub const IMAGE_REFERENCE_INVALID: &RuleMeta = &prb004_image_reference_invalid::META;
+
 /// PRB301, evaluated by the operator from pod status.
 pub const IMAGE_DIGEST_DRIFT: &RuleMeta = &prb301_image_digest_drift::META;
 

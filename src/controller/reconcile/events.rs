@@ -1,0 +1,187 @@
+//! Events on violating workloads: queued when a rule's findings change,
+//! published one at a time while leader.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use futures::channel::mpsc;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use super::evaluate::{Found, Outcome};
+use crate::controller::{Context, Stop};
+use crate::lint::policies::Policy;
+
+/// An Event to publish on a workload.
+#[derive(Debug)]
+pub(crate) struct EventJob {
+    pub(super) key: (String, String),
+    pub(super) rule: String,
+    pub(super) fingerprint: u64,
+    pub(super) regarding: ObjectReference,
+    pub(super) reason: String,
+    pub(super) note: String,
+}
+
+pub(super) fn fingerprint(found: &[&Found]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for f in found {
+        f.container.hash(&mut hasher);
+        f.message.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Queues one Event per workload, rule and policy, again only when the
+/// findings for that rule change.
+pub(super) fn queue_events(ctx: &Context, policy: &Policy, policy_uid: &str, outcome: &Outcome) {
+    let Ok(mut seen) = ctx.seen_events.lock() else {
+        return;
+    };
+    let mut current: HashSet<String> = HashSet::new();
+    for (workload, found) in &outcome.violations {
+        current.insert(workload.uid.clone());
+        let mut by_rule: BTreeMap<&'static str, Vec<&Found>> = BTreeMap::new();
+        for f in found {
+            by_rule.entry(f.rule.id).or_default().push(f);
+        }
+        let key = (policy_uid.to_owned(), workload.uid.clone());
+        let entry = seen.entry(key.clone()).or_default();
+        entry.retain(|rule, _| by_rule.contains_key(rule.as_str()));
+        for (rule, found) in by_rule {
+            let print = fingerprint(&found);
+            if entry.get(rule) == Some(&print) {
+                continue;
+            }
+            let Some(first) = found.first() else {
+                continue;
+            };
+            let mut note = format!("{rule} {}: ", first.rule.name);
+            for (i, f) in found.iter().enumerate() {
+                if i > 0 {
+                    note.push_str("; ");
+                }
+                if let Some(c) = &f.container {
+                    note.push_str(&format!("container {c}: "));
+                }
+                note.push_str(&f.message);
+            }
+            note.push_str(&format!(" (policy {})", policy.name));
+            let reason = camel_case(first.rule.name);
+            let k = workload.key.kind;
+            let _ = ctx.events.unbounded_send(EventJob {
+                key: key.clone(),
+                rule: rule.to_owned(),
+                fingerprint: print,
+                regarding: ObjectReference {
+                    api_version: Some(k.api_version().to_owned()),
+                    kind: Some(k.as_str().to_owned()),
+                    name: Some(workload.key.name.clone()),
+                    namespace: Some(workload.key.namespace.clone()),
+                    uid: Some(workload.uid.clone()),
+                    ..ObjectReference::default()
+                },
+                reason,
+                note: truncate(note, 1000),
+            });
+        }
+    }
+    seen.retain(|(p, w), _| p != policy_uid || current.contains(w));
+}
+
+/// `image-latest-tag` -> `ImageLatestTag`, the Event reason of a rule:
+/// Events aggregate by reason, so each rule keeps its own.
+pub(super) fn camel_case(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+pub(super) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Publishes queued Events while leader, one at a time, marking each as
+/// seen only once the API server took it.
+pub(crate) async fn publish_events(
+    ctx: Arc<Context>,
+    mut jobs: mpsc::UnboundedReceiver<EventJob>,
+    identity: String,
+    stop: Stop,
+) {
+    let recorder = Recorder::new(
+        ctx.client.clone(),
+        Reporter {
+            controller: "probity".to_owned(),
+            instance: Some(identity),
+        },
+    );
+    let mut stop = stop;
+    loop {
+        let job = tokio::select! {
+            job = jobs.next() => job,
+            () = &mut stop => None,
+        };
+        let Some(job) = job else {
+            return;
+        };
+        let already = ctx
+            .seen_events
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&job.key).and_then(|m| m.get(&job.rule)).copied());
+        if already == Some(job.fingerprint) {
+            continue;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: job.reason,
+            note: Some(job.note),
+            action: "Audit".to_owned(),
+            secondary: None,
+        };
+        let published = match ctx
+            .leadership
+            .fenced(recorder.publish(&event, &job.regarding))
+            .await
+        {
+            Ok(published) => published,
+            Err(crate::controller::leader::Fenced::NotLeader) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "event not published");
+                continue;
+            }
+        };
+        match published {
+            Ok(()) => {
+                ctx.metrics.events.inc();
+                if let Ok(mut seen) = ctx.seen_events.lock() {
+                    seen.entry(job.key)
+                        .or_default()
+                        .insert(job.rule, job.fingerprint);
+                }
+            }
+            Err(e) => tracing::warn!(
+                workload = ?job.regarding.name,
+                error = %e,
+                "publishing an Event failed; it is retried on the next reconcile"
+            ),
+        }
+    }
+}

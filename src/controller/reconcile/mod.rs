@@ -1,0 +1,231 @@
+//! One policy reconcile: evaluate the matched workloads (only those that
+//! changed since the last look), add runtime findings from pod status,
+//! write a bounded status, queue Events.
+
+mod evaluate;
+mod events;
+mod status;
+mod tags;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt as _;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+pub(crate) use self::evaluate::EvalCache;
+use self::evaluate::{Outcome, evaluate_matched};
+use self::events::queue_events;
+pub(crate) use self::events::{EventJob, publish_events};
+use self::status::build_status;
+pub(crate) use self::tags::TagSnapshot;
+use self::tags::{resolve_tags, split_listed};
+use super::metrics::{KindLabel, ReconcileLabels, RuleLabels};
+use super::{Context, Error, FIELD_MANAGER};
+pub(crate) use crate::controller::policy_object::PolicyObject;
+use crate::policy::{PinMode, selector};
+
+/// [`reconcile`], with a panic caught and returned as an error, so the
+/// policy is retried and the operator keeps running.
+pub(crate) async fn reconcile_guarded<P: PolicyObject>(
+    obj: Arc<P>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let what = format!("reconcile of {} {}", P::KIND, obj.name_any());
+    super::guard::catch_panic(what, reconcile(obj, ctx)).await
+}
+
+/// Reconciles one policy.
+pub(crate) async fn reconcile<P: PolicyObject>(
+    obj: Arc<P>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.wait_synced().await?;
+    let policy = obj.policy();
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let generation = obj.meta().generation.unwrap_or(0);
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let window = i64::try_from(ctx.options.restart_window.as_secs()).unwrap_or(300);
+
+    let invalid = [
+        policy.spec.match_.selector.as_ref(),
+        policy.namespace_selector.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|s| selector::validate(s).err());
+
+    let report = policy.spec.images.pin == PinMode::Report && ctx.options.registry.is_some();
+    let mut outcome = Outcome::default();
+    let mut tags: Option<TagSnapshot> = None;
+    if invalid.is_none() {
+        let empty = TagSnapshot::new();
+        let first = report.then_some(&empty);
+        outcome = evaluate_matched(&ctx, &policy, &uid, generation, now, window, first);
+        if report {
+            // The tags are known once matched: resolve the ones whose
+            // registry the policy (or the operator) allows, then judge
+            // PRB302.
+            let (listed, unlisted) = split_listed(&ctx, &policy, &outcome.tags);
+            let mut snapshot = resolve_tags(&ctx, &listed).await;
+            snapshot.extend(unlisted.into_iter().map(|image| {
+                let why =
+                    "not asked: its registry is not in spec.images.allowedRegistries".to_owned();
+                (image, Err(why))
+            }));
+            outcome = evaluate_matched(
+                &ctx,
+                &policy,
+                &uid,
+                generation,
+                now,
+                window,
+                Some(&snapshot),
+            );
+            tags = Some(snapshot);
+        }
+    }
+    let status = build_status(
+        &*obj,
+        &outcome,
+        invalid.as_ref().map(ToString::to_string),
+        tags.as_ref(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+
+    if ctx.leadership.is_leader() {
+        if obj.status() != Some(&status) {
+            let api = P::api(ctx.client.clone(), obj.namespace().as_deref());
+            let patch = json!({
+                "apiVersion": "probity.dev/v1alpha1",
+                "kind": P::KIND,
+                "status": status,
+            });
+            let name = obj.name_any();
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match ctx
+                .leadership
+                .fenced(api.patch_status(&name, &params, &Patch::Apply(&patch)))
+                .await
+            {
+                Ok(written) => {
+                    written?;
+                }
+                Err(super::leader::Fenced::NotLeader) => {}
+                Err(e) => return Err(Error::Fenced(e)),
+            }
+        }
+        queue_events(&ctx, &policy, &uid, &outcome);
+        match ctx
+            .leadership
+            .fenced(super::backstop::sync(&ctx, &*obj))
+            .await
+        {
+            Ok(synced) => synced?,
+            Err(super::leader::Fenced::NotLeader) => {}
+            Err(e) => return Err(Error::Fenced(e)),
+        }
+    }
+    record_violation_metrics(&ctx, &policy.name, &outcome);
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&uid);
+    }
+    let kind = P::KIND.to_owned();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: kind.clone(),
+            result: "ok".to_owned(),
+        })
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&KindLabel { kind })
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        policy = %policy.name,
+        matched = outcome.matched,
+        violating = outcome.violating,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reconciled"
+    );
+    Ok(if report {
+        Action::requeue(
+            ctx.options
+                .tag_ttl
+                .max(Duration::from_secs(1))
+                .min(ctx.options.resync),
+        )
+    } else if outcome.restart_findings {
+        Action::requeue(ctx.options.restart_window.min(ctx.options.resync))
+    } else {
+        Action::requeue(ctx.options.resync)
+    })
+}
+
+/// Retries a failed reconcile with exponential backoff and jitter, per
+/// policy: 0.5 s, 1 s, 2 s ... up to a minute.
+pub(crate) fn error_policy<P: PolicyObject>(obj: Arc<P>, err: &Error, ctx: Arc<Context>) -> Action {
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let attempt = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(uid).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(7).saturating_sub(1));
+    let delay = base
+        .min(Duration::from_secs(60))
+        .mul_f64(0.5 + fastrand::f64() * 0.5);
+    tracing::warn!(
+        policy = %obj.name_any(),
+        kind = P::KIND,
+        error = %err,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: P::KIND.to_owned(),
+            result: "error".to_owned(),
+        })
+        .inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&KindLabel {
+            kind: P::KIND.to_owned(),
+        })
+        .inc();
+    Action::requeue(delay)
+}
+
+fn record_violation_metrics(ctx: &Context, policy: &str, outcome: &Outcome) {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, found) in &outcome.violations {
+        for f in found {
+            *counts.entry(f.rule.id).or_default() += 1;
+        }
+    }
+    for rule in crate::policy::rules::ALL {
+        let labels = RuleLabels {
+            policy: policy.to_owned(),
+            rule: rule.id.to_owned(),
+        };
+        match counts.get(rule.id) {
+            Some(n) => {
+                ctx.metrics.violations.get_or_create(&labels).set(*n);
+            }
+            None => {
+                ctx.metrics.violations.remove(&labels);
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `images.pin: Report`: the tags of matched workloads, resolved per
+//! registry within per-tag budgets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::controller::Context;
+use crate::lint::policies::Policy;
+
+/// The tags whose registry `policy` lists in `images.allowedRegistries`,
+/// or the operator's `--registry-allow` allows, and the others, which are
+/// never looked up: an image string is the workload author's, and so would
+/// be the request the operator sends.
+pub(super) fn split_listed(
+    ctx: &Context,
+    policy: &Policy,
+    tags: &BTreeSet<String>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    use crate::admission::Resolve as _;
+    tags.iter().cloned().partition(|image| {
+        crate::policy::Reference::parse(image).is_ok_and(|reference| {
+            policy.spec.images.lists_registry_of(&reference)
+                || ctx
+                    .options
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.always_allowed(reference.registry()))
+        })
+    })
+}
+
+/// Tag -> digest answers, as of the last resolution.
+pub(crate) type TagSnapshot = HashMap<String, Result<String, String>>;
+
+/// Budget of one tag lookup.
+pub(super) const TAG_BUDGET: Duration = Duration::from_secs(5);
+/// Lookups in flight per registry.
+pub(super) const PER_REGISTRY: usize = 4;
+/// Registries asked at once.
+pub(super) const REGISTRIES_AT_ONCE: usize = 8;
+
+/// Resolves the tags not resolved within the tag TTL (`--registry-cache-ttl`),
+/// each within its own budget, a few at a time per registry, and returns
+/// every current answer.
+pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
+    use futures::StreamExt as _;
+    let fresh = |ctx: &Context| -> (TagSnapshot, Vec<String>) {
+        let Ok(tags) = ctx.tags.lock() else {
+            return (TagSnapshot::new(), Vec::new());
+        };
+        let mut snapshot = TagSnapshot::new();
+        let mut stale = Vec::new();
+        for image in wanted {
+            match tags.get(image) {
+                Some((answer, at)) if at.elapsed() < ctx.options.tag_ttl => {
+                    snapshot.insert(image.clone(), answer.clone());
+                }
+                _ => stale.push(image.clone()),
+            }
+        }
+        (snapshot, stale)
+    };
+    let (mut snapshot, stale) = fresh(ctx);
+    let Some(registry) = ctx.options.registry.as_ref() else {
+        return snapshot;
+    };
+    if stale.is_empty() {
+        return snapshot;
+    }
+    // Grouped by registry, each group with its own few slots, and each
+    // lookup with its own budget: a registry that hangs holds only its own
+    // slots and time, never another registry's (whose breaker would then
+    // hear of timeouts that were not its own).
+    let mut by_registry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for image in stale {
+        let registry = crate::policy::Reference::parse(&image)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_default();
+        by_registry.entry(registry).or_default().push(image);
+    }
+    let lookup = |image: String| async move {
+        let answer = match crate::policy::Reference::parse(&image) {
+            Ok(reference) => {
+                probity_probe::deadline::scope(TAG_BUDGET, registry.digest(&reference))
+                    .await
+                    .map(|d| d.to_string())
+                    .map_err(|e| e.reason)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        (image, answer)
+    };
+    let groups = by_registry.into_values().map(|images| {
+        futures::stream::iter(images)
+            .map(lookup)
+            .buffer_unordered(PER_REGISTRY)
+            .collect::<Vec<_>>()
+    });
+    let answers: Vec<(String, Result<String, String>)> = futures::stream::iter(groups)
+        .buffer_unordered(REGISTRIES_AT_ONCE)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    if let Ok(mut tags) = ctx.tags.lock() {
+        for (image, answer) in &answers {
+            tags.insert(image.clone(), (answer.clone(), Instant::now()));
+        }
+        // Bounded: forget answers nobody asked for in a while.
+        let keep = ctx.options.tag_ttl * 10;
+        tags.retain(|_, (_, at)| at.elapsed() < keep);
+    }
+    snapshot.extend(answers);
+    snapshot
+}
