@@ -1,0 +1,102 @@
+//! The admin server: `/livez`, `/readyz`, `/startupz` and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use probity_probe::health::{CheckOptions, Health};
+
+use super::leader::Leadership;
+use super::metrics::Metrics;
+use super::{Error, Options, Stop};
+
+/// `/livez`, `/readyz`, `/startupz` (probity-probe) and `/metrics`.
+pub(super) async fn admin_server(
+    options: &Options,
+    leadership: &Leadership,
+    synced: &Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
+    stop: Stop,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let caches = |synced: Arc<AtomicBool>| {
+        move || {
+            let synced = Arc::clone(&synced);
+            async move {
+                if synced.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err("caches not synced yet")
+                }
+            }
+        }
+    };
+    let lead = leadership.clone();
+    let health = Health::builder()
+        .startup("informers-synced", caches(Arc::clone(synced)))
+        .readiness_with(
+            "caches",
+            caches(Arc::clone(synced)),
+            CheckOptions::new()
+                .interval(Duration::from_secs(1))
+                .timeout(Duration::from_millis(500)),
+        )
+        .readiness_with(
+            "leader",
+            move || {
+                let lead = lead.clone();
+                async move {
+                    if lead.is_leader() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "standby (leader: {})",
+                            lead.holder().unwrap_or_else(|| "none".to_owned())
+                        ))
+                    }
+                }
+            },
+            CheckOptions::new()
+                .interval(Duration::from_secs(1))
+                .timeout(Duration::from_millis(500))
+                .non_critical(),
+        )
+        // Nothing secret here; the leader line names the current holder.
+        .show_reasons(true)
+        .build()
+        .map_err(|e| Error::Health(e.to_string()))?;
+    if let Ok(mut registry) = metrics.registry.lock() {
+        health.register_metrics(&mut registry);
+    }
+    let leader_gauge = metrics.leader.clone();
+    let lead = leadership.clone();
+    let encode = Arc::clone(metrics);
+    let router = health.router().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let encode = Arc::clone(&encode);
+            leader_gauge.set(i64::from(lead.is_leader()));
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    encode.encode(),
+                )
+            }
+        }),
+    );
+    let addr = options.admin_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Admin { addr, source })?;
+    tracing::info!(%addr, "admin endpoint listening (/livez /readyz /startupz /metrics)");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    }))
+}

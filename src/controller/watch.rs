@@ -1,0 +1,280 @@
+//! The watchers: workloads and namespaces into their stores, each change
+//! triggering the policies it concerns; the policy controllers; the sync
+//! report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures::channel::mpsc;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
+use kube::{Api, ResourceExt as _};
+
+use super::metrics::ResourceLabel;
+use super::reconcile::PolicyObject;
+use super::store::{Slim, WorkloadKey};
+use super::{Context, Stop};
+use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
+
+pub(super) fn policy_controller<P: PolicyObject>(
+    ctx: &Context,
+    writer: reflector::store::Writer<P>,
+    triggers: mpsc::UnboundedReceiver<ObjectRef<P>>,
+    config: controller::Config,
+    listed: Arc<AtomicBool>,
+    stop: Stop,
+) -> Controller<P> {
+    let (client, leadership, metrics) = (&ctx.client, &ctx.leadership, &ctx.metrics);
+    let reader = writer.as_reader();
+    let restarts = metrics
+        .watch_restarts
+        .get_or_create(&ResourceLabel {
+            resource: P::PLURAL.to_owned(),
+        })
+        .clone();
+    let policies = reflector::reflector(
+        writer,
+        watcher(Api::<P>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    )
+    .inspect_err(move |e| {
+        restarts.inc();
+        tracing::warn!(error = %e, resource = P::PLURAL, "policy watch failed; retrying");
+    })
+    .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            listed.store(true, Ordering::Release);
+        }
+    })
+    .applied_objects()
+    // Our own status writes change resourceVersion, never generation.
+    .predicate_filter(predicates::generation, Default::default());
+    let leader_changes = tokio_stream_from_watch(leadership.changes());
+    Controller::for_stream(policies, reader)
+        .with_config(config)
+        .reconcile_on(triggers)
+        .reconcile_all_on(leader_changes)
+        .graceful_shutdown_on(stop)
+}
+
+/// A unit item each time this replica becomes leader, so it rewrites
+/// whatever a previous leader left stale.
+pub(super) fn tokio_stream_from_watch(
+    rx: tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
+}
+
+#[derive(Clone)]
+pub(super) struct Triggers {
+    pub(super) rp: mpsc::UnboundedSender<ObjectRef<ReadinessPolicy>>,
+    pub(super) crp: mpsc::UnboundedSender<ObjectRef<ClusterReadinessPolicy>>,
+}
+
+impl Triggers {
+    /// Triggers the policies that match a workload of `kind` with
+    /// `labels` in `namespace`.
+    fn matching(
+        &self,
+        ctx: &Context,
+        kind: WorkloadKind,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        for policy in ctx.policies.state() {
+            if policy.namespace().as_deref() == Some(namespace) && policy.spec.matches(kind, labels)
+            {
+                let _ = self.rp.unbounded_send(ObjectRef::from_obj(&*policy));
+            }
+        }
+        let mut ns_labels = None;
+        for policy in ctx.cluster_policies.state() {
+            if !policy.spec.policy.matches(kind, labels) {
+                continue;
+            }
+            let in_scope = policy.spec.namespace_selector.as_ref().is_none_or(|sel| {
+                let labels = ns_labels.get_or_insert_with(|| ctx.namespace_labels(namespace));
+                crate::policy::selector::matches(sel, labels)
+            });
+            if in_scope {
+                let _ = self.crp.unbounded_send(ObjectRef::from_obj(&*policy));
+            }
+        }
+    }
+
+    fn all_cluster(&self, ctx: &Context) {
+        for policy in ctx.cluster_policies.state() {
+            let _ = self.crp.unbounded_send(ObjectRef::from_obj(&*policy));
+        }
+    }
+
+    fn all(&self, ctx: &Context) {
+        for policy in ctx.policies.state() {
+            let _ = self.rp.unbounded_send(ObjectRef::from_obj(&*policy));
+        }
+        self.all_cluster(ctx);
+    }
+
+    /// Triggers the policies matching the workload `key`, as cached.
+    fn workload(&self, ctx: &Context, key: &WorkloadKey) {
+        let Some(store) = ctx.store(key.kind) else {
+            return;
+        };
+        let reference = ObjectRef::new_with(&key.name, key.kind).within(&key.namespace);
+        if let Some(slim) = store.get(&reference) {
+            self.matching(ctx, key.kind, &key.namespace, slim.labels());
+        }
+    }
+}
+
+/// Watches one workload kind into its store, triggering the policies each
+/// change concerns.
+pub(super) async fn watch_workloads(
+    ctx: Arc<Context>,
+    kind: WorkloadKind,
+    writer: reflector::store::Writer<Slim>,
+    triggers: Triggers,
+    stop: Stop,
+) {
+    let gvk = match kind.api_version().rsplit_once('/') {
+        Some((group, version)) => GroupVersionKind::gvk(group, version, kind.as_str()),
+        None => GroupVersionKind::gvk("", kind.api_version(), kind.as_str()),
+    };
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::from_gvk(&gvk));
+    let reader = writer.as_reader();
+    let restarts = ctx
+        .metrics
+        .watch_restarts
+        .get_or_create(&ResourceLabel {
+            resource: format!("{}s", kind.as_str().to_ascii_lowercase()),
+        })
+        .clone();
+    let slim_ctx = Arc::clone(&ctx);
+    let stream = watcher(api, watcher::Config::default().page_size(100))
+        .default_backoff()
+        .map_ok(move |event| {
+            let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            super::store::map_event(event, |object| {
+                let previous = object
+                    .metadata
+                    .name
+                    .as_deref()
+                    .zip(object.metadata.namespace.as_deref())
+                    .and_then(|(name, ns)| reader.get(&ObjectRef::new_with(name, kind).within(ns)));
+                Slim::from_dynamic(
+                    kind,
+                    object,
+                    previous.as_deref(),
+                    &|ns, rs| slim_ctx.owner_of_rs(ns, rs),
+                    now,
+                )
+            })
+        });
+    let events = reflector::reflector(writer, stream).take_until(stop);
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                restarts.inc();
+                tracing::warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        if kind == WorkloadKind::Pod {
+            for owner in ctx.pods.apply(&event) {
+                triggers.workload(&ctx, &owner);
+            }
+        }
+        match &event {
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                if !ctx.stands_for(kind, obj) {
+                    triggers.matching(
+                        &ctx,
+                        kind,
+                        obj.meta.namespace.as_deref().unwrap_or_default(),
+                        obj.labels(),
+                    );
+                }
+            }
+            watcher::Event::InitDone => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    objects = reader_len(&ctx, kind),
+                    "listed"
+                );
+                triggers.all(&ctx);
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+}
+
+pub(super) fn reader_len(ctx: &Context, kind: WorkloadKind) -> usize {
+    ctx.store(kind).map_or(0, Store::len)
+}
+
+/// Namespace labels decide where cluster policies apply.
+pub(super) async fn watch_namespaces(
+    ctx: Arc<Context>,
+    writer: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    triggers: Triggers,
+    stop: Stop,
+) {
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
+    let restarts = ctx
+        .metrics
+        .watch_restarts
+        .get_or_create(&ResourceLabel {
+            resource: "namespaces".to_owned(),
+        })
+        .clone();
+    let stream = watcher(api, watcher::Config::default().page_size(100))
+        .default_backoff()
+        .modify(|ns| ns.managed_fields_mut().clear());
+    let events = reflector::reflector(writer, stream).take_until(stop);
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                triggers.all_cluster(&ctx);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                restarts.inc();
+                tracing::warn!(error = %e, "namespace watch failed; retrying with backoff");
+            }
+        }
+    }
+}
+
+/// Marks the caches synced once every store has listed.
+pub(super) async fn report_sync(ctx: Arc<Context>, started: Instant, stop: Stop) {
+    tokio::select! {
+        synced = ctx.wait_stores() => {
+            if synced.is_ok() {
+                ctx.synced.store(true, Ordering::Release);
+                ctx.synced_tx.send_replace(true);
+                let cached: usize = ctx.workloads.values().map(Store::len).sum();
+                tracing::info!(
+                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    objects = cached,
+                    "caches synced"
+                );
+            }
+        }
+        () = stop => {}
+    }
+}
