@@ -1,28 +1,27 @@
 //! The admin server: `/livez`, `/readyz`, `/startupz` and `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use probity_probe::health::{CheckOptions, Health};
 
 use super::leader::Leadership;
 use super::metrics::Metrics;
-use super::{Error, Options, Stop};
+use super::{Error, Options, Stop, Synced};
 
 /// `/livez`, `/readyz`, `/startupz` (probity-probe) and `/metrics`.
 pub(super) async fn admin_server(
     options: &Options,
     leadership: &Leadership,
-    synced: &Arc<AtomicBool>,
+    synced: &Synced,
     metrics: &Arc<Metrics>,
     stop: Stop,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let caches = |synced: Arc<AtomicBool>| {
+    let caches = |synced: Synced| {
         move || {
-            let synced = Arc::clone(&synced);
+            let synced = synced.clone();
             async move {
-                if synced.load(Ordering::Acquire) {
+                if synced.is_set() {
                     Ok(())
                 } else {
                     Err("caches not synced yet")
@@ -32,10 +31,10 @@ pub(super) async fn admin_server(
     };
     let lead = leadership.clone();
     let health = Health::builder()
-        .startup("informers-synced", caches(Arc::clone(synced)))
+        .startup("informers-synced", caches(synced.clone()))
         .readiness_with(
             "caches",
-            caches(Arc::clone(synced)),
+            caches(synced.clone()),
             CheckOptions::new()
                 .interval(Duration::from_secs(1))
                 .timeout(Duration::from_millis(500)),

@@ -1,7 +1,6 @@
 //! The state the reconcilers, watchers and webhooks share.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,10 +36,12 @@ pub(crate) struct Context {
     pub(super) failures: Mutex<HashMap<String, u32>>,
     pub(super) leadership: Leadership,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) synced: Arc<AtomicBool>,
-    pub(super) synced_tx: tokio::sync::watch::Sender<bool>,
-    /// Set when each policy watch (namespaced, cluster) has listed once.
-    pub(super) policy_lists: [Arc<AtomicBool>; 2],
+    /// Every workload store and the namespaces have listed once.
+    pub(super) synced: Synced,
+    /// The `ReadinessPolicy` watch has listed once.
+    pub(super) policies_listed: Synced,
+    /// The `ClusterReadinessPolicy` watch has listed once.
+    pub(super) cluster_policies_listed: Synced,
     pub(super) backstop: Option<super::backstop::Backstop>,
     /// Tag -> digest answers for `images.pin: Report`, with when.
     pub(super) tags: Mutex<HashMap<String, TagAnswer>>,
@@ -51,15 +52,11 @@ impl Context {
         self.workloads.get(&kind)
     }
 
-    /// Waits until [`report_sync`] has seen every store listed. Only that
+    /// Waits until `report_sync` has seen every store listed. Only that
     /// one task waits on the stores themselves: a store's readiness wakes a
     /// single waiter.
     pub(super) async fn wait_synced(&self) -> Result<(), Error> {
-        let mut rx = self.synced_tx.subscribe();
-        rx.wait_for(|synced| *synced)
-            .await
-            .map(drop)
-            .map_err(|e| Error::Cache(e.to_string()))
+        self.synced.wait().await
     }
 
     pub(super) async fn wait_stores(&self) -> Result<(), Error> {
@@ -78,8 +75,9 @@ impl Context {
     /// Whether the workload caches and both policy caches are synced: what
     /// the webhooks need before they can judge anything.
     pub(crate) fn policies_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
-            && self.policy_lists.iter().all(|l| l.load(Ordering::Acquire))
+        self.synced.is_set()
+            && self.policies_listed.is_set()
+            && self.cluster_policies_listed.is_set()
     }
 
     pub(super) fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
@@ -149,5 +147,63 @@ impl Context {
         let slim = store.get(&ObjectRef::new_with(rs, WorkloadKind::ReplicaSet).within(ns))?;
         let owner = slim.controller()?;
         (owner.kind == "Deployment").then(|| owner.name.clone())
+    }
+}
+
+/// A one-way signal that a cache has listed: checked without waiting (the
+/// webhooks, the readiness probe) or awaited (the reconcilers).
+#[derive(Debug, Clone)]
+pub(crate) struct Synced(Arc<tokio::sync::watch::Sender<bool>>);
+
+// === impl Synced ===
+
+impl Default for Synced {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Synced {
+    /// Marks it synced, waking every waiter; it stays so.
+    pub(crate) fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether it is synced.
+    pub(crate) fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until it is synced.
+    pub(crate) async fn wait(&self) -> Result<(), Error> {
+        let mut rx = self.0.subscribe();
+        rx.wait_for(|synced| *synced)
+            .await
+            .map(drop)
+            .map_err(|e| Error::Cache(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Synced;
+
+    #[tokio::test]
+    async fn a_synced_signal_wakes_waiters_and_stays_set() {
+        let synced = Synced::default();
+        assert!(!synced.is_set());
+        let waiter = tokio::spawn({
+            let synced = synced.clone();
+            async move { synced.wait().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits while unset");
+        synced.set();
+        assert!(waiter.await.unwrap_or(false));
+        assert!(synced.is_set());
+        assert!(
+            synced.wait().await.is_ok(),
+            "a later waiter returns at once"
+        );
     }
 }

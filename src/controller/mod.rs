@@ -29,7 +29,6 @@ mod watch;
 mod webhooks;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,7 @@ use store::PodIndex;
 pub use webhooks::{TlsSource, WebhookOptions};
 
 use admin::admin_server;
-pub(crate) use context::Context;
+pub(crate) use context::{Context, Synced};
 pub use crds::install_crds;
 pub use options::{Error, Options};
 use watch::{Triggers, policy_controller, report_sync, watch_namespaces, watch_workloads};
@@ -73,7 +72,7 @@ pub async fn run(
     let started = Instant::now();
     let stop: Stop = stop.boxed().shared();
     let metrics = Arc::new(Metrics::new());
-    let synced = Arc::new(AtomicBool::new(false));
+    let synced = Synced::default();
 
     let (leadership, lease_task) = match &options.lease {
         Some(lease) => {
@@ -116,12 +115,9 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
         leadership: leadership.clone(),
         metrics: Arc::clone(&metrics),
-        synced: Arc::clone(&synced),
-        synced_tx: tokio::sync::watch::Sender::new(false),
-        policy_lists: [
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        ],
+        synced: synced.clone(),
+        policies_listed: Synced::default(),
+        cluster_policies_listed: Synced::default(),
         backstop: options.backstop.clone().map(backstop::Backstop::new),
         tags: Mutex::new(HashMap::new()),
     });
@@ -171,7 +167,7 @@ pub async fn run(
         policies_writer,
         rp_rx,
         config.clone(),
-        Arc::clone(&ctx.policy_lists[0]),
+        ctx.policies_listed.clone(),
         stop.clone(),
     )
     .run(
@@ -185,7 +181,7 @@ pub async fn run(
         cluster_writer,
         crp_rx,
         config,
-        Arc::clone(&ctx.policy_lists[1]),
+        ctx.cluster_policies_listed.clone(),
         stop.clone(),
     )
     .run(

@@ -3,7 +3,6 @@
 //! report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::channel::mpsc;
@@ -19,7 +18,7 @@ use kube::{Api, ResourceExt as _};
 use super::metrics::ResourceLabel;
 use super::reconcile::PolicyObject;
 use super::store::{Slim, WorkloadKey};
-use super::{Context, Stop};
+use super::{Context, Stop, Synced};
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
 
 pub(super) fn policy_controller<P: PolicyObject>(
@@ -27,7 +26,7 @@ pub(super) fn policy_controller<P: PolicyObject>(
     writer: reflector::store::Writer<P>,
     triggers: mpsc::UnboundedReceiver<ObjectRef<P>>,
     config: controller::Config,
-    listed: Arc<AtomicBool>,
+    listed: Synced,
     stop: Stop,
 ) -> Controller<P> {
     let (client, leadership, metrics) = (&ctx.client, &ctx.leadership, &ctx.metrics);
@@ -48,7 +47,7 @@ pub(super) fn policy_controller<P: PolicyObject>(
     })
     .inspect_ok(move |event| {
         if matches!(event, watcher::Event::InitDone) {
-            listed.store(true, Ordering::Release);
+            listed.set();
         }
     })
     .applied_objects()
@@ -265,8 +264,7 @@ pub(super) async fn report_sync(ctx: Arc<Context>, started: Instant, stop: Stop)
     tokio::select! {
         synced = ctx.wait_stores() => {
             if synced.is_ok() {
-                ctx.synced.store(true, Ordering::Release);
-                ctx.synced_tx.send_replace(true);
+                ctx.synced.set();
                 let cached: usize = ctx.workloads.values().map(Store::len).sum();
                 tracing::info!(
                     elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
