@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use probity::admission::{review, validate};
-use probity::lint::policies::Policy;
+use probity::policy::Policy;
 use probity::policy::{Mode, ReadinessPolicySpec};
 use probity_testenv::{Options, TestEnv};
 use serde_json::{Value, json};

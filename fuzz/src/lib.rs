@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use probity::admission::{mutate, review, validate};
 use probity::lint::input::Input;
-use probity::lint::policies::Policy;
 use probity::lint::{lint, report};
+use probity::policy::Policy;
 use probity::policy::pod::{MAX_ELEMENTS, with_element_budget};
 use probity::policy::{Classified, Mode, PinMode, Reference, Workload};
 

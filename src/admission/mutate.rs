@@ -15,7 +15,7 @@ use super::review::{Operation, Request, Response};
 use super::validate::{
     MAX_WARNING_CHARS, Owners, is_ephemeral_update, truncate_chars, workload_of,
 };
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 use crate::policy::{Classified, Digest, PinMode, Reference, RegistryUnavailable};
 
 /// Why a tag could not be resolved.

@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use super::mutate::{self, Resolve};
 use super::review::{self, Request, Response};
 use super::validate;
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 
 /// Largest AdmissionReview accepted: an object and its old version of up
 /// to 1.5 MiB each (etcd's default limit), JSON-encoded.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::review::{Object, Operation, Request, Response};
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 use crate::policy::{
     Classified, ExistingViolations, Finding, Mode, Workload, WorkloadKind, evaluate,
 };

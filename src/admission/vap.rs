@@ -14,7 +14,7 @@
 
 use serde_json::{Value, json};
 
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 use crate::policy::{ExistingViolations, Mode, Profile, WorkloadKind, rules};
 
 /// Label on every generated object.

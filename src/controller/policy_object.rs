@@ -4,7 +4,7 @@ use kube::{Api, Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 use crate::policy::status::PolicyStatus;
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy};
 

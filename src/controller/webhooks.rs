@@ -14,7 +14,7 @@ use crate::admission::Resolve;
 use crate::admission::certs::{self, SelfManaged};
 use crate::admission::server::{self, Observer, Outcome, PolicySource, Webhooks};
 use crate::admission::tls::{self, CertStore};
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]

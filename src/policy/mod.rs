@@ -5,6 +5,7 @@
 pub(crate) mod object;
 pub mod pod;
 pub mod reference;
+pub mod resolved;
 pub mod rules;
 pub mod selector;
 pub mod spec;
@@ -13,6 +14,7 @@ pub mod typed;
 pub mod workload;
 
 pub use reference::{Digest, InvalidReference, Reference};
+pub use resolved::{API_VERSION, Policy};
 pub use rules::{Finding, RuleMeta, evaluate};
 pub use spec::{
     AdmissionRules, ClusterReadinessPolicySpec, ExistingViolations, ImageRules, Match, Mode,

@@ -11,7 +11,7 @@ use super::tags::TagSnapshot;
 use crate::controller::Context;
 use crate::controller::drift::{self, PodObservation};
 use crate::controller::store::WorkloadKey;
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 use crate::policy::rules::RuleMeta;
 use crate::policy::{Classified, Workload, WorkloadKind, evaluate, selector};
 

@@ -12,7 +12,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::evaluate::{Found, Outcome};
 use crate::controller::{Context, Stop};
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 
 /// An Event to publish on a workload.
 #[derive(Debug)]

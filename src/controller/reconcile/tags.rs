@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::controller::Context;
-use crate::lint::policies::Policy;
+use crate::policy::Policy;
 
 /// The tags whose registry `policy` lists in `images.allowedRegistries`,
 /// or the operator's `--registry-allow` allows, and the others, which are
