@@ -17,6 +17,6 @@ pub mod tls;
 pub mod validate;
 pub mod vap;
 
-pub use mutate::{Resolve, ResolveError};
+pub use crate::registry::{Resolve, ResolveError};
 pub use review::{DecodeError, Operation, Request, Response};
 pub use server::{PolicySource, Webhooks};

@@ -8,47 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::review::{Operation, Request, Response};
 use super::validate::{
     MAX_WARNING_CHARS, Owners, is_ephemeral_update, truncate_chars, workload_of,
 };
-use crate::policy::Policy;
-use crate::policy::{Classified, Digest, PinMode, Reference, RegistryUnavailable};
-
-/// Why a tag could not be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{image}: {reason}")]
-pub struct ResolveError {
-    /// The image as written.
-    pub image: String,
-    /// What went wrong (registry down, tag unknown, unauthorized, timed out).
-    pub reason: String,
-}
-
-/// Resolves tags to digests; the registry client implements it.
-pub trait Resolve: Send + Sync {
-    /// Whether `registry` may be asked whatever the policies list (the
-    /// operator's `--registry-allow`).
-    fn always_allowed(&self, registry: &str) -> bool {
-        let _ = registry;
-        false
-    }
-
-    /// A digest answered recently, without asking the registry.
-    fn cached(&self, reference: &Reference) -> Option<Digest> {
-        let _ = reference;
-        None
-    }
-
-    /// The digest `reference`'s tag points at now.
-    fn resolve<'a>(
-        &'a self,
-        reference: &'a Reference,
-    ) -> BoxFuture<'a, Result<Digest, ResolveError>>;
-}
+use crate::policy::{Classified, Digest, PinMode, Policy, Reference, RegistryUnavailable};
+use crate::registry::{Resolve, ResolveError};
 
 /// Fallback when the deadline is unknown.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
@@ -267,6 +234,8 @@ pub async fn mutate(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
 
     use super::*;
     use crate::admission::review::Gvk;

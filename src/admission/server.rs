@@ -29,10 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::mutate::{self, Resolve};
+use super::mutate;
 use super::review::{self, Request, Response};
 use super::validate;
 use crate::policy::Policy;
+use crate::registry::Resolve;
 
 /// Largest AdmissionReview accepted: an object and its old version of up
 /// to 1.5 MiB each (etcd's default limit), JSON-encoded.

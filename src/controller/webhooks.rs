@@ -10,11 +10,11 @@ use std::time::Duration;
 use super::metrics::{AdmissionLabels, Metrics, WebhookLabel};
 use super::reconcile::PolicyObject as _;
 use super::{Context, Error, Stop};
-use crate::admission::Resolve;
 use crate::admission::certs::{self, SelfManaged};
 use crate::admission::server::{self, Observer, Outcome, PolicySource, Webhooks};
 use crate::admission::tls::{self, CertStore};
 use crate::policy::Policy;
+use crate::registry::Resolve;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@
 
 mod auth;
 mod connect;
+mod resolve;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,8 +34,8 @@ use probity_probe::breaker::{CircuitBreaker, Verdict};
 use auth::Challenge;
 pub use auth::{Credential, DockerConfig};
 pub use connect::{Reach, is_public};
+pub use resolve::{Resolve, ResolveError};
 
-use crate::admission::{Resolve, ResolveError};
 use crate::policy::{Digest, Reference};
 
 /// Every manifest type a tag may point at.

@@ -16,7 +16,7 @@ pub(super) fn split_listed(
     policy: &Policy,
     tags: &BTreeSet<String>,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    use crate::admission::Resolve as _;
+    use crate::registry::Resolve as _;
     tags.iter().cloned().partition(|image| {
         crate::policy::Reference::parse(image).is_ok_and(|reference| {
             policy.spec.images.lists_registry_of(&reference)
