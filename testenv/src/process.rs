@@ -272,6 +272,16 @@ rm -rf "$dir"
 mod tests {
     use super::*;
 
+    /// Tests that sweep take turns: a sweep may remove another test's
+    /// directory while it is still being set up (owner not written yet).
+    static SWEEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_sweeper() -> std::sync::MutexGuard<'static, ()> {
+        SWEEPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn own_process_is_running_and_parsed() {
         let (state, start) = proc_stat(std::process::id()).expect("own stat");
@@ -283,6 +293,7 @@ mod tests {
 
     #[test]
     fn sweep_kills_orphans_of_a_dead_owner_only() {
+        let _turn = one_sweeper();
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         // An owner that is certainly dead: a child we have already reaped.
@@ -323,6 +334,7 @@ mod tests {
 
     #[test]
     fn live_owner_is_left_alone() {
+        let _turn = one_sweeper();
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}live-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         write_owner(&dir).expect("owner");
