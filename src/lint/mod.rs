@@ -165,7 +165,7 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
             match workload
                 .controller
                 .as_ref()
-                .filter(|c| owners.stands_for(c, &workload, object))
+                .filter(|c| owners.stands_for(c, &workload))
             {
                 Some(owner) => report.notes.push(Problem {
                     file: file.clone(),
@@ -206,7 +206,7 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
 
 /// The workloads among the inputs that can own others, by kind, namespace
 /// and name: their UID when the manifest has one, and the fingerprint of
-/// their pod template's containers (`workload::fingerprint_of`).
+/// their pod template's containers (`Workload::fingerprint`).
 #[derive(Debug, Default)]
 struct Owners(BTreeMap<OwnerKey, (Option<String>, Option<u64>)>);
 
@@ -238,18 +238,13 @@ impl Owners {
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let template = workload::fingerprint_of(workload.kind, object);
+        let template = workload.fingerprint();
         self.0.insert(key, (uid, template));
     }
 
-    /// Whether `owner`, named by `workload` (the document `object`), is
-    /// among the inputs and may stand for it.
-    fn stands_for(
-        &self,
-        owner: &crate::policy::Controller,
-        workload: &Workload,
-        object: &Value,
-    ) -> bool {
+    /// Whether `owner`, named by `workload`, is among the inputs and may
+    /// stand for it.
+    fn stands_for(&self, owner: &crate::policy::Controller, workload: &Workload) -> bool {
         let Some(key) = Self::key(&owner.kind, workload.namespace.as_ref(), &owner.name) else {
             return false;
         };
@@ -260,7 +255,7 @@ impl Owners {
             return false;
         }
         workload.kind != crate::policy::WorkloadKind::Pod
-            || template.is_some() && *template == workload::fingerprint_of(workload.kind, object)
+            || template.is_some() && *template == workload.fingerprint()
     }
 }
 
