@@ -142,7 +142,7 @@ mod tests {
             "deep": [[1, 2], {"k": {"x": -1.5}}],
         });
         let text = document(&value);
-        let docs: Vec<Value> = crate::lint::yaml::read_stream(&text)
+        let docs: Vec<Value> = crate::manifest::yaml::read_stream(&text)
             .map(|d| d.map(|d| d.value))
             .collect::<Result<_, _>>()
             .expect("valid YAML");

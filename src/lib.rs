@@ -22,7 +22,9 @@
 pub mod admission;
 pub mod controller;
 pub mod emit;
+pub mod image;
 pub mod lint;
+pub mod manifest;
 pub mod pin;
 pub mod policy;
 pub mod registry;

@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use probity::lint::input::{self, Input};
+use probity::manifest::input::{self, Input};
 use probity::lint::policies::{self, Policy};
 use probity::lint::{self, Problem, Report, report};
 use probity::policy::rules;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use probity::lint::input::{self, Input};
+use probity::manifest::input::{self, Input};
 use probity::pin::{self, Site};
-use probity::policy::{Digest, Reference};
+use probity::image::{Digest, Reference};
 use probity::registry::{self, DockerConfig, RegistryClient};
 
 use crate::cli::PinArgs;

@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 
 use probity::admission::{mutate, review, validate};
-use probity::lint::input::Input;
+use probity::manifest::Input;
 use probity::lint::{lint, report};
 use probity::policy::Policy;
 use probity::policy::pod::{MAX_ELEMENTS, with_element_budget};
-use probity::policy::{Classified, Mode, PinMode, Reference, Workload};
+use probity::image::Reference;
+use probity::policy::{Classified, Mode, PinMode, Workload};
 
 /// AdmissionReview decoding and both webhook decisions: any body gives a
 /// decode error or a response echoing the request uid.

@@ -14,7 +14,8 @@ use super::review::{Operation, Request, Response};
 use super::validate::{
     MAX_WARNING_CHARS, Owners, is_ephemeral_update, truncate_chars, workload_of,
 };
-use crate::policy::{Classified, Digest, PinMode, Policy, Reference, RegistryUnavailable};
+use crate::image::{Digest, Reference};
+use crate::policy::{Classified, PinMode, Policy, RegistryUnavailable};
 use crate::registry::{Resolve, ResolveError};
 
 /// Fallback when the deadline is unknown.

@@ -1,19 +1,17 @@
 //! `probity lint`: reads manifests, evaluates the policies with the shared
 //! engine, and reports findings with their exact location.
 
-pub mod input;
 pub mod policies;
 pub mod report;
-pub mod yaml;
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::policy::{Classified, Finding, Workload, evaluate, workload};
-use input::Input;
+use crate::manifest::Input;
 use policies::Policy;
-use yaml::Pos;
+use crate::manifest::yaml::{self, Pos};
 
 /// The object a finding is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

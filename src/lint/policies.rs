@@ -5,8 +5,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use super::input::Input;
-use super::yaml::{self, Pos};
+use crate::manifest::Input;
+use crate::manifest::yaml::{self, Pos};
 use crate::policy::selector;
 use crate::policy::spec::ClusterReadinessPolicySpec;
 

@@ -5,7 +5,6 @@
 pub mod crd;
 pub(crate) mod object;
 pub mod pod;
-pub mod reference;
 pub mod resolved;
 pub mod rules;
 pub mod selector;
@@ -15,7 +14,6 @@ pub mod typed;
 pub mod workload;
 
 pub use crd::{crd_reference, crds, crds_yaml};
-pub use reference::{Digest, InvalidReference, Reference};
 pub use resolved::{API_VERSION, Policy};
 pub use rules::{Finding, RuleMeta, evaluate};
 pub use spec::{

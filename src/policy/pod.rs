@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 
 use serde::Deserialize;
 
-use super::reference::{InvalidReference, Reference};
+use crate::image::{InvalidReference, Reference};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// List entries (containers, ports, volumes, command words, probe

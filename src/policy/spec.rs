@@ -329,7 +329,7 @@ impl ImageRules {
     /// Whether `image` comes from a registry in `allowedRegistries` (a
     /// registry, or a registry and a path prefix: `ghcr.io/acme`). False
     /// when the list is empty.
-    pub fn lists_registry_of(&self, image: &super::Reference) -> bool {
+    pub fn lists_registry_of(&self, image: &crate::image::Reference) -> bool {
         let name = image.name();
         self.allowed_registries.iter().any(|entry| {
             let entry = entry.trim_end_matches('/');

@@ -340,7 +340,7 @@ pub struct UnpinnedImage<'a> {
     /// The image as written.
     pub image: &'a str,
     /// The image, parsed.
-    pub reference: super::Reference,
+    pub reference: crate::image::Reference,
 }
 
 impl UnpinnedImage<'_> {
@@ -386,7 +386,7 @@ impl Workload {
     pub fn unpinned_images(&self) -> Vec<UnpinnedImage<'_>> {
         self.images()
             .filter_map(|(list_field, field, index, name, image)| {
-                let reference = super::Reference::parse(image).ok()?;
+                let reference = crate::image::Reference::parse(image).ok()?;
                 (!reference.is_pinned()).then(|| UnpinnedImage {
                     list: format!("{}/{list_field}", self.pod_pointer),
                     list_field,

@@ -36,7 +36,7 @@ pub use auth::{Credential, DockerConfig};
 pub use connect::{Reach, is_public};
 pub use resolve::{Resolve, ResolveError};
 
-use crate::policy::{Digest, Reference};
+use crate::image::{Digest, Reference};
 
 /// Every manifest type a tag may point at.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \

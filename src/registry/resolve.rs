@@ -4,7 +4,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::policy::{Digest, Reference};
+use crate::image::{Digest, Reference};
 
 /// Why a tag could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use probity::lint::input::Input;
+use probity::manifest::Input;
 use probity::lint::policies::{self, Policy};
 use probity::lint::report::{self, Format};
 use probity::lint::{self, Report};

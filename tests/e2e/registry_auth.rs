@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
-use probity::policy::Reference;
+use probity::image::Reference;
 use probity::registry::{DockerConfig, Options, RegistryClient};
 use probity_testenv::registry::{Registry, locate_or_skip};
 use serde_json::json;

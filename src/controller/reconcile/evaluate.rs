@@ -258,7 +258,7 @@ pub(super) fn tag_findings(
         let Some(image) = container.image.as_deref() else {
             continue;
         };
-        let pinned = crate::policy::Reference::parse(image).map_or(true, |r| r.is_pinned());
+        let pinned = crate::image::Reference::parse(image).map_or(true, |r| r.is_pinned());
         if pinned {
             continue;
         }

@@ -18,7 +18,7 @@ pub(super) fn split_listed(
 ) -> (BTreeSet<String>, BTreeSet<String>) {
     use crate::registry::Resolve as _;
     tags.iter().cloned().partition(|image| {
-        crate::policy::Reference::parse(image).is_ok_and(|reference| {
+        crate::image::Reference::parse(image).is_ok_and(|reference| {
             policy.spec.images.lists_registry_of(&reference)
                 || ctx
                     .options
@@ -73,13 +73,13 @@ pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> Ta
     // hear of timeouts that were not its own).
     let mut by_registry: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for image in stale {
-        let registry = crate::policy::Reference::parse(&image)
+        let registry = crate::image::Reference::parse(&image)
             .map(|r| r.registry().to_owned())
             .unwrap_or_default();
         by_registry.entry(registry).or_default().push(image);
     }
     let lookup = |image: String| async move {
-        let answer = match crate::policy::Reference::parse(&image) {
+        let answer = match crate::image::Reference::parse(&image) {
             Ok(reference) => {
                 probity_probe::deadline::scope(TAG_BUDGET, registry.digest(&reference))
                     .await

@@ -25,7 +25,7 @@ mod prb900_invalid_exemption;
 
 use super::pod::{Container, Probe};
 
-use super::reference::Reference;
+use crate::image::Reference;
 use super::spec::ReadinessPolicySpec;
 use super::workload::Workload;
 

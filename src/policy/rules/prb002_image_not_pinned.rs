@@ -1,5 +1,5 @@
 use super::{Cx, Finding, rule};
-use crate::policy::reference::Reference;
+use crate::image::Reference;
 
 rule! {
     /// ## What it does

@@ -1,5 +1,5 @@
 use super::{Cx, Finding, rule};
-use crate::policy::reference::InvalidReference;
+use crate::image::InvalidReference;
 
 rule! {
     /// ## What it does

@@ -1,4 +1,4 @@
-//! What `probity lint` reads: files, directories (recursive, following
+//! What `probity lint` and `probity pin` read: files, directories (recursive, following
 //! symbolic links without looping), or stdin. Only regular files are read,
 //! each of at most [`MAX_INPUT_BYTES`].
 
