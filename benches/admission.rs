@@ -12,6 +12,12 @@
 //! `make bench-admission`. Under `cargo test` (no `--bench`) a short smoke
 //! run checks the measurement, not speed.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "benchmarks measure wall time"
+)]
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -10,6 +10,12 @@
 //! `make bench-admission-hostile`. `PROBITY_BENCH_OPERATOR=<binary>` runs
 //! another build of the operator (an older one, to compare).
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "benchmarks measure wall time"
+)]
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

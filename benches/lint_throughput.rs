@@ -9,6 +9,12 @@
 //! `PROBITY_BENCH_RUNS` (measured runs per tool, default 5),
 //! `PROBITY_BENCH_TOOLS` (directory holding `kube-score`, `kube-linter`).
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "benchmarks measure wall time"
+)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -9,6 +9,12 @@
 //! `make bench-operator`; `PROBITY_BENCH_SIZES=1000,5000` to choose sizes.
 //! Under `cargo test` (no `--bench`) it runs once with 50 Deployments.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "benchmarks measure wall time"
+)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -5,9 +5,9 @@
 //! GitOps-friendly pinning: the digest lands in Git, reviewed like any other
 //! change, instead of the live spec being rewritten behind Git's back.
 
+use crate::image::Reference;
 use crate::manifest::yaml::{self, Pos, SyntaxError};
 use crate::policy::workload::objects;
-use crate::image::Reference;
 use crate::policy::{Classified, Workload};
 
 /// An image reference in a file that may be pinned.

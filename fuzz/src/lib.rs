@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 
 use probity::admission::{mutate, review, validate};
-use probity::manifest::Input;
+use probity::image::Reference;
 use probity::lint::{lint, report};
+use probity::manifest::Input;
 use probity::policy::Policy;
 use probity::policy::pod::{MAX_ELEMENTS, with_element_budget};
-use probity::image::Reference;
 use probity::policy::{Classified, Mode, PinMode, Workload};
 
 /// AdmissionReview decoding and both webhook decisions: any body gives a

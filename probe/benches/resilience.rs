@@ -3,6 +3,12 @@
 //!
 //! `cargo bench -p probity-probe --bench resilience` (or `make bench-probe`).
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "benchmarks measure wall time"
+)]
+
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

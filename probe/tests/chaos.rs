@@ -2,6 +2,11 @@
 //! set, and the guarded endpoint switches faults at runtime.
 
 #![cfg(feature = "chaos")]
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "injected latency is measured in wall time"
+)]
 
 mod support;
 

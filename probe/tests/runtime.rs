@@ -1,6 +1,12 @@
 //! Real runtimes: a stalled runtime fails `/livez`, and a hung check never
 //! slows a probe down.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "these tests block the runtime and measure wall time on purpose"
+)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -234,7 +234,7 @@ pub async fn mutate(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Mutex, PoisonError};
 
     use futures::future::BoxFuture;
 
@@ -286,9 +286,10 @@ mod tests {
             reference: &'a Reference,
         ) -> BoxFuture<'a, Result<Digest, ResolveError>> {
             Box::pin(async move {
-                if let Ok(mut calls) = self.calls.lock() {
-                    calls.push(reference.to_string());
-                }
+                self.calls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(reference.to_string());
                 if reference.repository().contains("missing") {
                     return Err(ResolveError {
                         image: reference.to_string(),
@@ -366,7 +367,14 @@ mod tests {
             ])
         );
         // One registry call per distinct image.
-        assert_eq!(table.calls.lock().map(|c| c.len()).unwrap_or_default(), 1);
+        assert_eq!(
+            table
+                .calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -544,7 +552,11 @@ mod tests {
         )
         .await;
         assert_eq!(
-            table.calls.lock().map(|c| c.clone()).unwrap_or_default(),
+            table
+                .calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             ["ghcr.io/acme/api:2"]
         );
         assert_eq!(
@@ -573,7 +585,13 @@ mod tests {
             Some(&table),
         )
         .await;
-        assert!(table.calls.lock().map(|c| c.is_empty()).unwrap_or_default());
+        assert!(
+            table
+                .calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
         assert!(r.patch.is_none());
         assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
     }
@@ -591,7 +609,10 @@ mod tests {
         )
         .await;
         assert!(
-            cold.calls.lock().map(|c| c.is_empty()).unwrap_or_default(),
+            cold.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
             "no registry call"
         );
         assert!(r.patch.is_none());
@@ -611,7 +632,12 @@ mod tests {
             Some(&warm),
         )
         .await;
-        assert!(warm.calls.lock().map(|c| c.is_empty()).unwrap_or_default());
+        assert!(
+            warm.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
         assert_eq!(
             r.patch.as_ref().and_then(Value::as_array).map(Vec::len),
             Some(1)

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +27,7 @@ use probity_probe::bulkhead::Bulkhead;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::mutate;
@@ -422,6 +423,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     stop: impl Future<Output = ()> + Send,
+    deadline: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -489,11 +491,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    if tokio::time::timeout(deadline, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("webhook connections still open after 10 s; closing them");
+        tracing::warn!(
+            ?deadline,
+            "webhook connections still open at the drain deadline; closing them"
+        );
     }
 }
 
@@ -762,6 +767,7 @@ mod tests {
             async {
                 let _ = stopped.await;
             },
+            Duration::from_secs(10),
         ));
         let served = get(port, &ca, Some(&client_pair)).await;
         assert_eq!(

@@ -8,7 +8,7 @@
 //! the serving certificate when two thirds of its lifetime have passed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -104,18 +104,12 @@ impl CertStore {
     /// When `pair` is unusable.
     pub fn replace(&self, pair: &PemPair) -> Result<(), TlsError> {
         let key = Arc::new(pair.certified_key()?);
-        match self.current.write() {
-            Ok(mut current) => *current = key,
-            Err(poisoned) => *poisoned.into_inner() = key,
-        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
         Ok(())
     }
 
     fn get(&self) -> Arc<CertifiedKey> {
-        match self.current.read() {
-            Ok(current) => Arc::clone(&current),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A rustls server configuration that asks this store on every

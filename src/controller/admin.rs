@@ -1,4 +1,5 @@
-//! The admin server: `/livez`, `/readyz`, `/startupz` and `/metrics`.
+//! The admin server: `/livez`, `/readyz`, `/startupz` and `/metrics`, and
+//! the health registry whose drain the operator's shutdown follows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ pub(super) async fn admin_server(
     synced: &Synced,
     metrics: &Arc<Metrics>,
     stop: Stop,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+) -> Result<(Health, tokio::task::JoinHandle<()>), Error> {
     let caches = |synced: Synced| {
         move || {
             let synced = synced.clone();
@@ -61,11 +62,15 @@ pub(super) async fn admin_server(
         )
         // Nothing secret here; the leader line names the current holder.
         .show_reasons(true)
+        .drain(options.drain_delay, options.drain_deadline)
         .build()
-        .map_err(|e| Error::Health(e.to_string()))?;
-    if let Ok(mut registry) = metrics.registry.lock() {
-        health.register_metrics(&mut registry);
-    }
+        .map_err(Error::Health)?;
+    health.register_metrics(
+        &mut metrics
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let leader_gauge = metrics.leader.clone();
     let lead = leadership.clone();
     let encode = Arc::clone(metrics);
@@ -90,12 +95,15 @@ pub(super) async fn admin_server(
         .await
         .map_err(|source| Error::Admin { addr, source })?;
     tracing::info!(%addr, "admin endpoint listening (/livez /readyz /startupz /metrics)");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "admin endpoint failed");
-        }
-    }))
+    Ok((
+        health,
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        }),
+    ))
 }

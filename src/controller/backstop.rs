@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -15,6 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::policy_object::PolicyObject;
 use super::{Context, Error, FIELD_MANAGER, Stop};

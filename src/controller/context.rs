@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt as _};
+use tokio::time::Instant;
 
 use super::leader::Leadership;
 use super::metrics::Metrics;
@@ -18,7 +18,10 @@ use super::{Error, Options};
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
 
 /// A tag's digest (or why not), and when it was asked.
-type TagAnswer = (Result<String, String>, Instant);
+type TagAnswer = (
+    Result<crate::image::Digest, crate::registry::ResolveError>,
+    Instant,
+);
 
 /// State shared by the reconcilers.
 pub(crate) struct Context {
@@ -60,16 +63,15 @@ impl Context {
     }
 
     pub(super) async fn wait_stores(&self) -> Result<(), Error> {
-        for store in self.workloads.values() {
-            store
-                .wait_until_ready()
-                .await
-                .map_err(|e| Error::Cache(e.to_string()))?;
+        for (kind, store) in &self.workloads {
+            store.wait_until_ready().await.map_err(|_| Error::Stopped {
+                what: kind.as_str(),
+            })?;
         }
         self.namespaces
             .wait_until_ready()
             .await
-            .map_err(|e| Error::Cache(e.to_string()))
+            .map_err(|_| Error::Stopped { what: "Namespace" })
     }
 
     /// Whether the workload caches and both policy caches are synced: what
@@ -180,7 +182,9 @@ impl Synced {
         rx.wait_for(|synced| *synced)
             .await
             .map(drop)
-            .map_err(|e| Error::Cache(e.to_string()))
+            .map_err(|_| Error::Stopped {
+                what: "sync signal",
+            })
     }
 }
 

@@ -27,12 +27,8 @@ pub async fn install_crds(client: &Client, timeout: Duration) -> Result<(), Erro
         );
         match tokio::time::timeout(timeout, established).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Error::Cache(format!("waiting for CRD {name}: {e}"))),
-            Err(_) => {
-                return Err(Error::Cache(format!(
-                    "CRD {name} not established after {timeout:?}"
-                )));
-            }
+            Ok(Err(source)) => return Err(Error::CrdWait { name, source }),
+            Err(_) => return Err(Error::CrdNotEstablished { name, timeout }),
         }
     }
     Ok(())

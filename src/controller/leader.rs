@@ -4,14 +4,15 @@
 //! clock (so clock skew between replicas does not matter); writes require
 //! leadership confirmed within the renew deadline.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Where the lease lives and how it is timed.
 #[derive(Debug, Clone)]
@@ -96,9 +97,7 @@ impl Leadership {
     /// before every write, so a leader cut off from the API server stops
     /// writing on its own clock, without waiting for the renew loop.
     pub fn is_leader(&self) -> bool {
-        let Ok(state) = self.state.lock() else {
-            return false;
-        };
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.always
             || state
                 .renewed
@@ -119,7 +118,7 @@ impl Leadership {
         let fence = self
             .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .fence;
         tokio::time::timeout(fence, write)
             .await
@@ -128,7 +127,11 @@ impl Leadership {
 
     /// The current holder as last observed, for status reports.
     pub fn holder(&self) -> Option<String> {
-        self.state.lock().ok().and_then(|s| s.holder.clone())
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .holder
+            .clone()
     }
 
     /// Changes of leadership as the election loop sees them (`true` on
@@ -174,16 +177,14 @@ pub fn spawn(
             let outcome = elector.try_acquire_or_renew().await;
             match &outcome {
                 Ok((true, holder)) => {
-                    if let Ok(mut s) = state.lock() {
-                        s.renewed = Some(started);
-                        s.holder = holder.clone();
-                    }
+                    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.renewed = Some(started);
+                    s.holder = holder.clone();
                 }
                 Ok((false, holder)) => {
-                    if let Ok(mut s) = state.lock() {
-                        s.renewed = None;
-                        s.holder = holder.clone();
-                    }
+                    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.renewed = None;
+                    s.holder = holder.clone();
                 }
                 Err(e) => {
                     tracing::warn!(lease = %elector.options.name, error = %e, "lease acquire/renew failed")
@@ -206,9 +207,7 @@ pub fn spawn(
                     // Stop writing first, then give the lease up: after
                     // the release a standby may write at once.
                     let was_leader = reader.is_leader();
-                    if let Ok(mut s) = state.lock() {
-                        s.renewed = None;
-                    }
+                    state.lock().unwrap_or_else(PoisonError::into_inner).renewed = None;
                     let _ = tx.send(false);
                     if was_leader {
                         elector.release().await;

@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -143,9 +143,8 @@ impl Metrics {
     /// The text exposition format.
     pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
-        if let Ok(registry) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-        }
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
     }
 }

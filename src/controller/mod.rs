@@ -30,16 +30,18 @@ mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt as _, StreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller;
 use kube::runtime::reflector::{self, ObjectRef};
+use probity_probe::health::{Health, Phase};
+use tokio::time::Instant;
 
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
 pub use leader::{Leadership, LeaseOptions};
@@ -58,19 +60,32 @@ pub const FIELD_MANAGER: &str = "probity-operator";
 
 type Stop = Shared<BoxFuture<'static, ()>>;
 
-/// Runs the operator until `stop` resolves.
+/// Runs the operator until its shutdown completes.
+///
+/// `shutdown` yields one item per shutdown request (a signal). The first
+/// starts the drain probity-probe's services follow: `/readyz` fails at
+/// once while everything keeps working for [`Options::drain_delay`], then
+/// watchers, reconcilers and the lease stop and in-flight admission reviews
+/// get [`Options::drain_deadline`]. A second request stops at once.
 ///
 /// # Errors
 ///
-/// When the admin endpoint cannot be bound or the health registry is
-/// invalid. API errors are retried with backoff, never returned.
+/// When the admin endpoint cannot be bound, the health registry is
+/// invalid, or the webhooks cannot be served. API errors are retried with
+/// backoff, never returned.
 pub async fn run(
     client: Client,
     options: Options,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    let stop: Stop = stop.boxed().shared();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop: Stop = async move {
+        let mut stop_rx = stop_rx;
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+    }
+    .boxed()
+    .shared();
     let metrics = Arc::new(Metrics::new());
     let synced = Synced::default();
 
@@ -82,7 +97,11 @@ pub async fn run(
         None => (Leadership::always(), None),
     };
 
-    let admin = admin_server(&options, &leadership, &synced, &metrics, stop.clone()).await?;
+    let (health, admin) =
+        admin_server(&options, &leadership, &synced, &metrics, stop.clone()).await?;
+    let requests = tokio::spawn(follow_shutdown(health.clone(), shutdown, stop_tx));
+    // Past the drain deadline, or a second request: wait for nothing more.
+    let hard_stop = health.reached(Phase::DeadlineExceeded).shared();
 
     // Policy stores, filled by the controllers' own watchers.
     let (policies, policies_writer) = reflector::store::<ReadinessPolicy>();
@@ -192,7 +211,7 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     let webhook_task = match &options.webhooks {
-        Some(w) => Some(webhooks::start(&ctx, w, stop.clone()).await?),
+        Some(w) => Some(webhooks::start(&ctx, w, stop.clone(), options.drain_deadline).await?),
         None => None,
     };
 
@@ -202,13 +221,58 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
-    if let Some(task) = lease_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
-    if let Some(task) = webhook_task {
-        let _ = tokio::time::timeout(Duration::from_secs(11), task).await;
-    }
+    let finish = |task: tokio::task::JoinHandle<()>, limit: Duration| {
+        let hard_stop = hard_stop.clone();
+        async move {
+            let abort = task.abort_handle();
+            tokio::select! {
+                _ = tokio::time::timeout(limit, task) => {}
+                () = hard_stop => abort.abort(),
+            }
+        }
+    };
+    // The lease is released, and in-flight reviews answered, side by side.
+    let lease = async {
+        if let Some(task) = lease_task {
+            finish(task, Duration::from_secs(5)).await;
+        }
+    };
+    let webhooks = async {
+        if let Some(task) = webhook_task {
+            finish(task, options.drain_deadline + Duration::from_secs(1)).await;
+        }
+    };
+    futures::join!(lease, webhooks, finish(admin, Duration::from_secs(5)));
+    requests.abort();
     tracing::info!("operator stopped");
     Ok(())
+}
+
+/// Turns shutdown requests into the health registry's drain, and its
+/// "stop accepting work" moment into `stop`.
+async fn follow_shutdown(
+    health: Health,
+    shutdown: impl Stream<Item = ()> + Send + 'static,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
+    let stopping = health.reached(Phase::Stopping);
+    tokio::pin!(shutdown, stopping);
+    let mut requests_open = true;
+    loop {
+        tokio::select! {
+            () = &mut stopping => {
+                tracing::info!("drain delay over: stopping watchers, reconcilers and the lease");
+                let _ = stop.send(true);
+                break;
+            }
+            request = shutdown.next(), if requests_open => match request {
+                Some(()) => health.begin_shutdown(),
+                None => requests_open = false,
+            },
+        }
+    }
+    // A second request still aborts the rest of the drain.
+    while shutdown.next().await.is_some() {
+        health.begin_shutdown();
+    }
 }

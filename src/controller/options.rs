@@ -34,6 +34,11 @@ pub struct Options {
     /// How long a resolved tag is trusted before `images.pin: Report`
     /// policies ask the registry again.
     pub tag_ttl: Duration,
+    /// After the first shutdown request, how long `/readyz` fails while
+    /// everything keeps working, so endpoint removal propagates first.
+    pub drain_delay: Duration,
+    /// After the drain delay, how long in-flight admission reviews get.
+    pub drain_deadline: Duration,
 }
 
 impl Options {
@@ -50,11 +55,13 @@ impl Options {
             backstop: None,
             registry: None,
             tag_ttl: Duration::from_secs(60),
+            drain_delay: Duration::from_secs(5),
+            drain_deadline: Duration::from_secs(10),
         }
     }
 }
 
-/// Why the operator stopped.
+/// Why the operator stopped, or a reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
@@ -70,13 +77,36 @@ pub enum Error {
     },
     /// The health registry was misconfigured.
     #[error("health checks: {0}")]
-    Health(String),
-    /// A reconcile could not read its caches.
-    #[error("caches: {0}")]
-    Cache(String),
-    /// The webhooks could not be served.
-    #[error("webhooks: {0}")]
-    Webhook(String),
+    Health(#[source] probity_probe::health::Misconfigured),
+    /// A CRD the operator applied was not established in time.
+    #[error("CRD {name} not established after {timeout:?}")]
+    CrdNotEstablished {
+        /// The CRD.
+        name: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// Watching a CRD for its Established condition failed.
+    #[error("waiting for CRD {name}: {source}")]
+    CrdWait {
+        /// The CRD.
+        name: String,
+        /// Why.
+        source: kube::runtime::wait::Error,
+    },
+    /// A cache stopped before it synced: the operator is shutting down.
+    #[error("{what} stopped before it synced")]
+    Stopped {
+        /// Which cache.
+        what: &'static str,
+    },
+    /// The webhook's serving certificate or client CA could not be used.
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] crate::admission::tls::TlsError),
+    /// The operator was stopped while it waited for its first webhook
+    /// certificate.
+    #[error("stopped before the webhook certificate was ready")]
+    StoppedBeforeCertificate,
     /// A leader's write did not finish within its leadership fence.
     #[error("{0}")]
     Fenced(#[from] super::leader::Fenced),

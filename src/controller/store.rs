@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -229,18 +229,20 @@ impl PodIndex {
                 let Some((owner, name)) = owner_and_name(pod) else {
                     return Vec::new();
                 };
-                if let Ok(mut map) = self.by_owner.lock() {
-                    map.entry(owner.clone()).or_default().insert(name);
-                }
+                self.by_owner
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(name);
                 vec![owner]
             }
             Event::Delete(pod) => {
                 let Some((owner, name)) = owner_and_name(pod) else {
                     return Vec::new();
                 };
-                if let Ok(mut map) = self.by_owner.lock()
-                    && let Some(set) = map.get_mut(&owner)
-                {
+                let mut map = self.by_owner.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(set) = map.get_mut(&owner) {
                     set.remove(&name);
                     if set.is_empty() {
                         map.remove(&owner);
@@ -249,24 +251,29 @@ impl PodIndex {
                 vec![owner]
             }
             Event::Init => {
-                if let Ok(mut pending) = self.pending.lock() {
-                    *pending = Some(HashMap::new());
-                }
+                *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(HashMap::new());
                 Vec::new()
             }
             Event::InitApply(pod) => {
                 if let Some((owner, name)) = owner_and_name(pod)
-                    && let Ok(mut pending) = self.pending.lock()
-                    && let Some(map) = pending.as_mut()
+                    && let Some(map) = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut()
                 {
                     map.entry(owner).or_default().insert(name);
                 }
                 Vec::new()
             }
             Event::InitDone => {
-                let fresh = self.pending.lock().ok().and_then(|mut p| p.take());
-                if let (Some(fresh), Ok(mut map)) = (fresh, self.by_owner.lock()) {
-                    *map = fresh;
+                let fresh = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(fresh) = fresh {
+                    *self.by_owner.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
                 }
                 Vec::new()
             }
@@ -277,8 +284,9 @@ impl PodIndex {
     pub(crate) fn pods_of(&self, owner: &WorkloadKey) -> Vec<String> {
         self.by_owner
             .lock()
-            .ok()
-            .and_then(|map| map.get(owner).map(|s| s.iter().cloned().collect()))
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(owner)
+            .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }
 }

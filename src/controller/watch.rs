@@ -3,7 +3,6 @@
 //! report.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::channel::mpsc;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -14,6 +13,7 @@ use kube::runtime::controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
 use kube::{Api, ResourceExt as _};
+use tokio::time::Instant;
 
 use super::metrics::ResourceLabel;
 use super::reconcile::PolicyObject;

@@ -117,17 +117,18 @@ fn observer(metrics: &Arc<Metrics>) -> Observer {
 }
 
 /// Binds the webhook port, loads the first certificate, and serves until
-/// `stop`.
+/// `stop`; in-flight reviews then get `deadline`.
 pub(crate) async fn start(
     ctx: &Arc<Context>,
     options: &WebhookOptions,
     stop: Stop,
+    deadline: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let addr = options.addr;
     let (store, maintainer): (CertStore, tokio::task::JoinHandle<()>) = match &options.tls {
         TlsSource::Files { cert, key } => {
-            let pair = tls::read_files(cert, key).map_err(|e| Error::Webhook(e.to_string()))?;
-            let store = CertStore::new(&pair).map_err(|e| Error::Webhook(e.to_string()))?;
+            let pair = tls::read_files(cert, key)?;
+            let store = CertStore::new(&pair)?;
             let task = tokio::spawn(tls::watch_files(
                 store.clone(),
                 cert.clone(),
@@ -144,7 +145,7 @@ pub(crate) async fn start(
                         tracing::warn!(error = %e, "cannot set up the webhook certificate; retrying");
                         tokio::select! {
                             () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                            () = stop.clone() => return Err(Error::Webhook("stopped before the certificate was ready".to_owned())),
+                            () = stop.clone() => return Err(Error::StoppedBeforeCertificate),
                         }
                     }
                 }
@@ -162,11 +163,8 @@ pub(crate) async fn start(
         .client_ca
         .as_deref()
         .map(tls::read_client_cas)
-        .transpose()
-        .map_err(|e| Error::Webhook(e.to_string()))?;
-    let config = store
-        .server_config(client_cas.as_deref())
-        .map_err(|e| Error::Webhook(e.to_string()))?;
+        .transpose()?;
+    let config = store.server_config(client_cas.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Admin { addr, source })?;
@@ -178,7 +176,7 @@ pub(crate) async fn start(
     };
     tracing::info!(%addr, "admission webhooks listening (/validate /mutate)");
     Ok(tokio::spawn(async move {
-        server::serve(listener, config, server::router(webhooks), stop).await;
+        server::serve(listener, config, server::router(webhooks), stop, deadline).await;
         maintainer.abort();
     }))
 }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::policy::{Classified, Finding, Workload, evaluate, workload};
 use crate::manifest::Input;
-use policies::Policy;
 use crate::manifest::yaml::{self, Pos};
+use crate::policy::{Classified, Finding, Workload, evaluate, workload};
+use policies::Policy;
 
 /// The object a finding is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,16 +83,27 @@ impl Report {
             .count()
     }
 
-    /// 0 clean, 1 violations, 2 input errors.
-    pub fn exit_code(&self) -> u8 {
+    /// What the run amounts to: input errors outrank violations.
+    pub fn outcome(&self) -> Outcome {
         if !self.errors.is_empty() {
-            2
+            Outcome::Errors
         } else if self.violations() > 0 {
-            1
+            Outcome::Violations
         } else {
-            0
+            Outcome::Clean
         }
     }
+}
+
+/// What a lint run amounts to (`probity lint` exits 0, 1 and 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing found.
+    Clean,
+    /// Findings that are not exempt.
+    Violations,
+    /// Some input could not be read or understood.
+    Errors,
 }
 
 /// Lints `inputs` against `policies`.

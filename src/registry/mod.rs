@@ -21,7 +21,7 @@ mod resolve;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -30,6 +30,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use probity_probe::breaker::{CircuitBreaker, Verdict};
+use tokio::time::Instant;
 
 use auth::Challenge;
 pub use auth::{Credential, DockerConfig};
@@ -428,7 +429,7 @@ impl RegistryClient {
     }
 
     fn cached(&self, key: &str) -> Option<Digest> {
-        let cache = self.digests.lock().ok()?;
+        let cache = self.digests.lock().unwrap_or_else(PoisonError::into_inner);
         let (digest, at) = cache.get(key)?;
         (at.elapsed() < self.options.cache_ttl).then(|| digest.clone())
     }
@@ -606,7 +607,7 @@ impl RegistryClient {
     }
 
     fn token(&self, registry: &str, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().ok()?;
+        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         let (token, until) = tokens.get(&(registry.to_owned(), scope.to_owned()))?;
         (Instant::now() < *until).then(|| token.clone())
     }

@@ -1,6 +1,12 @@
 //! A control plane never outlives the process that started it: killed with
 //! SIGKILL, its reaper stops it; with no reaper, the next start sweeps it.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "processes are waited for in wall time"
+)]
+
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

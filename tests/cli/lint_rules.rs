@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use probity::manifest::Input;
 use probity::lint::policies::{self, Policy};
 use probity::lint::report::{self, Format};
 use probity::lint::{self, Report};
+use probity::manifest::Input;
 use probity::policy::rules;
 
 fn read(path: &Path) -> Input {

@@ -3,6 +3,12 @@
 //! itself in its own namespace. Tests that need a control plane of their own
 //! (one they stop, or one whose writes they block) start it themselves.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "end-to-end tests wait on real processes in wall time"
+)]
+
 mod common;
 
 mod admission;
@@ -12,6 +18,7 @@ mod control_plane;
 mod operator;
 mod operator_apiserver_restart;
 mod operator_crd;
+mod operator_drain;
 mod operator_failover;
 mod operator_tags;
 mod pin_cli;

@@ -11,6 +11,12 @@
 //! `--bench`) a few seconds of the same machinery run, all four
 //! configurations side by side, and write to a temporary directory.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the lab measures wall time"
+)]
+
 mod http;
 mod plot;
 mod report;

@@ -43,10 +43,19 @@ impl Health {
     /// [`Health::serve_until_drained`] to bound the drain.
     pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
         self.listen_for_signals();
-        let mut phase = self.inner.phase.subscribe();
+        self.reached(Phase::Stopping)
+    }
+
+    /// Resolves when a shutdown reaches `phase` or a later one, without
+    /// listening for signals: for a process that delivers shutdown requests
+    /// itself with [`Health::begin_shutdown`]. `reached(Phase::Stopping)` is
+    /// when to stop accepting work; `reached(Phase::Aborted)` is a second
+    /// request.
+    pub fn reached(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.phase.subscribe();
         async move {
             // An error means the registry is gone: nothing left to wait for.
-            let _ = phase.wait_for(|p| *p >= Phase::Stopping).await;
+            let _ = rx.wait_for(|p| *p >= phase).await;
         }
     }
 

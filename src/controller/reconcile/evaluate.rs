@@ -2,7 +2,7 @@
 //! workload resourceVersion, with runtime findings from pod status.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt as _};
@@ -104,9 +104,11 @@ pub(super) fn evaluate_matched(
     };
     let mut outcome = Outcome::default();
     let mut ns_cache: HashMap<String, bool> = HashMap::new();
-    let Ok(mut caches) = ctx.cache.policies.lock() else {
-        return outcome;
-    };
+    let mut caches = ctx
+        .cache
+        .policies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let cache = caches.entry(policy_uid.to_owned()).or_default();
     if cache.generation != generation {
         cache.generation = generation;
@@ -264,7 +266,7 @@ pub(super) fn tag_findings(
         }
         wanted.insert(image.to_owned());
         if let Some(Ok(current)) = tags.get(image)
-            && let Some(f) = drift::tag_moved(pods, &container.name, image, current)
+            && let Some(f) = drift::tag_moved(pods, &container.name, image, &current.to_string())
         {
             out.push(f.into());
         }

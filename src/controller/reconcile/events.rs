@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use futures::StreamExt as _;
 use futures::channel::mpsc;
@@ -37,9 +37,10 @@ pub(super) fn fingerprint(found: &[&Found]) -> u64 {
 /// Queues one Event per workload, rule and policy, again only when the
 /// findings for that rule change.
 pub(super) fn queue_events(ctx: &Context, policy: &Policy, policy_uid: &str, outcome: &Outcome) {
-    let Ok(mut seen) = ctx.seen_events.lock() else {
-        return;
-    };
+    let mut seen = ctx
+        .seen_events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let mut current: HashSet<String> = HashSet::new();
     for (workload, found) in &outcome.violations {
         current.insert(workload.uid.clone());
@@ -144,8 +145,10 @@ pub(crate) async fn publish_events(
         let already = ctx
             .seen_events
             .lock()
-            .ok()
-            .and_then(|s| s.get(&job.key).and_then(|m| m.get(&job.rule)).copied());
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&job.key)
+            .and_then(|m| m.get(&job.rule))
+            .copied();
         if already == Some(job.fingerprint) {
             continue;
         }
@@ -171,11 +174,12 @@ pub(crate) async fn publish_events(
         match published {
             Ok(()) => {
                 ctx.metrics.events.inc();
-                if let Ok(mut seen) = ctx.seen_events.lock() {
-                    seen.entry(job.key)
-                        .or_default()
-                        .insert(job.rule, job.fingerprint);
-                }
+                ctx.seen_events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(job.key)
+                    .or_default()
+                    .insert(job.rule, job.fingerprint);
             }
             Err(e) => tracing::warn!(
                 workload = ?job.regarding.name,

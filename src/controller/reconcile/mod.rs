@@ -8,13 +8,15 @@ mod status;
 mod tags;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use kube::ResourceExt as _;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use probity_probe::retry::Backoff;
 use serde_json::json;
+use tokio::time::Instant;
 
 pub(crate) use self::evaluate::EvalCache;
 use self::evaluate::{Outcome, evaluate_matched};
@@ -73,8 +75,11 @@ pub(crate) async fn reconcile<P: PolicyObject>(
             let (listed, unlisted) = split_listed(&ctx, &policy, &outcome.tags);
             let mut snapshot = resolve_tags(&ctx, &listed).await;
             snapshot.extend(unlisted.into_iter().map(|image| {
-                let why =
-                    "not asked: its registry is not in spec.images.allowedRegistries".to_owned();
+                let why = crate::registry::ResolveError {
+                    image: image.clone(),
+                    reason: "not asked: its registry is not in spec.images.allowedRegistries"
+                        .to_owned(),
+                };
                 (image, Err(why))
             }));
             outcome = evaluate_matched(
@@ -131,9 +136,10 @@ pub(crate) async fn reconcile<P: PolicyObject>(
         }
     }
     record_violation_metrics(&ctx, &policy.name, &outcome);
-    if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&uid);
-    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&uid);
     let kind = P::KIND.to_owned();
     ctx.metrics
         .reconciles
@@ -167,23 +173,19 @@ pub(crate) async fn reconcile<P: PolicyObject>(
     })
 }
 
-/// Retries a failed reconcile with exponential backoff and jitter, per
-/// policy: 0.5 s, 1 s, 2 s ... up to a minute.
+/// Retries a failed reconcile with probity-probe's exponential backoff
+/// with full jitter, per policy: up to 0.5 s, 1 s, 2 s ... a minute.
 pub(crate) fn error_policy<P: PolicyObject>(obj: Arc<P>, err: &Error, ctx: Arc<Context>) -> Action {
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let attempt = ctx
         .failures
         .lock()
-        .map(|mut f| {
-            let n = f.entry(uid).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        })
-        .unwrap_or(1);
-    let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(7).saturating_sub(1));
-    let delay = base
-        .min(Duration::from_secs(60))
-        .mul_f64(0.5 + fastrand::f64() * 0.5);
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(uid)
+        .and_modify(|n| *n = n.saturating_add(1))
+        .or_insert(1)
+        .to_owned();
+    let delay = requeue_after(attempt, &mut fastrand::Rng::new());
     tracing::warn!(
         policy = %obj.name_any(),
         kind = P::KIND,
@@ -227,5 +229,41 @@ fn record_violation_metrics(ctx: &Context, policy: &str, outcome: &Outcome) {
                 ctx.metrics.violations.remove(&labels);
             }
         }
+    }
+}
+
+/// The delay before retry number `attempt` of a failed reconcile.
+fn requeue_after(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    // Never a hot loop, whatever the jitter draws.
+    backoff
+        .delay(attempt, Duration::ZERO, rng, None)
+        .max(Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_within_bounds() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for attempt in 1..=40 {
+            let ceiling = Duration::from_millis(500)
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(Duration::from_secs(60));
+            for _ in 0..50 {
+                let delay = requeue_after(attempt, &mut rng);
+                assert!(delay >= Duration::from_millis(100), "{attempt}: {delay:?}");
+                assert!(
+                    delay <= ceiling.max(Duration::from_millis(100)),
+                    "{attempt}: {delay:?}"
+                );
+            }
+        }
+        // Late attempts spread over the whole minute.
+        let late: Vec<Duration> = (0..200).map(|_| requeue_after(30, &mut rng)).collect();
+        assert!(late.iter().any(|d| *d > Duration::from_secs(30)));
+        assert!(late.iter().any(|d| *d < Duration::from_secs(30)));
     }
 }

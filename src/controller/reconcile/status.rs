@@ -132,13 +132,13 @@ pub(super) fn build_status<P: PolicyObject>(
                     .map(|image| match t.get(image) {
                         Some(Ok(digest)) => ResolvedImage {
                             image: image.clone(),
-                            digest: Some(digest.clone()),
+                            digest: Some(digest.to_string()),
                             error: None,
                         },
                         Some(Err(e)) => ResolvedImage {
                             image: image.clone(),
                             digest: None,
-                            error: Some(e.clone()),
+                            error: Some(e.reason.clone()),
                         },
                         None => ResolvedImage {
                             image: image.clone(),

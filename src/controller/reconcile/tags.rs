@@ -2,10 +2,15 @@
 //! registry within per-tag budgets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::controller::Context;
+use crate::image::Digest;
 use crate::policy::Policy;
+use crate::registry::ResolveError;
 
 /// The tags whose registry `policy` lists in `images.allowedRegistries`,
 /// or the operator's `--registry-allow` allows, and the others, which are
@@ -30,7 +35,7 @@ pub(super) fn split_listed(
 }
 
 /// Tag -> digest answers, as of the last resolution.
-pub(crate) type TagSnapshot = HashMap<String, Result<String, String>>;
+pub(crate) type TagSnapshot = HashMap<String, Result<Digest, ResolveError>>;
 
 /// Budget of one tag lookup.
 pub(super) const TAG_BUDGET: Duration = Duration::from_secs(5);
@@ -45,9 +50,7 @@ pub(super) const REGISTRIES_AT_ONCE: usize = 8;
 pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
     use futures::StreamExt as _;
     let fresh = |ctx: &Context| -> (TagSnapshot, Vec<String>) {
-        let Ok(tags) = ctx.tags.lock() else {
-            return (TagSnapshot::new(), Vec::new());
-        };
+        let tags = ctx.tags.lock().unwrap_or_else(PoisonError::into_inner);
         let mut snapshot = TagSnapshot::new();
         let mut stale = Vec::new();
         for image in wanted {
@@ -81,12 +84,12 @@ pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> Ta
     let lookup = |image: String| async move {
         let answer = match crate::image::Reference::parse(&image) {
             Ok(reference) => {
-                probity_probe::deadline::scope(TAG_BUDGET, registry.digest(&reference))
-                    .await
-                    .map(|d| d.to_string())
-                    .map_err(|e| e.reason)
+                probity_probe::deadline::scope(TAG_BUDGET, registry.digest(&reference)).await
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ResolveError {
+                image: image.clone(),
+                reason: e.to_string(),
+            }),
         };
         (image, answer)
     };
@@ -96,12 +99,13 @@ pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> Ta
             .buffer_unordered(PER_REGISTRY)
             .collect::<Vec<_>>()
     });
-    let answers: Vec<(String, Result<String, String>)> = futures::stream::iter(groups)
+    let answers: Vec<(String, Result<Digest, ResolveError>)> = futures::stream::iter(groups)
         .buffer_unordered(REGISTRIES_AT_ONCE)
         .flat_map(futures::stream::iter)
         .collect()
         .await;
-    if let Ok(mut tags) = ctx.tags.lock() {
+    {
+        let mut tags = ctx.tags.lock().unwrap_or_else(PoisonError::into_inner);
         for (image, answer) in &answers {
             tags.insert(image.clone(), (answer.clone(), Instant::now()));
         }

@@ -25,9 +25,9 @@ mod prb900_invalid_exemption;
 
 use super::pod::{Container, Probe};
 
-use crate::image::Reference;
 use super::spec::ReadinessPolicySpec;
 use super::workload::Workload;
+use crate::image::Reference;
 
 /// What every rule declares about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,12 @@
 //! Runs a local control plane until interrupted, for manual experiments,
 //! and the narrated tour `make demo` runs.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the demo waits on real processes in wall time"
+)]
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use probity_testenv::{Binaries, Options, TestEnv};

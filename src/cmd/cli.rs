@@ -191,6 +191,16 @@ pub(crate) struct OperatorArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..))]
     pub(crate) restart_window: u64,
 
+    /// Seconds between the first SIGTERM and the end of work: /readyz fails
+    /// at once while webhooks and caches keep serving, so endpoint removal
+    /// reaches the API server first. A second signal stops at once.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub(crate) drain_delay: u64,
+
+    /// Seconds in-flight admission reviews get after the drain delay.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) drain_deadline: u64,
+
     /// Apply the CRDs at start (for local runs; Helm installs them otherwise).
     #[arg(long)]
     pub(crate) install_crds: bool,

@@ -1,18 +1,21 @@
-//! `probity operator`.
+//! `probity operator`: arguments to [`Options`], signals to shutdown
+//! requests, and the async runtime around [`controller::run`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::Stream;
 use probity::admission::certs::SelfManaged;
 use probity::controller::{self, LeaseOptions, Options, TlsSource, WebhookOptions};
 use probity::registry::{self, DockerConfig, RegistryClient};
-use std::sync::Arc;
 
-use crate::cli::OperatorArgs;
+use super::Exit;
+use super::cli::OperatorArgs;
 
-/// Runs until SIGTERM or SIGINT; exit status 0 after a clean stop, 1 on a
-/// fatal error.
-pub(crate) fn run(args: &OperatorArgs) -> u8 {
+/// Runs until a shutdown completes: [`Exit::Success`] after a clean stop,
+/// [`Exit::Failed`] on a fatal error.
+pub(super) fn run(args: &OperatorArgs) -> Exit {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,20 +24,22 @@ pub(crate) fn run(args: &OperatorArgs) -> u8 {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
             eprintln!("probity: cannot start the async runtime: {e}");
-            return 1;
+            return Exit::Failed;
         }
     };
     match runtime.block_on(operate(args)) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Success,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "operator failed");
             eprintln!("probity: {e:#}");
-            1
+            Exit::Failed
         }
     }
 }
 
 async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
+    // Listen first: a signal during start-up is a shutdown request too.
+    let signals = signals().context("listening for SIGTERM and SIGINT")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (set KUBECONFIG or run in a pod)")?;
@@ -43,6 +48,13 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
             .await
             .context("installing CRDs")?;
     }
+    let options = options(args)?;
+    controller::run(client, options, signals).await?;
+    Ok(())
+}
+
+/// Everything the command line says about how the operator runs.
+fn options(args: &OperatorArgs) -> anyhow::Result<Options> {
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -52,6 +64,8 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
     let mut options = Options::new(&identity);
     options.admin_addr = args.admin_addr;
     options.restart_window = Duration::from_secs(args.restart_window);
+    options.drain_delay = Duration::from_secs(args.drain_delay);
+    options.drain_deadline = Duration::from_secs(args.drain_deadline);
     if args.leader_election {
         let mut lease = LeaseOptions::new(&args.lease_name, &args.lease_namespace, &identity);
         lease.lease_duration = Duration::from_secs(args.lease_duration);
@@ -74,8 +88,7 @@ async fn operate(args: &OperatorArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.webhook_addr {
         options.webhooks = Some(webhook_options(args, addr, registry));
     }
-    controller::run(client, options, shutdown_signal()).await?;
-    Ok(())
+    Ok(options)
 }
 
 fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
@@ -133,19 +146,21 @@ fn webhook_options(
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
+/// One item per SIGTERM (what the kubelet sends) or SIGINT: the first
+/// starts the drain, the second aborts it.
+fn signals() -> std::io::Result<impl Stream<Item = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
+    Ok(futures::stream::unfold(
+        (term, int),
+        |(mut term, mut int)| async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "shutdown signal received");
+            Some(((), (term, int)))
+        },
+    ))
 }

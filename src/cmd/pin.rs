@@ -7,23 +7,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use probity::manifest::input::{self, Input};
-use probity::pin::{self, Site};
 use probity::image::{Digest, Reference};
-use probity::registry::{self, DockerConfig, RegistryClient};
+use probity::manifest::{self, Input};
+use probity::pin::{self, Site};
+use probity::registry::{self, DockerConfig, RegistryClient, ResolveError};
 
-use crate::cli::PinArgs;
+use super::cli::PinArgs;
+use super::{Exit, Output};
 
 /// Registry calls in flight at once.
 const CONCURRENCY: usize = 8;
 
-pub(crate) fn run(args: &PinArgs) -> u8 {
+pub(super) fn run(args: &PinArgs) -> Exit {
     let mut err = std::io::stderr().lock();
     let credentials = match credentials(args) {
         Ok(c) => c,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
-            return 2;
+            return Exit::Error;
         }
     };
     let client = match RegistryClient::new(registry::Options {
@@ -35,10 +36,10 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            return 2;
+            return Exit::Error;
         }
     };
-    let (inputs, unreadable) = input::collect(&args.paths);
+    let (inputs, unreadable) = manifest::collect(&args.paths);
     let mut input_error = false;
     for u in &unreadable {
         let _ = writeln!(err, "error: {u}");
@@ -63,7 +64,7 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
     let resolved = resolve(&client, unique, Duration::from_secs(args.timeout));
 
     let mut unpinned = false;
-    let mut out = std::io::stdout().lock();
+    let mut out = Output::stdout();
     for (input, sites) in files {
         let mut edits = Vec::new();
         for site in sites {
@@ -72,11 +73,11 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
                     let pinned = format!("{}@{digest}", site.image);
                     edits.push((site, pinned));
                 }
-                Some(Err(reason)) => {
+                Some(Err(e)) => {
                     let _ = writeln!(
                         err,
-                        "{}:{}:{}: cannot pin {}: {reason}",
-                        input.name, site.pos.line, site.pos.col, site.image
+                        "{}:{}:{}: cannot pin {}: {}",
+                        input.name, site.pos.line, site.pos.col, site.image, e.reason
                     );
                     unpinned = true;
                 }
@@ -90,12 +91,12 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
         }
         let stdin = input.name == "<stdin>";
         if args.dry_run {
-            let _ = out.write_all(pin::diff(&input.name, &input.text, &after).as_bytes());
+            out.print(&pin::diff(&input.name, &input.text, &after));
             unpinned |= after != input.text;
             continue;
         }
         if stdin {
-            let _ = out.write_all(after.as_bytes());
+            out.print(&after);
         } else if after != input.text
             && let Err(e) = write_atomically(
                 input.path.as_deref().unwrap_or(Path::new(&input.name)),
@@ -116,7 +117,13 @@ pub(crate) fn run(args: &PinArgs) -> u8 {
             }
         }
     }
-    if input_error { 2 } else { u8::from(unpinned) }
+    out.finish(if input_error {
+        Exit::Error
+    } else if unpinned {
+        Exit::Findings
+    } else {
+        Exit::Success
+    })
 }
 
 fn credentials(args: &PinArgs) -> Result<DockerConfig, String> {
@@ -136,7 +143,7 @@ fn resolve(
     client: &RegistryClient,
     references: BTreeMap<String, Reference>,
     timeout: Duration,
-) -> BTreeMap<String, Result<Digest, String>> {
+) -> BTreeMap<String, Result<Digest, ResolveError>> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,16 +152,18 @@ fn resolve(
         Err(e) => {
             return references
                 .into_keys()
-                .map(|image| (image, Err(format!("cannot start the async runtime: {e}"))))
+                .map(|image| {
+                    let reason = format!("cannot start the async runtime: {e}");
+                    (image.clone(), Err(ResolveError { image, reason }))
+                })
                 .collect();
         }
     };
     runtime.block_on(async {
         futures::stream::iter(references)
             .map(|(image, reference)| async move {
-                let result = probity_probe::deadline::scope(timeout, client.digest(&reference))
-                    .await
-                    .map_err(|e| e.reason);
+                let result =
+                    probity_probe::deadline::scope(timeout, client.digest(&reference)).await;
                 (image, result)
             })
             .buffer_unordered(CONCURRENCY)

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use super::cli::LogFormat;
 
 /// Installs the global subscriber.
 pub(crate) fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {

@@ -1,0 +1,92 @@
+//! Standard output for every subcommand: a reader that goes away (`| head`)
+//! is not an error, any other write error is reported once.
+
+use std::io::{self, Write};
+
+use super::Exit;
+
+/// Locked standard output. After a broken pipe, writes are discarded and
+/// succeed; any other error fails the write and is reported by
+/// [`Output::finish`].
+#[derive(Debug)]
+pub(crate) struct Output {
+    out: io::StdoutLock<'static>,
+    closed: bool,
+    failed: Option<io::Error>,
+}
+
+// === impl Output ===
+
+impl Output {
+    pub(crate) fn stdout() -> Self {
+        Self {
+            out: io::stdout().lock(),
+            closed: false,
+            failed: None,
+        }
+    }
+
+    /// Writes all of `text` (see the type for errors).
+    pub(crate) fn print(&mut self, text: &str) {
+        let _ = self.write_all(text.as_bytes());
+    }
+
+    /// Flushes, and maps the outcome to the command's exit status: `exit`
+    /// when everything was written (or the reader left), [`Exit::Error`]
+    /// after saying what failed.
+    pub(crate) fn finish(mut self, exit: Exit) -> Exit {
+        let _ = self.flush();
+        match self.failed.take() {
+            None => exit,
+            Some(e) => {
+                eprintln!("error: writing standard output: {e}");
+                Exit::Error
+            }
+        }
+    }
+
+    fn absorb(&mut self, result: io::Result<()>) -> io::Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => {
+                let reported = io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                Err(reported)
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        if self.failed.is_some() {
+            return Err(io::Error::other("standard output failed earlier"));
+        }
+        match self.out.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => self.absorb(Err(e)).map(|()| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed || self.failed.is_some() {
+            return Ok(());
+        }
+        let result = self.out.flush();
+        self.absorb(result)
+    }
+}
+
+/// Prints `text` in one go: the body of the commands that print a document.
+pub(crate) fn print(text: &str) -> Exit {
+    let mut out = Output::stdout();
+    out.print(text);
+    out.finish(Exit::Success)
+}
