@@ -18,6 +18,8 @@ mod backstop;
 mod context;
 mod crds;
 pub mod drift;
+#[cfg(test)]
+mod fixtures;
 mod guard;
 pub mod leader;
 mod metrics;

@@ -276,3 +276,127 @@ pub(super) async fn report_sync(ctx: Arc<Context>, started: Instant, stop: Stop)
         () = stop => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::Options;
+
+    fn triggers() -> (
+        Triggers,
+        mpsc::UnboundedReceiver<ObjectRef<ReadinessPolicy>>,
+        mpsc::UnboundedReceiver<ObjectRef<ClusterReadinessPolicy>>,
+    ) {
+        let (rp, rp_rx) = mpsc::unbounded();
+        let (crp, crp_rx) = mpsc::unbounded();
+        (Triggers { rp, crp }, rp_rx, crp_rx)
+    }
+
+    fn names<K: kube::Resource>(rx: &mut mpsc::UnboundedReceiver<ObjectRef<K>>) -> Vec<String>
+    where
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r.name);
+        }
+        out.sort();
+        out
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn rp(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_workload_wakes_the_policies_of_its_namespace_that_match_it() {
+        let (ctx, mut caches, _api, _jobs) = Context::test(Options::new("test"));
+        caches.policy(rp("shop", "all", json!({})));
+        caches.policy(rp(
+            "shop",
+            "deployments",
+            json!({"match": {"kinds": ["Deployment"]}}),
+        ));
+        caches.policy(rp(
+            "shop",
+            "cronjobs",
+            json!({"match": {"kinds": ["CronJob"]}}),
+        ));
+        caches.policy(rp(
+            "shop",
+            "team-a",
+            json!({"match": {"selector": {"matchLabels": {"team": "a"}}}}),
+        ));
+        caches.policy(rp("other", "elsewhere", json!({})));
+        let (t, mut rp_rx, mut crp_rx) = triggers();
+
+        t.matching(
+            &ctx,
+            WorkloadKind::Deployment,
+            "shop",
+            &labels(&[("team", "b")]),
+        );
+        assert_eq!(names(&mut rp_rx), ["all", "deployments"]);
+        t.matching(
+            &ctx,
+            WorkloadKind::Deployment,
+            "shop",
+            &labels(&[("team", "a")]),
+        );
+        assert_eq!(names(&mut rp_rx), ["all", "deployments", "team-a"]);
+        t.matching(&ctx, WorkloadKind::StatefulSet, "nowhere", &labels(&[]));
+        assert!(names(&mut rp_rx).is_empty(), "no policy in that namespace");
+        assert!(names(&mut crp_rx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn cluster_policies_wake_for_workloads_in_namespaces_their_selector_picks() {
+        let (ctx, mut caches, _api, _jobs) = Context::test(Options::new("test"));
+        caches.namespace("prod-1", json!({"env": "prod"}));
+        caches.namespace("dev-1", json!({"env": "dev"}));
+        caches.cluster_policy(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+            "metadata": {"name": "prod"},
+            "spec": {"namespaceSelector": {"matchLabels": {"env": "prod"}}},
+        }));
+        caches.cluster_policy(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+            "metadata": {"name": "by-name"},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dev-1"}}},
+        }));
+        caches.cluster_policy(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+            "metadata": {"name": "everywhere"}, "spec": {},
+        }));
+        let (t, mut rp_rx, mut crp_rx) = triggers();
+
+        t.matching(&ctx, WorkloadKind::Deployment, "prod-1", &labels(&[]));
+        assert_eq!(names(&mut crp_rx), ["everywhere", "prod"]);
+        t.matching(&ctx, WorkloadKind::Deployment, "dev-1", &labels(&[]));
+        assert_eq!(
+            names(&mut crp_rx),
+            ["by-name", "everywhere"],
+            "a namespace's own name label is implied"
+        );
+        t.matching(&ctx, WorkloadKind::Pod, "unknown", &labels(&[]));
+        assert_eq!(names(&mut crp_rx), ["everywhere"]);
+        assert!(names(&mut rp_rx).is_empty());
+
+        t.all(&ctx);
+        assert_eq!(names(&mut crp_rx), ["by-name", "everywhere", "prod"]);
+    }
+}

@@ -243,7 +243,53 @@ fn requeue_after(attempt: u32, rng: &mut fastrand::Rng) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::controller::Options;
+    use crate::policy::ReadinessPolicy;
+
+    #[tokio::test]
+    async fn a_reconcile_patches_the_status_it_built_and_requeues_for_the_resync() {
+        let (ctx, _caches, mut api, _jobs) = Context::test(Options::new("test"));
+        ctx.synced.set();
+        let policy: ReadinessPolicy = serde_json::from_value(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u-1", "generation": 3},
+            "spec": {},
+        }))
+        .expect("policy");
+        let task = tokio::spawn(reconcile(Arc::new(policy), Arc::clone(&ctx)));
+
+        let call = api.next("the status patch").await;
+        assert_eq!(call.method, http::Method::PATCH);
+        assert!(
+            call.path.starts_with(
+                "/apis/probity.dev/v1alpha1/namespaces/shop/readinesspolicies/p/status?"
+            ),
+            "{}",
+            call.path
+        );
+        assert!(
+            call.path.contains("fieldManager=probity-operator"),
+            "{}",
+            call.path
+        );
+        let status = &call.body["status"];
+        assert_eq!(status["observedGeneration"], 3, "{status}");
+        assert_eq!(status["matched"], 0, "{status}");
+        assert_eq!(status["violating"], 0, "{status}");
+        let reply = json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u-1", "generation": 3},
+            "spec": {}, "status": status,
+        });
+        call.reply(200, &reply);
+
+        let action = task.await.expect("joined").expect("reconciled");
+        assert_eq!(action, Action::requeue(ctx.options.resync));
+        assert!(api.idle(), "one write, nothing else");
+    }
 
     #[test]
     fn failed_reconciles_back_off_within_bounds() {

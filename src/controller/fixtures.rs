@@ -1,0 +1,175 @@
+//! Test fixtures: a [`Context`] whose client talks to a mock API server the
+//! test answers request by request, and writable caches behind its stores.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::{mpsc, oneshot};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+
+use super::leader::Leadership;
+use super::metrics::Metrics;
+use super::reconcile::EventJob;
+use super::store::{PodIndex, Slim};
+use super::{Context, Options, Synced};
+use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
+
+type Exchange = (
+    http::Request<kube::client::Body>,
+    oneshot::Sender<http::Response<String>>,
+);
+
+/// The other end of the test client: every request it sends waits here
+/// until the test answers it.
+pub(crate) struct ApiServer {
+    requests: mpsc::UnboundedReceiver<Exchange>,
+}
+
+/// One request the client sent, to inspect and answer.
+pub(crate) struct Call {
+    pub(crate) method: http::Method,
+    pub(crate) path: String,
+    pub(crate) body: serde_json::Value,
+    respond: oneshot::Sender<http::Response<String>>,
+}
+
+/// The writers behind the context's stores.
+pub(crate) struct Caches {
+    pub(crate) policies: Writer<ReadinessPolicy>,
+    pub(crate) cluster_policies: Writer<ClusterReadinessPolicy>,
+    pub(crate) namespaces: Writer<PartialObjectMeta<Namespace>>,
+}
+
+// === impl ApiServer ===
+
+impl ApiServer {
+    /// The next request, or a panic naming what was expected.
+    pub(crate) async fn next(&mut self, expected: &str) -> Call {
+        use futures::StreamExt as _;
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), self.requests.next());
+        let Ok(Some((request, respond))) = next.await else {
+            panic!("the client sent no request; expected {expected}");
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Call {
+            method: parts.method,
+            path: parts.uri.to_string(),
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            respond,
+        }
+    }
+
+    /// Whether a request is waiting, without waiting for one.
+    pub(crate) fn idle(&mut self) -> bool {
+        self.requests.try_recv().is_err()
+    }
+}
+
+// === impl Call ===
+
+impl Call {
+    /// Answers with `status` and a JSON body.
+    pub(crate) fn reply(self, status: u16, body: &serde_json::Value) {
+        let response = http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .unwrap_or_default();
+        let _ = self.respond.send(response);
+    }
+}
+
+// === impl Caches ===
+
+impl Caches {
+    pub(crate) fn policy(&mut self, value: serde_json::Value) {
+        let policy = serde_json::from_value(value).expect("a ReadinessPolicy");
+        self.policies
+            .apply_watcher_event(&watcher::Event::Apply(policy));
+    }
+
+    pub(crate) fn cluster_policy(&mut self, value: serde_json::Value) {
+        let policy = serde_json::from_value(value).expect("a ClusterReadinessPolicy");
+        self.cluster_policies
+            .apply_watcher_event(&watcher::Event::Apply(policy));
+    }
+
+    pub(crate) fn namespace(&mut self, name: &str, labels: serde_json::Value) {
+        let ns = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        }))
+        .expect("a Namespace");
+        self.namespaces
+            .apply_watcher_event(&watcher::Event::Apply(ns));
+    }
+}
+
+// === impl Context ===
+
+impl Context {
+    /// A context on a mock API server, with empty caches, leading always.
+    pub(crate) fn test(
+        options: Options,
+    ) -> (
+        Arc<Context>,
+        Caches,
+        ApiServer,
+        mpsc::UnboundedReceiver<EventJob>,
+    ) {
+        let (tx, requests) = mpsc::unbounded::<Exchange>();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let tx = tx.clone();
+            async move {
+                let (respond, answer) = oneshot::channel();
+                tx.unbounded_send((request, respond))
+                    .map_err(|_| "the test's API server is gone".to_owned())?;
+                answer
+                    .await
+                    .map_err(|_| "the test dropped the request".to_owned())
+            }
+        });
+        let client = kube::Client::new(service, "default");
+        let policies = Writer::<ReadinessPolicy>::default();
+        let cluster_policies = Writer::<ClusterReadinessPolicy>::default();
+        let namespaces = Writer::<PartialObjectMeta<Namespace>>::default();
+        let workloads = WorkloadKind::ALL
+            .into_iter()
+            .map(|kind| (kind, Writer::<Slim>::new(kind).as_reader()))
+            .collect();
+        let (events, jobs) = mpsc::unbounded();
+        let ctx = Arc::new(Context {
+            client,
+            backstop: options.backstop.clone().map(super::backstop::Backstop::new),
+            options,
+            workloads,
+            namespaces: namespaces.as_reader(),
+            pods: PodIndex::default(),
+            policies: policies.as_reader(),
+            cluster_policies: cluster_policies.as_reader(),
+            cache: super::reconcile::EvalCache::default(),
+            seen_events: Mutex::new(HashMap::new()),
+            events,
+            failures: Mutex::new(HashMap::new()),
+            leadership: Leadership::always(),
+            metrics: Arc::new(Metrics::new()),
+            synced: Synced::default(),
+            policies_listed: Synced::default(),
+            cluster_policies_listed: Synced::default(),
+            tags: Mutex::new(HashMap::new()),
+        });
+        let caches = Caches {
+            policies,
+            cluster_policies,
+            namespaces,
+        };
+        (ctx, caches, ApiServer { requests }, jobs)
+    }
+}
