@@ -41,8 +41,11 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod breaker;
 pub mod bulkhead;
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod deadline;

@@ -112,6 +112,26 @@ impl Caches {
     }
 }
 
+/// A client whose every request waits for the test to answer it.
+pub(crate) fn client() -> (kube::Client, ApiServer) {
+    let (tx, requests) = mpsc::unbounded::<Exchange>();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let tx = tx.clone();
+        async move {
+            let (respond, answer) = oneshot::channel();
+            tx.unbounded_send((request, respond))
+                .map_err(|_| "the test's API server is gone".to_owned())?;
+            answer
+                .await
+                .map_err(|_| "the test dropped the request".to_owned())
+        }
+    });
+    (
+        kube::Client::new(service, "default"),
+        ApiServer { requests },
+    )
+}
+
 // === impl Context ===
 
 impl Context {
@@ -124,19 +144,7 @@ impl Context {
         ApiServer,
         mpsc::UnboundedReceiver<EventJob>,
     ) {
-        let (tx, requests) = mpsc::unbounded::<Exchange>();
-        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-            let tx = tx.clone();
-            async move {
-                let (respond, answer) = oneshot::channel();
-                tx.unbounded_send((request, respond))
-                    .map_err(|_| "the test's API server is gone".to_owned())?;
-                answer
-                    .await
-                    .map_err(|_| "the test dropped the request".to_owned())
-            }
-        });
-        let client = kube::Client::new(service, "default");
+        let (client, api) = client();
         let policies = Writer::<ReadinessPolicy>::default();
         let cluster_policies = Writer::<ClusterReadinessPolicy>::default();
         let namespaces = Writer::<PartialObjectMeta<Namespace>>::default();
@@ -170,6 +178,6 @@ impl Context {
             cluster_policies,
             namespaces,
         };
-        (ctx, caches, ApiServer { requests }, jobs)
+        (ctx, caches, api, jobs)
     }
 }

@@ -369,6 +369,115 @@ mod tests {
         assert_eq!(slow, Err(Fenced::TimedOut(Duration::from_secs(5))));
     }
 
+    fn lease(holder: &str, renewed: &str, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "lease", "namespace": "ns", "resourceVersion": version},
+            "spec": {
+                "holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": renewed, "leaseTransitions": 4,
+            },
+        })
+    }
+
+    fn elector() -> (Elector, crate::controller::fixtures::ApiServer) {
+        let (client, api) = crate::controller::fixtures::client();
+        let elector = Elector {
+            api: Api::namespaced(client, "ns"),
+            options: LeaseOptions::new("lease", "ns", "me"),
+            observed: None,
+        };
+        (elector, api)
+    }
+
+    /// One election round in which the API server answers the GET with
+    /// `current`.
+    async fn round(
+        elector: &mut Elector,
+        api: &mut crate::controller::fixtures::ApiServer,
+        current: &serde_json::Value,
+    ) -> (bool, Option<String>) {
+        let serve = async {
+            let call = api.next("GET of the lease").await;
+            assert_eq!(call.method, http::Method::GET);
+            assert_eq!(
+                call.path,
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/lease"
+            );
+            call.reply(200, current);
+        };
+        let (result, ()) = tokio::join!(elector.try_acquire_or_renew(), serve);
+        result.expect("a round")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_takes_over_only_after_the_record_sat_unchanged_for_a_lease_duration() {
+        let (mut elector, mut api) = elector();
+        let held = lease("other", "2026-01-01T00:00:00.000000Z", "7");
+        assert_eq!(
+            round(&mut elector, &mut api, &held).await,
+            (false, Some("other".to_owned()))
+        );
+        tokio::time::advance(Duration::from_secs(14)).await;
+        assert_eq!(
+            round(&mut elector, &mut api, &held).await,
+            (false, Some("other".to_owned())),
+            "14 s of an unchanged 15 s lease is not expired"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let serve = async {
+            let get = api.next("GET of the lease").await;
+            get.reply(200, &held);
+            let put = api.next("the takeover").await;
+            assert_eq!(put.method, http::Method::PUT);
+            assert_eq!(put.body["spec"]["holderIdentity"], "me");
+            assert_eq!(put.body["spec"]["leaseTransitions"], 5);
+            assert_eq!(
+                put.body["metadata"]["resourceVersion"], "7",
+                "the write is conditional on the record read"
+            );
+            put.reply(200, &lease("me", "2026-01-01T00:00:15.000000Z", "8"));
+        };
+        let (result, ()) = tokio::join!(elector.try_acquire_or_renew(), serve);
+        assert_eq!(result.expect("a round"), (true, Some("me".to_owned())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_record_restarts_the_standbys_clock_and_a_lost_race_is_not_leadership() {
+        let (mut elector, mut api) = elector();
+        round(
+            &mut elector,
+            &mut api,
+            &lease("other", "2026-01-01T00:00:00.000000Z", "7"),
+        )
+        .await;
+        tokio::time::advance(Duration::from_secs(16)).await;
+        let renewed = lease("other", "2026-01-01T00:00:10.000000Z", "9");
+        assert_eq!(
+            round(&mut elector, &mut api, &renewed).await,
+            (false, Some("other".to_owned())),
+            "the holder renewed: its lease runs from when we saw that"
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let serve = async {
+            api.next("GET of the lease").await.reply(200, &renewed);
+            let put = api.next("the takeover").await;
+            put.reply(
+                409,
+                &serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "reason": "Conflict", "code": 409, "message": "the object has been modified",
+                }),
+            );
+        };
+        let (result, ()) = tokio::join!(elector.try_acquire_or_renew(), serve);
+        assert_eq!(
+            result.expect("a round"),
+            (false, Some("other".to_owned())),
+            "another standby won the write"
+        );
+    }
+
     #[tokio::test]
     async fn leadership_lapses_after_the_renew_deadline() {
         let stale = elected(Instant::now().checked_sub(Duration::from_secs(11)));

@@ -27,9 +27,12 @@
 //! a handful of atomic adds. Permits are drop guards: a call whose future
 //! is dropped releases its permit and counts as [`OnCancel`] says.
 
+mod builder;
 mod config;
 pub mod error;
 mod layer;
+mod permit;
+mod state;
 mod window;
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -39,90 +42,17 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+pub use builder::Builder;
 pub use config::{Config, HalfOpen, OnCancel, Window};
 pub use error::Open;
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, Classify, ResponseFuture};
+pub use permit::{OwnedPermit, Permit};
+pub use state::{State, Transition, Verdict};
 pub use window::Snapshot;
 
+use permit::{PermitKind, SharedRef, permit};
+
 use window::{CountWindow, Outcome, TimeWindow};
-
-/// Breaker state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Calls flow; outcomes are counted.
-    Closed,
-    /// Calls are rejected until the open duration passes.
-    Open,
-    /// Trial calls decide between closing and reopening.
-    HalfOpen,
-    /// Opened by hand: rejects until [`CircuitBreaker::reset`].
-    ForcedOpen,
-    /// Disabled by hand: admits everything, counts nothing.
-    Disabled,
-}
-
-impl State {
-    const ALL: [State; 5] = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::Disabled,
-    ];
-
-    /// `closed`, `open`, `half-open`, `forced-open` or `disabled`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Closed => "closed",
-            State::Open => "open",
-            State::HalfOpen => "half-open",
-            State::ForcedOpen => "forced-open",
-            State::Disabled => "disabled",
-        }
-    }
-
-    /// Whether calls are being rejected.
-    pub fn is_open(self) -> bool {
-        matches!(self, State::Open | State::ForcedOpen)
-    }
-
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(code: u8) -> State {
-        State::ALL
-            .get(usize::from(code))
-            .copied()
-            .unwrap_or(State::Closed)
-    }
-}
-
-/// How a finished call counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The dependency did its job.
-    Success,
-    /// The dependency failed.
-    Failure,
-    /// The dependency failed and asked to be left alone this long
-    /// (`Retry-After`); the longest hint since the last opening extends
-    /// the next open period, up to the maximum.
-    FailureRetryAfter(Duration),
-    /// Says nothing about the dependency (a validation error, a 404).
-    Ignore,
-}
-
-/// A state change, as sent to [`CircuitBreaker::subscribe`] receivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    /// State before.
-    pub from: State,
-    /// State after.
-    pub to: State,
-    /// The window when it happened.
-    pub snapshot: Snapshot,
-}
 
 /// A circuit breaker. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
@@ -164,158 +94,6 @@ struct SlowPath {
     /// Probes(n): trials admitted, and their outcomes so far.
     admitted: u32,
     results: Snapshot,
-}
-
-/// Builds a [`CircuitBreaker`].
-#[derive(Debug, Clone, Default)]
-pub struct Builder {
-    config: Config,
-}
-
-impl Builder {
-    /// Judge by the last `n` calls.
-    pub fn count_window(mut self, n: u32) -> Self {
-        self.config.window = Window::Count(n);
-        self
-    }
-
-    /// Judge by the calls of the last `seconds` seconds.
-    pub fn time_window(mut self, seconds: u32) -> Self {
-        self.config.window = Window::Time(seconds);
-        self
-    }
-
-    /// Calls the window must hold before the breaker may open.
-    pub fn minimum_calls(mut self, n: u32) -> Self {
-        self.config.minimum_calls = n;
-        self
-    }
-
-    /// Open when the failure rate reaches `rate` (0 < rate <= 1).
-    pub fn failure_rate(mut self, rate: f64) -> Self {
-        self.config.failure_rate = rate;
-        self
-    }
-
-    /// Calls slower than `slower_than` are slow, even when they succeed;
-    /// open when the slow rate reaches `rate`.
-    pub fn slow_call(mut self, slower_than: Duration, rate: f64) -> Self {
-        self.config.slow_call = Some((slower_than, rate));
-        self
-    }
-
-    /// Stay open `base`, multiplied by `backoff` for each consecutive
-    /// opening (1.0 disables it), up to `max`.
-    pub fn open_for(mut self, base: Duration, backoff: f64, max: Duration) -> Self {
-        self.config.open_base = base;
-        self.config.backoff = backoff.max(1.0);
-        self.config.open_max = max;
-        self
-    }
-
-    /// Jitter of the open duration as a fraction (default 0.1), and an
-    /// optional seed for repeatable tests.
-    pub fn jitter(mut self, fraction: f64, seed: Option<u64>) -> Self {
-        self.config.jitter = fraction.clamp(0.0, 1.0);
-        self.config.seed = seed;
-        self
-    }
-
-    /// How the half-open state admits trials.
-    pub fn half_open(mut self, mode: HalfOpen) -> Self {
-        self.config.half_open = mode;
-        self
-    }
-
-    /// What a dropped, unfinished call counts as.
-    pub fn on_cancel(mut self, outcome: OnCancel) -> Self {
-        self.config.on_cancel = outcome;
-        self
-    }
-
-    /// Validates the configuration.
-    ///
-    /// # Errors
-    ///
-    /// [`error::Misconfigured`] for a rate outside `(0, 1]`, a zero window,
-    /// minimum or probe count, or an open duration of zero or above its
-    /// maximum.
-    pub fn build(self) -> Result<CircuitBreaker, error::Misconfigured> {
-        self.config.validate()?;
-        let config = self.config;
-        let window = match config.window {
-            Window::Count(n) => Windowed::Count(CountWindow::new(n)),
-            Window::Time(n) => Windowed::Time(TimeWindow::new(n)),
-        };
-        let rng = match config.seed {
-            Some(seed) => fastrand::Rng::with_seed(seed),
-            None => fastrand::Rng::new(),
-        };
-        Ok(CircuitBreaker {
-            shared: Arc::new(Shared {
-                origin: Instant::now(),
-                state: AtomicU8::new(State::Closed.code()),
-                generation: AtomicU64::new(0),
-                open_until: AtomicU64::new(0),
-                hint_ms: AtomicU64::new(0),
-                window,
-                slow: Mutex::new(SlowPath {
-                    consecutive_openings: 0,
-                    rng,
-                    trial: None,
-                    next_trial: 0,
-                    admitted: 0,
-                    results: Snapshot::default(),
-                }),
-                events: broadcast::channel(64).0,
-                current: watch::Sender::new(State::Closed),
-                config,
-            }),
-        })
-    }
-}
-
-/// Admission to one call. Record the outcome with [`Permit::record`];
-/// dropping it unrecorded counts as the breaker's [`OnCancel`].
-#[derive(Debug)]
-#[must_use = "a permit records the call's outcome; dropping it counts as cancelled"]
-pub struct Permit<'a> {
-    shared: SharedRef<'a>,
-    generation: u64,
-    started: Option<Instant>,
-    kind: PermitKind,
-    done: bool,
-}
-
-/// The breaker a permit belongs to: borrowed on the direct path (no
-/// reference-count traffic), owned where the permit must be `'static`.
-#[derive(Debug)]
-enum SharedRef<'a> {
-    Borrowed(&'a Shared),
-    Owned(Arc<Shared>),
-}
-
-impl std::ops::Deref for SharedRef<'_> {
-    type Target = Shared;
-
-    #[inline]
-    fn deref(&self) -> &Shared {
-        match self {
-            SharedRef::Borrowed(s) => s,
-            SharedRef::Owned(s) => s,
-        }
-    }
-}
-
-/// A permit that owns a reference to its breaker, for futures that must
-/// be `'static` (the tower layer).
-pub type OwnedPermit = Permit<'static>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PermitKind {
-    Closed,
-    Trial(u64),
-    Uncounted,
 }
 
 impl CircuitBreaker {
@@ -498,100 +276,6 @@ pub enum Rejected<E> {
     /// The call ran and failed.
     #[error("{0}")]
     Inner(E),
-}
-
-#[inline]
-fn permit(shared: SharedRef<'_>, kind: PermitKind) -> Permit<'_> {
-    let generation = shared.generation.load(Ordering::Acquire);
-    let started =
-        (shared.config.slow_call.is_some() && kind != PermitKind::Uncounted).then(Instant::now);
-    Permit {
-        shared,
-        generation,
-        started,
-        kind,
-        done: false,
-    }
-}
-
-impl Permit<'_> {
-    /// Records how the call went.
-    #[inline]
-    pub fn record(mut self, verdict: Verdict) {
-        self.done = true;
-        // The closed path's common case: one success, no timing.
-        if verdict == Verdict::Success
-            && self.kind == PermitKind::Closed
-            && self.started.is_none()
-            && let Windowed::Count(w) = &self.shared.window
-            && self.shared.generation.load(Ordering::Relaxed) == self.generation
-        {
-            w.record(Outcome::Success);
-            return;
-        }
-        self.finish(Some(verdict));
-    }
-
-    #[inline]
-    fn finish(&self, verdict: Option<Verdict>) {
-        let s = &self.shared;
-        let verdict = match verdict {
-            Some(v) => v,
-            None => match s.config.on_cancel {
-                OnCancel::Ignore => Verdict::Ignore,
-                OnCancel::Failure => Verdict::Failure,
-            },
-        };
-        if let Verdict::FailureRetryAfter(hint) = verdict {
-            let ms = u64::try_from(hint.min(s.config.open_max).as_millis()).unwrap_or(u64::MAX);
-            s.hint_ms.fetch_max(ms, Ordering::AcqRel);
-        }
-        let failed = matches!(verdict, Verdict::Failure | Verdict::FailureRetryAfter(_));
-        let slow = match (self.started, s.config.slow_call) {
-            (Some(started), Some((threshold, _))) => started.elapsed() > threshold,
-            _ => false,
-        };
-        let outcome = match (failed, slow) {
-            (false, false) => Outcome::Success,
-            (true, false) => Outcome::Failure,
-            (false, true) => Outcome::SlowSuccess,
-            (true, true) => Outcome::SlowFailure,
-        };
-        let ignored = verdict == Verdict::Ignore;
-        match self.kind {
-            PermitKind::Uncounted => {}
-            PermitKind::Closed => {
-                if ignored || s.generation.load(Ordering::Acquire) != self.generation {
-                    return;
-                }
-                let now = match s.window {
-                    Windowed::Count(ref w) => {
-                        w.record(outcome);
-                        None
-                    }
-                    Windowed::Time(ref w) => {
-                        let now = Instant::now();
-                        w.record(s.second(now), outcome);
-                        Some(now)
-                    }
-                };
-                if outcome != Outcome::Success {
-                    s.evaluate(now.unwrap_or_else(Instant::now));
-                }
-            }
-            PermitKind::Trial(id) => s.trial_done(id, self.generation, outcome, ignored),
-        }
-    }
-}
-
-impl Drop for Permit<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.finish(None);
-        }
-    }
 }
 
 impl Shared {

@@ -134,6 +134,7 @@ pub fn propagate(
     Ok(Some(budget))
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 #[cfg(feature = "reqwest")]
 pub mod reqwest_ext {
     //! Deadline propagation for reqwest.

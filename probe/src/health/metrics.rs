@@ -40,6 +40,7 @@ impl Health {
     /// assert!(text.contains("probity_health_probe_up{probe=\"livez\"} 1"));
     /// # }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(HealthCollector {
             health: self.clone(),

@@ -62,6 +62,7 @@ pub use check::{
 };
 pub use dependency::Dependency;
 pub use error::Misconfigured;
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 #[cfg(feature = "grpc")]
 pub use grpc::GrpcHealth;
 pub use liveness::Heartbeat;

@@ -135,6 +135,7 @@ mod deadpool_pool {
     use super::{Load, Saturation};
 
     /// A `deadpool` pool's checked-out objects out of its `max_size`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
     impl<M: deadpool::managed::Manager + 'static> Saturation for deadpool::managed::Pool<M>
     where
         M::Type: Send,
@@ -155,6 +156,7 @@ mod sqlx_pool {
     use super::{Load, Saturation};
 
     /// A `sqlx` pool's connections in use out of `max_connections`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
     impl<DB: sqlx::Database> Saturation for sqlx::Pool<DB> {
         fn load(&self) -> Load {
             Load {

@@ -22,17 +22,16 @@
 //! # drop(app);
 //! ```
 
+mod layer;
+
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use tower::{Layer, Service};
+pub use layer::LoadShed;
 
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::health::{Health, Phase};
-use crate::refuse::{ResponseFuture, refuse};
 
 /// Why a request was shed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,52 +152,5 @@ impl LoadShedLayer {
                     .unwrap_or_else(PoisonError::into_inner)
                     .f64();
         base.mul_f64(factor).as_secs_f64().ceil().max(1.0) as u64
-    }
-}
-
-impl<S> Layer<S> for LoadShedLayer {
-    type Service = LoadShed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LoadShed {
-            inner,
-            config: self.clone(),
-        }
-    }
-}
-
-/// The service [`LoadShedLayer`] produces.
-#[derive(Debug, Clone)]
-pub struct LoadShed<S> {
-    inner: S,
-    config: LoadShedLayer,
-}
-
-impl<S, B, R> Service<Request<B>> for LoadShed<S>
-where
-    S: Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: From<&'static str> + Send + 'static,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = ResponseFuture<R, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(reason) = self.config.should_shed() else {
-            return Box::pin(self.inner.call(req));
-        };
-        let body = reason.body();
-        tracing::debug!(reason = body.trim_end(), "shedding request");
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            body,
-            Some(self.config.retry_after_secs()),
-        )
     }
 }

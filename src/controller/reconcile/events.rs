@@ -189,3 +189,117 @@ pub(crate) async fn publish_events(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::evaluate::WorkloadRef;
+    use super::*;
+    use crate::controller::Options;
+    use crate::controller::store::WorkloadKey;
+    use crate::policy::{WorkloadKind, rules};
+
+    fn found(rule: &str, container: &str, message: &str) -> Found {
+        Found {
+            rule: rules::find(rule).expect("a rule"),
+            container: Some(container.to_owned()),
+            message: message.to_owned(),
+            exempt: false,
+        }
+    }
+
+    fn violating(uid: &str, found: Vec<Found>) -> (WorkloadRef, Vec<Found>) {
+        let key = WorkloadKey {
+            kind: WorkloadKind::Deployment,
+            namespace: "shop".to_owned(),
+            name: format!("web-{uid}"),
+        };
+        (
+            WorkloadRef {
+                key,
+                uid: uid.to_owned(),
+            },
+            found,
+        )
+    }
+
+    fn drain(jobs: &mut mpsc::UnboundedReceiver<EventJob>) -> Vec<EventJob> {
+        let mut out = Vec::new();
+        while let Ok(job) = jobs.try_recv() {
+            out.push(job);
+        }
+        out
+    }
+
+    /// What `publish_events` records after a successful publish.
+    fn published(ctx: &Context, job: &EventJob) {
+        ctx.seen_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(job.key.clone())
+            .or_default()
+            .insert(job.rule.clone(), job.fingerprint);
+    }
+
+    #[tokio::test]
+    async fn one_event_per_workload_and_rule_again_only_when_its_findings_change() {
+        let (ctx, _caches, _api, mut jobs) = Context::test(Options::new("test"));
+        let policy = Policy::builtin();
+        let outcome = |message: &str| Outcome {
+            violations: vec![violating(
+                "u1",
+                vec![
+                    found("PRB001", "web", message),
+                    found("PRB001", "sidecar", "nginx:latest"),
+                    found("PRB101", "web", "no readiness probe"),
+                ],
+            )],
+            ..Outcome::default()
+        };
+
+        queue_events(&ctx, &policy, "p1", &outcome("nginx:latest"));
+        let first = drain(&mut jobs);
+        let rules: Vec<&str> = first.iter().map(|j| j.rule.as_str()).collect();
+        assert_eq!(rules, ["PRB001", "PRB101"], "one Event per rule");
+        assert_eq!(first[0].reason, "ImageLatestTag");
+        assert!(
+            first[0]
+                .note
+                .contains("container web: nginx:latest; container sidecar"),
+            "{}",
+            first[0].note
+        );
+        assert_eq!(first[0].regarding.uid.as_deref(), Some("u1"));
+        for job in &first {
+            published(&ctx, job);
+        }
+
+        queue_events(&ctx, &policy, "p1", &outcome("nginx:latest"));
+        assert!(drain(&mut jobs).is_empty(), "nothing changed: no Event");
+
+        queue_events(&ctx, &policy, "p1", &outcome("nginx:1-latest"));
+        let changed = drain(&mut jobs);
+        assert_eq!(changed.len(), 1, "only the rule whose findings changed");
+        assert_eq!(changed[0].rule, "PRB001");
+    }
+
+    #[tokio::test]
+    async fn a_workload_that_stops_violating_is_forgotten_and_warned_again_if_it_relapses() {
+        let (ctx, _caches, _api, mut jobs) = Context::test(Options::new("test"));
+        let policy = Policy::builtin();
+        let bad = Outcome {
+            violations: vec![violating(
+                "u1",
+                vec![found("PRB101", "web", "no readiness probe")],
+            )],
+            ..Outcome::default()
+        };
+        queue_events(&ctx, &policy, "p1", &bad);
+        for job in drain(&mut jobs) {
+            published(&ctx, &job);
+        }
+        queue_events(&ctx, &policy, "p1", &Outcome::default());
+        assert!(drain(&mut jobs).is_empty());
+        queue_events(&ctx, &policy, "p1", &bad);
+        assert_eq!(drain(&mut jobs).len(), 1, "a relapse is news again");
+    }
+}
