@@ -541,8 +541,10 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
         &[
             "--registry-cache-ttl",
             "1",
+            // Room for a registry answer on a loaded CI machine; the
+            // webhook's timeoutSeconds (10) stays above it.
             "--admission-budget-ms",
-            "1500",
+            "5000",
             // A loopback registry: reachable only when the operator names it.
             "--registry-allow",
             &registry.host,
