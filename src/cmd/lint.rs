@@ -41,7 +41,7 @@ pub(super) fn run(args: &LintArgs) -> Exit {
 }
 
 /// The policies in `paths`, or the built-in one when there are none.
-pub(super) fn load_policies(paths: &[std::path::PathBuf]) -> Result<Vec<Policy>, String> {
+fn load_policies(paths: &[std::path::PathBuf]) -> Result<Vec<Policy>, String> {
     if paths.is_empty() {
         return Ok(vec![Policy::builtin()]);
     }

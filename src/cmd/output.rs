@@ -71,6 +71,8 @@ impl Write for Output {
         }
         match self.out.write(buf) {
             Ok(n) => Ok(n),
+            // `write_all` retries these.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(e) => self.absorb(Err(e)).map(|()| buf.len()),
         }
     }
@@ -79,8 +81,10 @@ impl Write for Output {
         if self.closed || self.failed.is_some() {
             return Ok(());
         }
-        let result = self.out.flush();
-        self.absorb(result)
+        match self.out.flush() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            result => self.absorb(result),
+        }
     }
 }
 

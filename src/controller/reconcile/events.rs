@@ -92,6 +92,16 @@ pub(super) fn queue_events(ctx: &Context, policy: &Policy, policy_uid: &str, out
     seen.retain(|(p, w), _| p != policy_uid || current.contains(w));
 }
 
+/// Records a published Event, so the same findings are not queued again.
+fn remember(ctx: &Context, key: (String, String), rule: String, fingerprint: u64) {
+    ctx.seen_events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(key)
+        .or_default()
+        .insert(rule, fingerprint);
+}
+
 /// `image-latest-tag` -> `ImageLatestTag`, the Event reason of a rule:
 /// Events aggregate by reason, so each rule keeps its own.
 pub(super) fn camel_case(name: &str) -> String {
@@ -174,12 +184,7 @@ pub(crate) async fn publish_events(
         match published {
             Ok(()) => {
                 ctx.metrics.events.inc();
-                ctx.seen_events
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(job.key)
-                    .or_default()
-                    .insert(job.rule, job.fingerprint);
+                remember(&ctx, job.key, job.rule, job.fingerprint);
             }
             Err(e) => tracing::warn!(
                 workload = ?job.regarding.name,
@@ -230,16 +235,6 @@ mod tests {
         out
     }
 
-    /// What `publish_events` records after a successful publish.
-    fn published(ctx: &Context, job: &EventJob) {
-        ctx.seen_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(job.key.clone())
-            .or_default()
-            .insert(job.rule.clone(), job.fingerprint);
-    }
-
     #[tokio::test]
     async fn one_event_per_workload_and_rule_again_only_when_its_findings_change() {
         let (ctx, _caches, _api, mut jobs) = Context::test(Options::new("test"));
@@ -270,7 +265,7 @@ mod tests {
         );
         assert_eq!(first[0].regarding.uid.as_deref(), Some("u1"));
         for job in &first {
-            published(&ctx, job);
+            remember(&ctx, job.key.clone(), job.rule.clone(), job.fingerprint);
         }
 
         queue_events(&ctx, &policy, "p1", &outcome("nginx:latest"));
@@ -295,7 +290,7 @@ mod tests {
         };
         queue_events(&ctx, &policy, "p1", &bad);
         for job in drain(&mut jobs) {
-            published(&ctx, &job);
+            remember(&ctx, job.key.clone(), job.rule.clone(), job.fingerprint);
         }
         queue_events(&ctx, &policy, "p1", &Outcome::default());
         assert!(drain(&mut jobs).is_empty());
