@@ -19,7 +19,7 @@
 )]
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -29,7 +29,7 @@ use kube::{Api, Client};
 use probity::admission::{review, validate};
 use probity::policy::Policy;
 use probity::policy::{Mode, ReadinessPolicySpec};
-use probity_testenv::{Options, TestEnv};
+use probity_testenv::{Options, Process, TestEnv};
 use serde_json::{Value, json};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -164,15 +164,6 @@ fn in_process(iterations: usize) -> [(Duration, Duration); 2] {
     })
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn creates(
     api: &Api<Deployment>,
     prefix: &str,
@@ -214,12 +205,7 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
     Api::<probity::policy::ClusterReadinessPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let [port, admin_port] = probity_testenv::free_ports()?;
     let config = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "probity-bench"},
@@ -242,7 +228,8 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
         &Patch::Apply(&config),
     )
     .await?;
-    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_probity"));
+    command
         .args([
             "operator",
             "--admin-addr",
@@ -260,12 +247,9 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
             "--vap-backstop",
             "false",
         ])
-        .env("KUBECONFIG", env.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _child = KillOnDrop(child);
+        .env("KUBECONFIG", env.kubeconfig());
+    let child = Process::spawn("operator", &mut command, None)?;
+    env.adopt(child.pid())?;
 
     let with: Api<Deployment> = Api::namespaced(client.clone(), &covered);
     let without: Api<Deployment> = Api::namespaced(client.clone(), &plain);

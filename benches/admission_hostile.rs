@@ -17,14 +17,14 @@
 )]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::Api;
 use kube::api::PostParams;
-use probity_testenv::{Options, TestEnv};
+use probity_testenv::{Options, Process, TestEnv};
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,15 +33,6 @@ const CONCURRENCY: usize = 20;
 const ORDINARY_EVERY: Duration = Duration::from_millis(50);
 /// Under the webhook's 6 MiB body limit.
 const HOSTILE_BYTES: usize = 6 * 1024 * 1024 - 4096;
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn review(uid: &str, object: &str) -> Vec<u8> {
     format!(
@@ -238,34 +229,28 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let (ca, cert, key) = certificate(dir.path())?;
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (port, admin) = (free_port()?, free_port()?);
+    let [port, admin] = probity_testenv::free_ports()?;
     let binary = std::env::var_os("PROBITY_BENCH_OPERATOR").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_probity")),
         PathBuf::from,
     );
-    let child = Command::new(&binary)
-        .arg("operator")
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--lease-namespace", &system])
-        .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .args(["--vap-backstop", "false"])
-        .env("KUBECONFIG", env.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
+    let child = Process::spawn(
+        "operator",
+        Command::new(&binary)
+            .arg("operator")
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--lease-namespace", &system])
+            .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .args(["--vap-backstop", "false"])
+            .env("KUBECONFIG", env.kubeconfig()),
+        None,
+    )?;
+    let pid = child.pid();
     env.adopt(pid)?;
-    let _child = KillOnDrop(child);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca)?;
@@ -376,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
         peak_rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
     );
-    drop(_child);
+    drop(child);
     tokio::task::spawn_blocking(move || drop(env)).await?;
     Ok(())
 }

@@ -15,7 +15,7 @@
     reason = "benchmarks measure wall time"
 )]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use probity::policy::{ClusterReadinessPolicy, ReadinessPolicy};
-use probity_testenv::{Options, TestEnv};
+use probity_testenv::{Options, Process, TestEnv};
 use serde_json::json;
 
 const NAMESPACES: usize = 10;
@@ -108,16 +108,6 @@ async fn http_status(addr: &str, path: &str) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The operator must not outlive a failed measurement.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Run {
     n: usize,
     sync: Duration,
@@ -126,14 +116,11 @@ struct Run {
 }
 
 async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let admin = format!("127.0.0.1:{port}");
+    let admin = probity_testenv::free_addr()?.to_string();
     let started = Instant::now();
     let log_path = std::env::temp_dir().join(format!("probity-bench-operator-{n}.log"));
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_probity"));
+    command
         .args([
             "--log-level",
             "info",
@@ -145,13 +132,10 @@ async fn measure(env: &TestEnv, client: &Client, n: usize) -> anyhow::Result<Run
             "--lease-namespace",
             "bench-0",
         ])
-        .env("KUBECONFIG", env.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let pid = child.id();
-    let child = KillOnDrop(child);
+        .env("KUBECONFIG", env.kubeconfig());
+    // Killed when the measurement ends, however it ends.
+    let child = Process::spawn("operator", &mut command, Some(&log_path))?;
+    let pid = child.pid();
     let deadline = started + Duration::from_secs(300);
     let mut synced = None;
     while synced.is_none() {

@@ -1,6 +1,5 @@
 //! One control plane: etcd + kube-apiserver on loopback.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -13,7 +12,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::process::{self, Managed};
+use crate::process::{Process, free_ports};
+use crate::sweep;
 use crate::{Binaries, Error, pki};
 
 /// How a control plane is started.
@@ -44,9 +44,9 @@ impl Default for Options {
 pub struct TestEnv {
     dir: PathBuf,
     binaries: Binaries,
-    apiserver: Managed,
+    apiserver: Process,
     apiserver_args: Vec<String>,
-    etcd: Managed,
+    etcd: Process,
     reaper: Option<std::process::Child>,
     config: Config,
     kubeconfig: PathBuf,
@@ -68,7 +68,7 @@ impl TestEnv {
     /// The error names the component that failed and carries the tail of its
     /// log.
     pub fn start(binaries: Binaries, options: &Options) -> Result<Self, Error> {
-        for swept in process::sweep_stale() {
+        for swept in sweep::sweep_stale() {
             eprintln!(
                 "probity-testenv: removed stale control plane {} (killed {} process(es))",
                 swept.dir.display(),
@@ -92,7 +92,7 @@ impl TestEnv {
     fn start_once(binaries: Binaries, options: &Options) -> Result<Self, Error> {
         let dir = make_dir()?;
         let pki = pki::write(&dir)?;
-        let [etcd_port, peer_port, api_port] = free_ports()?;
+        let [etcd_port, peer_port, api_port] = free_ports::<3>()?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -107,7 +107,7 @@ impl TestEnv {
             "--unsafe-no-fsync=true".to_owned(),
             "--log-level=warn".to_owned(),
         ];
-        let etcd = Managed::spawn("etcd", &binaries.etcd(), &etcd_args, &dir)?;
+        let etcd = component("etcd", &binaries.etcd(), &etcd_args, &dir)?;
 
         let path = |p: &Path| p.display().to_string();
         let mut api_args = vec![
@@ -130,7 +130,7 @@ impl TestEnv {
             "--profiling=false".to_owned(),
         ];
         api_args.extend(options.apiserver_args.iter().cloned());
-        let apiserver = Managed::spawn(
+        let apiserver = component(
             "kube-apiserver",
             &binaries.kube_apiserver(),
             &api_args,
@@ -144,7 +144,7 @@ impl TestEnv {
         let config = load_config(&kubeconfig)?;
 
         let reaper = if options.reaper {
-            Some(process::spawn_reaper(
+            Some(sweep::spawn_reaper(
                 std::process::id(),
                 &dir,
                 &[apiserver.pid(), etcd.pid()],
@@ -186,7 +186,7 @@ impl TestEnv {
         let result = loop {
             if let Some(err) = [&mut self.etcd, &mut self.apiserver]
                 .into_iter()
-                .find_map(|c| c.exited().map(|status| c.exit_error(status)))
+                .find_map(|c| c.exited().map(|status| exited(c, status)))
             {
                 break Err(err);
             }
@@ -315,7 +315,7 @@ impl TestEnv {
         // Keep the first run's log: the new one is appended next to it.
         let old_log = self.dir.join("kube-apiserver.log");
         let _ = std::fs::rename(&old_log, self.dir.join("kube-apiserver.1.log"));
-        self.apiserver = Managed::spawn(
+        self.apiserver = component(
             "kube-apiserver",
             &self.binaries.kube_apiserver(),
             &self.apiserver_args,
@@ -332,7 +332,7 @@ impl TestEnv {
     ///
     /// When the pid file cannot be written.
     pub fn adopt(&self, pid: u32) -> Result<(), Error> {
-        process::record_pid(&self.dir, pid)
+        sweep::record_pid(&self.dir, pid)
     }
 
     /// The pids of etcd and kube-apiserver.
@@ -388,13 +388,13 @@ fn make_dir() -> Result<PathBuf, Error> {
             .map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!(
             "{}{}-{:08x}",
-            process::DIR_PREFIX,
+            sweep::DIR_PREFIX,
             std::process::id(),
             nanos ^ attempt
         ));
         match std::fs::create_dir(&dir) {
             Ok(()) => {
-                process::write_owner(&dir)?;
+                sweep::write_owner(&dir)?;
                 return Ok(dir);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -407,21 +407,22 @@ fn make_dir() -> Result<PathBuf, Error> {
     ))
 }
 
-/// Three distinct free loopback ports. Another process may take one before
-/// it is bound; [`TestEnv::start`] retries when a component then exits.
-fn free_ports() -> Result<[u16; 3], Error> {
-    let bind =
-        || TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io(Path::new("127.0.0.1:0"), e));
-    // Hold all three at once so they differ.
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0u16; 3];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(|e| Error::io(Path::new("127.0.0.1:0"), e))?
-            .port();
+/// Starts a control-plane component with its log in `dir`, recording its pid
+/// for the reaper and the sweep.
+fn component(name: &str, program: &Path, args: &[String], dir: &Path) -> Result<Process, Error> {
+    let log = dir.join(format!("{name}.log"));
+    let process = Process::spawn(name, Command::new(program).args(args), Some(&log))?;
+    sweep::record_pid(dir, process.pid())?;
+    Ok(process)
+}
+
+/// The error for a component that exited during start-up.
+fn exited(component: &Process, status: std::process::ExitStatus) -> Error {
+    Error::Exited {
+        component: component.name().to_owned(),
+        status: status.to_string(),
+        log: component.log_tail(30),
     }
-    Ok(ports)
 }
 
 fn write_kubeconfig(path: &Path, server: &str, pki: &pki::Pki) -> Result<(), Error> {

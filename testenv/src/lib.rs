@@ -43,8 +43,9 @@
 mod binaries;
 mod env;
 mod pki;
-mod process;
+pub mod process;
 pub mod registry;
+mod sweep;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,8 @@ use std::time::Duration;
 
 pub use binaries::{BIN_DIR_ENV, BUILD_HINT, Binaries, KUBERNETES_VERSION, default_cache_dir};
 pub use env::{Options, TestEnv};
-pub use process::{Swept, recorded_pids, sweep_stale};
+pub use process::{Process, free_addr, free_port, free_ports, output_with_stdin};
+pub use sweep::{Swept, recorded_pids, sweep_stale};
 
 /// Why a control plane could not be started or used.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +82,8 @@ pub enum Error {
     /// A component exited during start-up.
     #[error("{component} exited during start-up ({status}); last log lines:\n{log}")]
     Exited {
-        /// `etcd` or `kube-apiserver`.
-        component: &'static str,
+        /// `etcd`, `kube-apiserver`, `docker-registry`.
+        component: String,
         /// The exit status.
         status: String,
         /// The end of its log.

@@ -1,346 +1,353 @@
-//! Child processes of a control plane, their pid files, the reaper that
-//! stops them when the owning process dies, and the sweep that removes what a
-//! killed run left behind.
+//! A child process that cannot outlive the code that started it, and the
+//! loopback ports the harness hands to what it starts.
+//!
+//! Every process the harness, the end-to-end tests, the benchmarks and the
+//! demo start goes through [`Process`]: dropped, it is stopped and reaped, so
+//! a failed assertion or an early `?` leaves nothing running. A process that
+//! should also be stopped when the whole test binary is killed is handed to
+//! a control plane's reaper with [`crate::TestEnv::adopt`].
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::Error;
+use crate::sweep::signal;
 
-/// Prefix of every control-plane directory under the temp dir.
-pub(crate) const DIR_PREFIX: &str = "probity-testenv-";
-const OWNER_FILE: &str = "owner";
-const PIDS_FILE: &str = "pids";
-
-/// The kernel's view of a process: its state letter and start time (clock
-/// ticks since boot), which together tell a live process from a recycled pid.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume
-    // after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // starttime is field 22; `rest` starts at field 3.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// Whether `pid` names a running (not zombie) process.
-pub(crate) fn is_running(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
-}
-
-/// Records this process as the owner of `dir`.
-pub(crate) fn write_owner(dir: &Path) -> Result<(), Error> {
-    let pid = std::process::id();
-    let start = proc_stat(pid).map_or(0, |(_, start)| start);
-    let path = dir.join(OWNER_FILE);
-    std::fs::write(&path, format!("{pid} {start}\n")).map_err(|e| Error::io(&path, e))
-}
-
-/// Appends `pid` to the directory's pid file.
-pub(crate) fn record_pid(dir: &Path, pid: u32) -> Result<(), Error> {
-    let path = dir.join(PIDS_FILE);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    writeln!(file, "{pid}").map_err(|e| Error::io(&path, e))
-}
-
-/// The pids recorded in `dir`.
-pub fn recorded_pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join(PIDS_FILE))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-fn owner_alive(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
-        // No owner recorded yet: the directory is being created right now,
-        // or its creator died before writing it. Leave young ones alone.
-        return std::fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60));
-    };
-    let mut parts = text.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(pid)), Some(Ok(start))) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(pid) = u32::try_from(pid) else {
-        return false;
-    };
-    matches!(proc_stat(pid), Some((state, s)) if state != 'Z' && (start == 0 || s == start))
-}
-
-/// What [`sweep_stale`] removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Swept {
-    /// The control-plane directory that was removed.
-    pub dir: PathBuf,
-    /// Processes of that control plane that were still running and were killed.
-    pub killed: Vec<u32>,
-}
-
-/// Stops the processes and removes the directories of control planes whose
-/// owning process has died (a test run killed mid-way). Only processes whose
-/// command line names their control-plane directory are signalled, so a
-/// recycled pid is never touched. Runs at every [`crate::TestEnv::start`].
-pub fn sweep_stale() -> Vec<Swept> {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return Vec::new();
-    };
-    let mut swept = Vec::new();
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
-        if !is_ours || !dir.is_dir() || owner_alive(&dir) {
-            continue;
-        }
-        let marker = dir.to_string_lossy().into_owned();
-        let killed: Vec<u32> = recorded_pids(&dir)
-            .into_iter()
-            .filter(|&pid| is_running(pid) && cmdline_contains(pid, &marker))
-            .collect();
-        for &pid in &killed {
-            signal(pid, Signal::SIGKILL);
-        }
-        wait_gone(&killed, Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&dir);
-        swept.push(Swept { dir, killed });
-    }
-    swept
-}
-
-fn cmdline_contains(pid: u32, needle: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| String::from_utf8_lossy(&raw).contains(needle))
-        .unwrap_or(false)
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(pid), sig);
-    }
-}
-
-fn wait_gone(pids: &[u32], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while pids.iter().any(|&pid| is_running(pid)) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
-/// A running component (etcd or kube-apiserver) with its log file.
+/// A started child process; stopped when dropped (SIGKILL unless
+/// [`Process::stop_on_drop`] gives it a grace period), and always reaped.
 #[derive(Debug)]
-pub(crate) struct Managed {
-    pub(crate) name: &'static str,
-    child: Child,
-    pub(crate) log: PathBuf,
+pub struct Process {
+    name: String,
+    pid: u32,
+    child: Option<Child>,
+    ended: Option<ExitStatus>,
+    log: Option<PathBuf>,
+    drop_grace: Duration,
 }
 
-impl Managed {
-    /// Starts `program` with stdout and stderr appended to `<dir>/<name>.log`.
-    pub(crate) fn spawn(
-        name: &'static str,
-        program: &Path,
-        args: &[String],
-        dir: &Path,
+impl Process {
+    /// Starts `command` with stdin closed and stdout and stderr written to
+    /// `log` (created, or truncated), or discarded when `log` is `None`.
+    ///
+    /// # Errors
+    ///
+    /// When the log cannot be created or the program cannot be executed.
+    pub fn spawn(
+        name: impl Into<String>,
+        command: &mut Command,
+        log: Option<&Path>,
     ) -> Result<Self, Error> {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
-        let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
-        let child = Command::new(program)
-            .args(args)
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let out = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+                let err = out.try_clone().map_err(|e| Error::io(path, e))?;
+                (Stdio::from(out), Stdio::from(err))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = command
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
-            .map_err(|e| Error::Spawn {
-                program: program.to_path_buf(),
-                source: e,
+            .map_err(|source| Error::Spawn {
+                program: PathBuf::from(command.get_program()),
+                source,
             })?;
-        record_pid(dir, child.id())?;
-        Ok(Self { name, child, log })
+        Ok(Self::adopt(name, child, log.map(Path::to_path_buf)))
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `Some(status)` once the process has exited.
-    pub(crate) fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(e) => Some(format!("unknown status ({e})")),
+    /// Takes charge of a child started elsewhere; `log` is where its output
+    /// goes, if anywhere.
+    pub fn adopt(name: impl Into<String>, child: Child, log: Option<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            pid: child.id(),
+            child: Some(child),
+            ended: None,
+            log,
+            drop_grace: Duration::ZERO,
         }
     }
 
-    /// The error for a component that exited with `status`.
-    pub(crate) fn exit_error(&self, status: String) -> Error {
-        Error::Exited {
-            component: self.name,
-            status,
-            log: self.log_tail(30),
+    /// When dropped, SIGTERM first and up to `grace` to exit before SIGKILL
+    /// (the default is SIGKILL at once).
+    #[must_use]
+    pub fn stop_on_drop(mut self, grace: Duration) -> Self {
+        self.drop_grace = grace;
+        self
+    }
+
+    /// The name it was started under, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its process id (also after it exited).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where its output goes, if anywhere.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// The last `lines` lines of its log (empty without one).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.log
+            .as_deref()
+            .map(|log| log_tail(log, lines))
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
+        if self.child.is_some() {
+            signal(self.pid, Signal::SIGTERM);
         }
     }
 
-    /// The last `lines` lines of the log, for error messages.
-    pub(crate) fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.log, lines)
+    /// Its exit status once it has exited (reaping it), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.ended = Some(status);
+                    self.child = None;
+                }
+                Ok(None) => {}
+                // Not our child any more (reaped elsewhere): nothing to stop.
+                Err(_) => self.child = None,
+            }
+        }
+        self.ended
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; always reaps the child.
-    pub(crate) fn stop(&mut self, grace: Duration) {
-        if self.exited().is_some() {
-            return;
-        }
-        signal(self.child.id(), Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.exited().is_none() && self.child.is_some()
+    }
+
+    /// Waits up to `limit` for it to exit on its own; its status if it did.
+    /// It keeps running otherwise.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.exited().is_some() || self.child.is_none() {
+                return self.ended;
+            }
+            if Instant::now() >= deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL; its status when known.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if !self.is_running() {
+            return self.ended;
+        }
+        self.terminate();
+        if let Some(status) = self.wait_exit(grace) {
+            return Some(status);
+        }
+        self.kill()
+    }
+
+    /// SIGKILL at once: no clean-up, no goodbye. Its status when known.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.ended = child.wait().ok();
+        }
+        self.ended
+    }
+
+    /// How it ended, for messages: `exit 0`, `signal: 9 (SIGKILL)`, or
+    /// `still running`.
+    pub fn how_it_ended(&self) -> String {
+        match self.ended {
+            Some(status) if status.success() => "exit 0".to_owned(),
+            Some(status) => status.to_string(),
+            None => "still running".to_owned(),
+        }
     }
 }
 
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.drop_grace.is_zero() {
+            self.kill();
+        } else {
+            self.stop(self.drop_grace);
+        }
+    }
+}
+
+/// Runs `command` to completion with `input` on its stdin, collecting stdout
+/// and stderr. The input is written from a thread of its own, so a child
+/// that answers before it has read everything cannot deadlock the caller.
+///
+/// # Errors
+///
+/// When the program cannot be executed or waited for.
+pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> Result<Output, Error> {
+    let program = PathBuf::from(command.get_program());
+    let spawn_error = |source| Error::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let writer = child.stdin.take().map(|mut stdin| {
+        let input = input.to_vec();
+        // A child that exits without reading all of it is not an error
+        // here: its exit status says what happened.
+        std::thread::spawn(move || drop(stdin.write_all(&input)))
+    });
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    Ok(output)
+}
+
+/// The last `lines` lines of the file at `path` (empty when unreadable).
 pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A shell loop that waits for `owner` to die, then stops `pids` and removes
-/// `dir`. This is what cleans up a control plane held in a `static` (whose
-/// destructor never runs) or owned by a process that was killed.
-pub(crate) fn spawn_reaper(owner: u32, dir: &Path, pids: &[u32]) -> Result<Child, Error> {
-    const SCRIPT: &str = r#"
-owner=$1; dir=$2; shift 2
-while kill -0 "$owner" 2>/dev/null; do sleep 0.2; done
-# The pid file also lists components restarted after the reaper started.
-set -- "$@" $(grep -vx "$$" "$dir/pids" 2>/dev/null)
-kill -TERM "$@" 2>/dev/null
-i=0
-while [ $i -lt 50 ]; do
-  alive=0
-  for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-  [ $alive -eq 0 ] && break
-  sleep 0.1; i=$((i + 1))
-done
-kill -KILL "$@" 2>/dev/null
-rm -rf "$dir"
-"#;
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg("probity-testenv-reaper")
-        .arg(owner.to_string())
-        .arg(dir)
-        .args(pids.iter().map(u32::to_string))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Spawn {
-            program: PathBuf::from("/bin/sh"),
-            source: e,
-        })?;
-    record_pid(dir, child.id())?;
-    Ok(child)
+/// `n` distinct loopback ports nothing listens on right now. They are held
+/// together while chosen, so they differ; another process may still take
+/// one before its user binds it, which a caller retries on.
+///
+/// # Errors
+///
+/// When no loopback port can be bound.
+pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+    let any = Path::new("127.0.0.1:0");
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io(any, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr().map_err(|e| Error::io(any, e))?.port();
+    }
+    Ok(ports)
+}
+
+/// One loopback port nothing listens on right now (see [`free_ports`]).
+///
+/// # Errors
+///
+/// When no loopback port can be bound.
+pub fn free_port() -> Result<u16, Error> {
+    free_ports::<1>().map(|[port]| port)
+}
+
+/// `127.0.0.1:<a free port>` (see [`free_ports`]).
+///
+/// # Errors
+///
+/// When no loopback port can be bound.
+pub fn free_addr() -> Result<SocketAddr, Error> {
+    free_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Tests that sweep take turns: a sweep may remove another test's
-    /// directory while it is still being set up (owner not written yet).
-    static SWEEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn one_sweeper() -> std::sync::MutexGuard<'static, ()> {
-        SWEEPS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    #[test]
+    fn dropped_process_is_killed_and_reaped() {
+        let process = Process::spawn("sleeper", Command::new("/bin/sleep").arg("30"), None)
+            .expect("spawn sleep");
+        let pid = process.pid();
+        assert!(crate::sweep::is_running(pid));
+        drop(process);
+        assert!(
+            !crate::sweep::is_running(pid),
+            "pid {pid} survived the drop"
+        );
     }
 
     #[test]
-    fn own_process_is_running_and_parsed() {
-        let (state, start) = proc_stat(std::process::id()).expect("own stat");
-        assert_ne!(state, 'Z');
-        assert!(start > 0);
-        assert!(is_running(std::process::id()));
-        assert!(!is_running(u32::MAX));
-    }
-
-    #[test]
-    fn sweep_kills_orphans_of_a_dead_owner_only() {
-        let _turn = one_sweeper();
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        // An owner that is certainly dead: a child we have already reaped.
-        let mut dead = Command::new("/bin/true").spawn().expect("spawn true");
-        let dead_pid = dead.id();
-        dead.wait().expect("wait");
-        std::fs::write(dir.join(OWNER_FILE), format!("{dead_pid} 1\n")).expect("owner");
-        // An orphan whose command line names the directory, and an unrelated
-        // process that does not.
-        let marker = dir.to_string_lossy().into_owned();
-        let mut orphan = Command::new("/bin/sh")
-            .args(["-c", "sleep 30; true", &marker])
-            .spawn()
-            .expect("spawn orphan");
-        let mut bystander = Command::new("/bin/sleep").arg("30").spawn().expect("spawn");
-        record_pid(&dir, orphan.id()).expect("pid");
-        record_pid(&dir, bystander.id()).expect("pid");
-        // Until it has exec'd, a forked child still shows our command line.
-        let exec_deadline = Instant::now() + Duration::from_secs(5);
-        while !cmdline_contains(orphan.id(), &marker) {
-            assert!(Instant::now() < exec_deadline, "orphan never exec'd");
+    fn stop_sends_sigterm_first_and_reports_how_it_ended() {
+        let log = std::env::temp_dir().join(format!("probity-process-{}.log", std::process::id()));
+        // Exits 3 on SIGTERM: a kill would not run the trap.
+        let mut process = Process::spawn(
+            "trap",
+            Command::new("/bin/sh").args([
+                "-c",
+                "trap 'echo bye; exit 3' TERM; echo up; while :; do sleep 0.05; done",
+            ]),
+            Some(&log),
+        )
+        .expect("spawn sh");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !process.log_tail(1).contains("up") {
+            assert!(Instant::now() < deadline, "the shell never started");
             std::thread::sleep(Duration::from_millis(10));
         }
-
-        let swept = sweep_stale();
-        let ours: Vec<&Swept> = swept.iter().filter(|s| s.dir == dir).collect();
-        assert_eq!(ours.len(), 1, "{swept:?}");
-        assert_eq!(ours[0].killed, vec![orphan.id()]);
-        assert!(!dir.exists());
-        assert!(orphan.wait().is_ok_and(|s| !s.success()));
+        assert!(process.is_running());
+        let status = process.stop(Duration::from_secs(5)).expect("a status");
+        assert_eq!(status.code(), Some(3), "{}", process.how_it_ended());
         assert!(
-            bystander.try_wait().expect("try_wait").is_none(),
-            "bystander was killed"
+            process.log_tail(5).ends_with("bye"),
+            "{}",
+            process.log_tail(5)
         );
-        let _ = bystander.kill();
-        let _ = bystander.wait();
+        assert!(!process.is_running());
+        assert_eq!(process.wait_exit(Duration::ZERO), Some(status));
+        let _ = std::fs::remove_file(&log);
     }
 
     #[test]
-    fn live_owner_is_left_alone() {
-        let _turn = one_sweeper();
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}live-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        write_owner(&dir).expect("owner");
-        let swept = sweep_stale();
-        assert!(swept.iter().all(|s| s.dir != dir), "{swept:?}");
-        assert!(dir.exists());
-        std::fs::remove_dir_all(&dir).expect("cleanup");
+    fn wait_exit_leaves_a_running_process_running() {
+        let mut process = Process::spawn("sleeper", Command::new("/bin/sleep").arg("30"), None)
+            .expect("spawn sleep");
+        assert_eq!(process.wait_exit(Duration::from_millis(50)), None);
+        assert!(process.is_running());
+        assert!(process.kill().is_some_and(|s| !s.success()));
+        assert_eq!(process.how_it_ended(), "signal: 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn a_missing_program_names_itself() {
+        let err = Process::spawn("ghost", &mut Command::new("/nonexistent/ghost"), None)
+            .expect_err("no such program");
+        assert!(err.to_string().contains("/nonexistent/ghost"), "{err}");
+    }
+
+    #[test]
+    fn stdin_is_fed_while_output_is_read() {
+        // More than a pipe buffer each way: a write-then-read would block.
+        let input = vec![b'x'; 1 << 20];
+        let out = output_with_stdin(&mut Command::new("/bin/cat"), &input).expect("cat");
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), input.len());
+    }
+
+    #[test]
+    fn free_ports_differ() {
+        let ports = free_ports::<4>().expect("ports");
+        let mut sorted = ports.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4, "{ports:?}");
+        assert!(ports.iter().all(|&p| p != 0));
     }
 }

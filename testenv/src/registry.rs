@@ -8,9 +8,10 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::process::{Process, free_port};
 use crate::{Error, e2e_required};
 
 /// Environment variable naming the `docker-registry` binary.
@@ -24,7 +25,7 @@ pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 /// A running registry; stopped (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Registry {
-    child: Child,
+    process: Process,
     /// `127.0.0.1:<port>`: the registry part of image references.
     pub host: String,
     dir: PathBuf,
@@ -75,16 +76,6 @@ fn locate() -> Result<PathBuf, String> {
     } else {
         Err(format!("{} not found", path.display()))
     }
-}
-
-fn free_port() -> Result<u16, Error> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| Error::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })
 }
 
 impl Registry {
@@ -139,29 +130,23 @@ impl Registry {
             ),
         )
         .map_err(io)?;
-        let log = std::fs::File::create(dir.join("registry.log")).map_err(io)?;
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io)?)
-            .stderr(log)
-            .spawn()
-            .map_err(|source| Error::Io {
-                path: bin.to_owned(),
-                source,
-            })?;
-        let mut registry = Self { child, host, dir };
+        let process = Process::spawn(
+            "docker-registry",
+            Command::new(bin).arg("serve").arg(&config),
+            Some(&dir.join("registry.log")),
+        )?;
+        let mut registry = Self { process, host, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200 | 401, _, _)) = registry.request("GET", "/v2/", &[], b"") {
                 return Ok(registry);
             }
-            if let Ok(Some(status)) = registry.child.try_wait() {
-                return Err(Error::Client(format!(
-                    "docker-registry exited ({status}): {}",
-                    std::fs::read_to_string(registry.dir.join("registry.log")).unwrap_or_default()
-                )));
+            if let Some(status) = registry.process.exited() {
+                return Err(Error::Exited {
+                    component: "docker-registry".to_owned(),
+                    status: status.to_string(),
+                    log: registry.process.log_tail(30),
+                });
             }
             if Instant::now() > deadline {
                 return Err(Error::Client(
@@ -174,8 +159,7 @@ impl Registry {
 
     /// Stops the registry (SIGKILL): a registry that is down.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// One HTTP/1.1 request: (status, headers lowercased, body).

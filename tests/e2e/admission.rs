@@ -87,20 +87,9 @@ async fn apply_webhook(client: &Client, config: &Value) -> anyhow::Result<()> {
 }
 
 fn kubectl(env: &TestEnv, args: &[&str], stdin: &Value) -> Output {
-    use std::io::Write as _;
-    let mut child = env
-        .kubectl()
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.to_string().as_bytes());
-    }
-    child.wait_with_output().expect("kubectl output")
+    let mut command = env.kubectl();
+    command.args(args).args(["-f", "-"]);
+    probity_testenv::output_with_stdin(&mut command, stdin.to_string().as_bytes()).expect("kubectl")
 }
 
 fn text(out: &Output) -> String {
@@ -671,20 +660,10 @@ async fn the_admission_policy_backstop_holds_while_the_webhook_is_down() -> anyh
         .output()?;
     assert!(vap.status.success(), "{}", text(&vap));
     let yaml = String::from_utf8(vap.stdout)?;
-    let apply = {
-        use std::io::Write as _;
-        let mut child = env
-            .kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(yaml.as_bytes())?;
-        }
-        child.wait_with_output()?
-    };
+    let apply = probity_testenv::output_with_stdin(
+        env.kubectl().args(["apply", "-f", "-"]),
+        yaml.as_bytes(),
+    )?;
     assert!(apply.status.success(), "{}\n{yaml}", text(&apply));
 
     // Policies take effect within a second or two of being written.

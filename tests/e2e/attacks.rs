@@ -259,18 +259,8 @@ async fn the_backstop_denies_every_attack_while_the_webhook_is_down() -> anyhow:
         "{}",
         String::from_utf8_lossy(&vap.stderr)
     );
-    let mut apply = env
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(mut input) = apply.stdin.take() {
-        use std::io::Write as _;
-        input.write_all(&vap.stdout)?;
-    }
-    let applied = apply.wait_with_output()?;
+    let applied =
+        probity_testenv::output_with_stdin(env.kubectl().args(["apply", "-f", "-"]), &vap.stdout)?;
     assert!(
         applied.status.success(),
         "{}",
@@ -524,7 +514,7 @@ async fn a_review_with_thousands_of_registries_is_answered_without_asking_any() 
     let (validating, mutating) = webhook_configs(&name, port, &ns);
     apply_config::<ValidatingWebhookConfiguration>(&client, &name, &validating).await?;
     apply_config::<MutatingWebhookConfiguration>(&client, &name, &mutating).await?;
-    let operator = Operator::with_webhooks(
+    let mut operator = Operator::with_webhooks(
         env.kubeconfig(),
         "fanout",
         &system,

@@ -3,8 +3,7 @@
 //! identical to `crds/`, the chart passing probity's own default policy,
 //! and the values schema rejecting bad values with a clear message.
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/probity");
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -18,16 +17,7 @@ fn text(out: &Output) -> String {
 }
 
 fn piped(mut command: Command, stdin: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin);
-    }
-    child.wait_with_output().expect("output")
+    probity_testenv::output_with_stdin(&mut command, stdin).expect("run with stdin")
 }
 
 fn template(env: &probity_testenv::TestEnv, namespace: &str, sets: &[&str]) -> Output {
@@ -416,16 +406,6 @@ fn the_dockerfile_pins_its_bases_and_runs_as_the_charts_user() {
     }
 }
 
-/// Kills the operator when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The chart's RBAC is all the operator needs, with no create verb in its
 /// namespace: run as the chart's ServiceAccount (impersonated) with the
 /// chart's own arguments, it takes the Lease and fills the Secret the chart
@@ -466,12 +446,7 @@ async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
     // The chart's arguments, listening on loopback instead of every
     // interface.
     let deployment = json(&["get", "deployment", "probity", "-n", "probity"]);
-    let port = |_: ()| -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (admin, webhook) = (port(())?, port(())?);
+    let [admin, webhook] = probity_testenv::free_ports()?;
     let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .into_iter()
@@ -498,18 +473,17 @@ async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
     config["users"][0]["user"]["as"] = "system:serviceaccount:probity:probity".into();
     // JSON is YAML: kubectl and kube read it alike.
     std::fs::write(&kubeconfig, serde_json::to_vec(&config)?)?;
-    let log = std::fs::File::create(env.dir().join("chart-operator.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_probity"))
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "probity-0")
-        .env("POD_NAMESPACE", "probity")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    env.adopt(child.id())?;
-    let operator = Running(child);
+    // Killed when the test ends, however it ends.
+    let operator = probity_testenv::Process::spawn(
+        "operator",
+        Command::new(env!("CARGO_BIN_EXE_probity"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", "probity-0")
+            .env("POD_NAMESPACE", "probity"),
+        Some(&env.dir().join("chart-operator.log")),
+    )?;
+    env.adopt(operator.pid())?;
 
     let led = poll(|| {
         json(&["get", "lease", "probity", "-n", "probity"])["spec"]["holderIdentity"]

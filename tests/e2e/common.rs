@@ -4,8 +4,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use probity_testenv::Process;
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -29,7 +31,7 @@ pub async fn operator_alone() -> RwLockWriteGuard<'static, ()> {
 
 /// A `probity operator` process; killed (SIGKILL) when dropped.
 pub struct Operator {
-    child: Option<Child>,
+    process: Process,
     pub admin: String,
     pub log: PathBuf,
     pub identity: String,
@@ -37,10 +39,7 @@ pub struct Operator {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    probity_testenv::free_port().expect("a free loopback port")
 }
 
 impl Operator {
@@ -61,9 +60,8 @@ impl Operator {
             "probity-operator-{}-{n}-{identity}.log",
             std::process::id()
         ));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_probity"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_probity"));
+        command
             .args([
                 "--log-level",
                 "info,probity=debug",
@@ -80,14 +78,11 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start probity operator");
+            .env_remove("POD_NAMESPACE");
+        let process =
+            Process::spawn(identity, &mut command, Some(&log)).expect("start probity operator");
         Self {
-            child: Some(child),
+            process,
             admin,
             log,
             identity: identity.to_owned(),
@@ -149,16 +144,13 @@ impl Operator {
     }
 
     /// The operator's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    pub fn pid(&mut self) -> Option<u32> {
+        self.process.is_running().then(|| self.process.pid())
     }
 
     /// SIGKILL: no lease release, no goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM and wait for exit; returns the exit code.
@@ -169,34 +161,24 @@ impl Operator {
 
     /// Sends SIGTERM and returns at once.
     pub fn sigterm(&self) {
-        let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.process.terminate();
     }
 
     /// Whether the process has exited (it is reaped if so).
     pub fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+        !self.process.is_running()
     }
 
     /// Waits up to `timeout` for the process to exit and returns its exit
     /// code; kills it (and returns `None`) when it does not.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
+        match self.process.wait_exit(timeout) {
+            Some(status) => status.code(),
+            None => {
+                self.process.kill();
+                None
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
     }
 }
 
