@@ -199,3 +199,127 @@ async fn recreate_if_missing<P: PolicyObject>(
     tracing::info!(%name, "re-creating a missing admission policy backstop");
     sync(ctx, obj).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::Options;
+    use crate::controller::fixtures::ApiServer;
+    use crate::policy::ClusterReadinessPolicy;
+
+    const VAPS: &str = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies";
+    const BINDINGS: &str =
+        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings";
+
+    fn context() -> (Arc<Context>, ApiServer) {
+        let mut options = Options::new("test");
+        options.backstop = Some(vec!["kube-system".to_owned()]);
+        let (ctx, _caches, api, _jobs) = Context::test(options);
+        (ctx, api)
+    }
+
+    fn policy(generation: i64) -> ClusterReadinessPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
+            "metadata": {"name": "baseline", "uid": "c-1", "generation": generation},
+            "spec": {"mode": "Enforce"},
+        }))
+        .expect("policy")
+    }
+
+    /// Answers the next request, which must be a server-side apply under
+    /// `collection`, with what it sent; returns its body.
+    async fn expect_apply(api: &mut ApiServer, collection: &str) -> Value {
+        let call = api.next(collection).await;
+        assert_eq!(call.method, http::Method::PATCH, "{}", call.path);
+        assert!(
+            call.path
+                .starts_with(&format!("{collection}/probity-crpol.baseline?")),
+            "{}",
+            call.path
+        );
+        assert!(call.path.contains("force=true"), "{}", call.path);
+        assert!(
+            call.path.contains("fieldManager=probity-operator"),
+            "{}",
+            call.path
+        );
+        let body = call.body.clone();
+        call.reply(200, &body);
+        body
+    }
+
+    #[tokio::test]
+    async fn a_generation_is_applied_once_policy_before_binding_owned_by_the_policy() {
+        let (ctx, mut api) = context();
+        let first = policy(1);
+        let task = tokio::spawn({
+            let (ctx, first) = (Arc::clone(&ctx), first.clone());
+            async move { sync(&ctx, &first).await }
+        });
+        let object = expect_apply(&mut api, VAPS).await;
+        let binding = expect_apply(&mut api, BINDINGS).await;
+        task.await.expect("joined").expect("synced");
+        for applied in [&object, &binding] {
+            let owner = &applied["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "ClusterReadinessPolicy", "{applied}");
+            assert_eq!(owner["uid"], "c-1", "{applied}");
+        }
+        let excluded = binding["spec"].to_string();
+        assert!(excluded.contains("kube-system"), "{excluded}");
+
+        // The same generation again: nothing sent.
+        sync(&ctx, &first).await.expect("synced");
+        assert!(api.idle(), "an applied generation is not applied again");
+
+        // A new generation, or a new leader that forgot, applies again.
+        for (generation, forget) in [(2, false), (2, true)] {
+            if forget {
+                ctx.backstop.as_ref().expect("backstop").forget_applied();
+            }
+            let next = policy(generation);
+            let task = tokio::spawn({
+                let ctx = Arc::clone(&ctx);
+                async move { sync(&ctx, &next).await }
+            });
+            expect_apply(&mut api, VAPS).await;
+            expect_apply(&mut api, BINDINGS).await;
+            task.await.expect("joined").expect("synced");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_server_without_the_api_is_asked_again_only_after_a_while() {
+        let (ctx, mut api) = context();
+        let policy = policy(1);
+        let attempt = |ctx: &Arc<Context>| {
+            let (ctx, policy) = (Arc::clone(ctx), policy.clone());
+            tokio::spawn(async move { sync(&ctx, &policy).await })
+        };
+
+        let task = attempt(&ctx);
+        let call = api.next("the backstop apply").await;
+        assert!(call.path.starts_with(VAPS), "{}", call.path);
+        call.reply(
+            404,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+        );
+        task.await.expect("joined").expect("not an error");
+        assert!(api.idle(), "no binding without the policy API");
+
+        tokio::time::advance(REPROBE - Duration::from_secs(1)).await;
+        attempt(&ctx).await.expect("joined").expect("skipped");
+        assert!(api.idle(), "not asked again within {REPROBE:?}");
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let task = attempt(&ctx);
+        expect_apply(&mut api, VAPS).await;
+        expect_apply(&mut api, BINDINGS).await;
+        task.await.expect("joined").expect("synced");
+    }
+}

@@ -41,6 +41,7 @@ pub(crate) struct Caches {
     pub(crate) policies: Writer<ReadinessPolicy>,
     pub(crate) cluster_policies: Writer<ClusterReadinessPolicy>,
     pub(crate) namespaces: Writer<PartialObjectMeta<Namespace>>,
+    pub(crate) workloads: HashMap<WorkloadKind, Writer<Slim>>,
 }
 
 // === impl ApiServer ===
@@ -110,6 +111,30 @@ impl Caches {
         self.namespaces
             .apply_watcher_event(&watcher::Event::Apply(ns));
     }
+
+    /// Caches `object` (a workload of `kind`, as the API server would send
+    /// it) in its slim form, as the watcher does.
+    pub(crate) fn workload(&mut self, kind: WorkloadKind, object: serde_json::Value) {
+        let object = serde_json::from_value(object).expect("a workload");
+        let slim = Slim::from_dynamic(kind, object, None, &|_, _| None, 0);
+        self.writer(kind)
+            .apply_watcher_event(&watcher::Event::Apply(slim));
+    }
+
+    /// Removes the cached workload of `kind` named `namespace/name`.
+    pub(crate) fn delete_workload(&mut self, kind: WorkloadKind, namespace: &str, name: &str) {
+        let reader = self.writer(kind).as_reader();
+        let key = kube::runtime::reflector::ObjectRef::new_with(name, kind).within(namespace);
+        let slim = reader.get(&key).expect("a cached workload");
+        self.writer(kind)
+            .apply_watcher_event(&watcher::Event::Delete((*slim).clone()));
+    }
+
+    fn writer(&mut self, kind: WorkloadKind) -> &mut Writer<Slim> {
+        self.workloads
+            .get_mut(&kind)
+            .expect("a writer per workload kind")
+    }
 }
 
 /// A client whose every request waits for the test to answer it.
@@ -148,9 +173,13 @@ impl Context {
         let policies = Writer::<ReadinessPolicy>::default();
         let cluster_policies = Writer::<ClusterReadinessPolicy>::default();
         let namespaces = Writer::<PartialObjectMeta<Namespace>>::default();
-        let workloads = WorkloadKind::ALL
+        let writers: HashMap<WorkloadKind, Writer<Slim>> = WorkloadKind::ALL
             .into_iter()
-            .map(|kind| (kind, Writer::<Slim>::new(kind).as_reader()))
+            .map(|kind| (kind, Writer::<Slim>::new(kind)))
+            .collect();
+        let workloads = writers
+            .iter()
+            .map(|(kind, writer)| (*kind, writer.as_reader()))
             .collect();
         let (events, jobs) = mpsc::unbounded();
         let ctx = Arc::new(Context {
@@ -177,6 +206,7 @@ impl Context {
             policies,
             cluster_policies,
             namespaces,
+            workloads: writers,
         };
         (ctx, caches, api, jobs)
     }

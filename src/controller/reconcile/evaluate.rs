@@ -281,3 +281,122 @@ pub(super) fn runtime_findings(pods: &[PodObservation], now: i64, window: i64) -
         .map(Found::from)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::Options;
+    use crate::controller::fixtures::Caches;
+    use crate::controller::policy_object::PolicyObject as _;
+    use crate::policy::ReadinessPolicy;
+
+    const POLICY_UID: &str = "p-1";
+
+    fn policy(caches: &mut Caches, generation: i64) -> Policy {
+        let value = json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": POLICY_UID,
+                         "generation": generation},
+            "spec": {},
+        });
+        caches.policy(value.clone());
+        serde_json::from_value::<ReadinessPolicy>(value)
+            .expect("policy")
+            .policy()
+    }
+
+    /// A Deployment running `image`, with no probes.
+    fn deployment(caches: &mut Caches, name: &str, version: &str, image: &str) {
+        caches.workload(
+            WorkloadKind::Deployment,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                             "resourceVersion": version},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
+            }),
+        );
+    }
+
+    fn run(ctx: &Context, policy: &Policy, generation: i64) -> Outcome {
+        evaluate_matched(ctx, policy, POLICY_UID, generation, 0, 600, None)
+    }
+
+    /// Replaces what the cache holds for `name` with "no findings", so a
+    /// result served from the cache shows up as compliant.
+    fn clear_cached_findings(ctx: &Context, name: &str) {
+        let mut policies = ctx.cache.policies.lock().expect("cache");
+        let entry = policies
+            .get_mut(POLICY_UID)
+            .and_then(|c| {
+                c.entries
+                    .get_mut(&(WorkloadKind::Deployment, format!("uid-{name}")))
+            })
+            .expect("a cached evaluation");
+        entry.findings = Arc::from(Vec::new());
+    }
+
+    fn cached(ctx: &Context) -> usize {
+        let policies = ctx.cache.policies.lock().expect("cache");
+        policies.get(POLICY_UID).map_or(0, |c| c.entries.len())
+    }
+
+    #[tokio::test]
+    async fn evaluations_are_reused_until_the_workload_or_the_policy_changes() {
+        let (ctx, mut caches, _api, _jobs) = Context::test(Options::new("test"));
+        let first = policy(&mut caches, 1);
+        deployment(&mut caches, "web", "1", "registry.example/web:latest");
+
+        let outcome = run(&ctx, &first, 1);
+        assert_eq!((outcome.matched, outcome.violating), (1, 1));
+        assert_eq!(cached(&ctx), 1);
+
+        // Same resourceVersion, same generation: the cached answer.
+        clear_cached_findings(&ctx, "web");
+        let outcome = run(&ctx, &first, 1);
+        assert_eq!((outcome.compliant, outcome.violating), (1, 0));
+
+        // A new resourceVersion is evaluated again.
+        deployment(&mut caches, "web", "2", "registry.example/web:latest");
+        let outcome = run(&ctx, &first, 1);
+        assert_eq!((outcome.compliant, outcome.violating), (0, 1));
+
+        // A new policy generation drops every cached answer.
+        clear_cached_findings(&ctx, "web");
+        let second = policy(&mut caches, 2);
+        let outcome = run(&ctx, &second, 2);
+        assert_eq!((outcome.compliant, outcome.violating), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn the_cache_forgets_deleted_workloads_and_deleted_policies() {
+        let (ctx, mut caches, _api, _jobs) = Context::test(Options::new("test"));
+        let policy = policy(&mut caches, 1);
+        deployment(&mut caches, "web", "1", "registry.example/web:latest");
+        deployment(&mut caches, "api", "1", "registry.example/api:latest");
+        assert_eq!(run(&ctx, &policy, 1).matched, 2);
+        assert_eq!(cached(&ctx), 2);
+
+        caches.delete_workload(WorkloadKind::Deployment, "shop", "api");
+        assert_eq!(run(&ctx, &policy, 1).matched, 1);
+        assert_eq!(cached(&ctx), 1, "the deleted workload's entry is gone");
+
+        // Another policy's pass forgets the cache of one that no longer
+        // exists in the store.
+        let gone: ReadinessPolicy = serde_json::from_value(json!({
+            "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": POLICY_UID},
+            "spec": {},
+        }))
+        .expect("policy");
+        caches
+            .policies
+            .apply_watcher_event(&kube::runtime::watcher::Event::Delete(gone));
+        evaluate_matched(&ctx, &policy, "p-2", 1, 0, 600, None);
+        assert_eq!(cached(&ctx), 0);
+        let policies = ctx.cache.policies.lock().expect("cache");
+        assert!(policies.contains_key("p-2") && !policies.contains_key(POLICY_UID));
+    }
+}
