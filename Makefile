@@ -32,8 +32,7 @@ clippy: ## clippy on every target, warnings are errors
 	$(CARGO) clippy $(CARGO_ALL) --all-targets -- -D warnings
 
 unit-and-e2e: ## Unit, doc and end-to-end tests against the real control plane; replays the fuzz corpora
-	$(CARGO) test $(CARGO_ALL) --all-targets
-	$(CARGO) test $(CARGO_ALL) --doc
+	@CARGO=$(CARGO) hack/test.sh $(CARGO_ALL)
 
 FUZZ_SECONDS ?= 300
 TOOLS_DIR := $(or $(PROBITY_CACHE_DIR),$(HOME)/.cache/probity)/tools
