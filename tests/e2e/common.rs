@@ -193,6 +193,43 @@ impl Drop for Operator {
     }
 }
 
+/// A policy kind whose status the tests read.
+pub trait WithStatus {
+    fn policy_status(&self) -> Option<&probity::policy::PolicyStatus>;
+}
+
+impl WithStatus for probity::policy::ReadinessPolicy {
+    fn policy_status(&self) -> Option<&probity::policy::PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl WithStatus for probity::policy::ClusterReadinessPolicy {
+    fn policy_status(&self) -> Option<&probity::policy::PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// The status of policy `name`, once written for its current generation;
+/// the reason otherwise, for [`eventually`].
+pub async fn status_of<P>(
+    api: &kube::Api<P>,
+    name: &str,
+) -> Result<probity::policy::PolicyStatus, String>
+where
+    P: kube::Resource + WithStatus + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let policy = api.get(name).await.map_err(|e| e.to_string())?;
+    let status = policy.policy_status().cloned().ok_or("no status yet")?;
+    if status.observed_generation != policy.meta().generation {
+        return Err(format!(
+            "status of generation {:?}",
+            status.observed_generation
+        ));
+    }
+    Ok(status)
+}
+
 /// Polls `probe` every 200 ms until it returns `Some`, or panics after
 /// `timeout` with `what` and the last value seen.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T

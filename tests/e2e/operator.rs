@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use crate::common::{Operator, eventually};
+use crate::common::{Operator, eventually, status_of};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use probity::policy::{ClusterReadinessPolicy, PolicyStatus, ReadinessPolicy};
+use probity::policy::{ClusterReadinessPolicy, ReadinessPolicy};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -45,18 +45,6 @@ fn deployment(name: &str, image: &str, probes: bool) -> Deployment {
 
 fn pinned() -> String {
     format!("registry.example/app:1.0@{DIGEST_A}")
-}
-
-async fn status_of(api: &Api<ReadinessPolicy>, name: &str) -> Result<PolicyStatus, String> {
-    let policy = api.get(name).await.map_err(|e| e.to_string())?;
-    let status = policy.status.clone().ok_or("no status yet")?;
-    if status.observed_generation != policy.metadata.generation {
-        return Err(format!(
-            "status of generation {:?}",
-            status.observed_generation
-        ));
-    }
-    Ok(status)
 }
 
 async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<Event> {
@@ -278,11 +266,7 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         }))?)
         .await?;
     let status = eventually(WAIT, "cluster policy sees only its namespace", || async {
-        let p = cluster
-            .get(&cluster_name)
-            .await
-            .map_err(|e| e.to_string())?;
-        let s = p.status.ok_or("no status")?;
+        let s = status_of(&cluster, &cluster_name).await?;
         (s.matched == 1 && s.violating == 1)
             .then_some(s.clone())
             .ok_or(format!("{s:?}"))

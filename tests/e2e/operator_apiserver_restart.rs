@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Operator, eventually};
+use crate::common::{Operator, eventually, status_of};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
@@ -55,8 +55,7 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
         move || {
             let policies = policies.clone();
             async move {
-                let p = policies.get("p").await.map_err(|e| e.to_string())?;
-                let s = p.status.ok_or("no status")?;
+                let s = status_of(&policies, "p").await?;
                 (s.matched == n).then_some(()).ok_or(format!("{s:?}"))
             }
         }
@@ -79,8 +78,7 @@ async fn status_reconverges_after_an_api_server_restart() -> anyhow::Result<()> 
         move || {
             let policies = policies.clone();
             async move {
-                let p = policies.get("p").await.map_err(|e| e.to_string())?;
-                let s = p.status.ok_or("no status")?;
+                let s = status_of(&policies, "p").await?;
                 (s.matched == n && s.violating == n)
                     .then_some(())
                     .ok_or(format!("{s:?}"))

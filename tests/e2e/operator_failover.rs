@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Operator, eventually};
+use crate::common::{Operator, eventually, status_of};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
@@ -87,8 +87,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         move || {
             let policies = policies.clone();
             async move {
-                let p = policies.get("p").await.map_err(|e| e.to_string())?;
-                let s = p.status.ok_or("no status")?;
+                let s = status_of(&policies, "p").await?;
                 (s.matched == n && s.violating == n)
                     .then_some(())
                     .ok_or(format!("{s:?}"))

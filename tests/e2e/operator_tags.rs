@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Operator, eventually};
+use crate::common::{Operator, eventually, status_of};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -89,12 +89,7 @@ async fn report_records_digests_and_flags_moved_tags() -> anyhow::Result<()> {
 
     // The tag's digest is recorded; the pod runs it, so nothing is flagged.
     let recorded = eventually(WAIT, "status records the tag's digest", || async {
-        let s = policies
-            .get("report")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .ok_or("no status")?;
+        let s = status_of(&policies, "report").await?;
         (s.images.len() == 1 && s.images[0].digest.as_deref() == Some(first.as_str()))
             .then_some(s.clone())
             .ok_or(format!("{s:?}"))
@@ -106,12 +101,7 @@ async fn report_records_digests_and_flags_moved_tags() -> anyhow::Result<()> {
     // The tag moves: PRB302 names the pod still on the old digest.
     let second = registry.push("team/api", "1.0", "second")?;
     let flagged = eventually(WAIT, "PRB302 after the tag moves", || async {
-        let s = policies
-            .get("report")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .ok_or("no status")?;
+        let s = status_of(&policies, "report").await?;
         s.violations
             .iter()
             .find(|v| v.rule == "PRB302")
