@@ -510,6 +510,14 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
     let first = registry.push("team/api", "1.0", "first")?;
     let image = format!("{}/team/api:1.0", registry.host);
 
+    let stored_image = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    };
     let port = free_port();
     let name = format!("{system}-mutate");
     let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
@@ -520,6 +528,9 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
         &Patch::Apply(mutating_config(&name, port, &[&open, &closed])),
     )
     .await?;
+    let opened: Api<Deployment> = Api::namespaced(client.clone(), &open);
+    let probe: Deployment = serde_json::from_value(deployment("probe", &image))?;
+    crate::common::until_webhook_called(&opened, &probe).await;
     let operator = Operator::with_webhooks(
         env.kubeconfig(),
         "pin",
@@ -540,15 +551,6 @@ async fn mutation_pins_tags_to_the_registry_digest_and_follows_the_failure_polic
         ],
     );
 
-    let stored_image = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
-            .and_then(|c| c.image.clone())
-            .unwrap_or_default()
-    };
-    let opened: Api<Deployment> = Api::namespaced(client.clone(), &open);
     let want = format!("{image}@{first}");
     // Failing closed until the webhook is up, then stored pinned.
     let pinned_image = eventually(WAIT, "the mutating webhook pins the tag", || async {

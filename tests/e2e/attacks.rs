@@ -417,6 +417,12 @@ async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> a
     let name = format!("{system}-mutate");
     let (_, mutating) = webhook_configs(&name, port, &ns);
     apply_config::<MutatingWebhookConfiguration>(&client, &name, &mutating).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // Otherwise a create the API server admits without asking would pass
+    // for "nothing was pinned".
+    let probe: Deployment =
+        serde_json::from_value(deployment("probe", &format!("{listed}/team/app:1.0")))?;
+    crate::common::until_webhook_called(&deployments, &probe).await;
     let _operator = Operator::with_webhooks(
         env.kubeconfig(),
         "ssrf",
@@ -426,7 +432,6 @@ async fn pinning_never_contacts_registries_the_cluster_admin_did_not_name() -> a
         &name,
         &["--vap-backstop", "false"],
     );
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     for registry in [&listed, &unlisted, &"169.254.169.254".to_owned()] {
         let object: Deployment =
             serde_json::from_value(deployment("probe", &format!("{registry}/team/app:1.0")))?;

@@ -251,6 +251,33 @@ where
     }
 }
 
+/// Waits until the API server calls a webhook configuration just written
+/// (failure policy `Fail`) before its server runs: a dry-run create of
+/// `object` then fails closed. The API server loads webhook configurations
+/// from a watch, a moment after they are written, and admits without asking
+/// until then, which a test must not take for its webhook's answer.
+pub async fn until_webhook_called<K>(api: &kube::Api<K>, object: &K)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..kube::api::PostParams::default()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the API server calls the new webhook configuration",
+        || async {
+            match api.create(&dry_run, object).await {
+                Err(kube::Error::Api(e)) if e.message.contains("failed calling webhook") => Ok(()),
+                Err(e) => Err(e.to_string()),
+                Ok(_) => Err("admitted without asking the webhook".to_owned()),
+            }
+        },
+    )
+    .await;
+}
+
 /// One HTTPS request to `127.0.0.1:port`, trusting only `ca_pem`:
 /// (status, body, the server's leaf certificate in DER).
 pub async fn https(
