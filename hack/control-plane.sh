@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Build or locate the real Kubernetes components probity's end-to-end tests run
 # against: kube-apiserver, kubectl and helm built from Go modules, and etcd from
-# the crates.io package that vendors the upstream binary.
+# the crates.io package that vendors the upstream binary. `node` adds what a
+# node runs: kubelet, kube-controller-manager and kube-scheduler from the same
+# module graph, containerd from its Go module, and Debian's runc and CNI
+# plugins (installed with apt-get when missing).
 #
 #   hack/control-plane.sh build   build anything missing into the cache (default)
+#   hack/control-plane.sh node    the same, plus the node's components
 #   hack/control-plane.sh dir     print the cache directory (for PROBITY_K8S_BIN_DIR)
 #   hack/control-plane.sh check   exit 0 if every binary is present, 1 otherwise
 #   hack/control-plane.sh clean   remove this version's cache directory
@@ -18,10 +22,16 @@ K8S_VERSION="${PROBITY_K8S_VERSION:-1.37.2}"
 ETCD_VERSION="3.7.2"
 HELM_MODULE="helm.sh/helm/v4"
 HELM_VERSION="v4.3.1"
+CONTAINERD_MODULE="github.com/containerd/containerd/v2"
+CONTAINERD_VERSION="v2.4.2"
 
 CACHE_ROOT="${PROBITY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/probity}"
 BIN_DIR="$CACHE_ROOT/k8s/v$K8S_VERSION"
 BINARIES=(etcd kube-apiserver kubectl helm)
+NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler containerd containerd-shim-runc-v2)
+# Where Debian puts what the node needs from packages.
+RUNC=/usr/sbin/runc
+CNI_DIR=/usr/lib/cni
 
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
@@ -31,6 +41,12 @@ die() { log "error: $*"; exit 1; }
 have_all() {
   local b
   for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+}
+
+have_node() {
+  local b
+  for b in "${NODE_BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+  [[ -x "$RUNC" && -x "$CNI_DIR/bridge" && -x "$CNI_DIR/host-local" && -x "$CNI_DIR/loopback" ]]
 }
 
 # Run a long command, printing a heartbeat every 30 s so it never looks hung.
@@ -100,8 +116,11 @@ write_wrapper() {
   } >"$dir/go.mod"
 }
 
+# build_kube BINARY...: the named k8s.io/kubernetes commands, those missing.
 build_kube() {
-  if [[ -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kubectl" ]]; then return 0; fi
+  local missing=() b
+  for b in "$@"; do [[ -x "$BIN_DIR/$b" ]] || missing+=("$b"); done
+  ((${#missing[@]})) || return 0
   command -v go >/dev/null || die "go is required to build kube-apiserver and kubectl"
   local minor="${K8S_VERSION#*.}"; minor="${minor%%.*}"
   local tmp; tmp="$(mktemp -d)"
@@ -116,10 +135,8 @@ build_kube() {
     ld+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  local b
-  for b in kube-apiserver kubectl; do
-    [[ -x "$BIN_DIR/$b" ]] && continue
-    log "building $b v$K8S_VERSION with $(go env GOVERSION) (cold: about 5 minutes on 2 cores, more on a cold module cache; later runs reuse $BIN_DIR)"
+  for b in "${missing[@]}"; do
+    log "building $b v$K8S_VERSION with $(go env GOVERSION) (cold: minutes on 2 cores, more on a cold module cache; later runs reuse $BIN_DIR)"
     with_heartbeat "$b" bash -c "cd '$tmp' && go build -mod=mod -trimpath -ldflags '$ld' -o '$BIN_DIR/$b.tmp' k8s.io/kubernetes/cmd/$b"
     mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"
   done
@@ -138,6 +155,56 @@ build_helm() {
   rm -rf "$tmp"
 }
 
+# containerd and the runc shim it starts per pod, from containerd's module.
+build_containerd() {
+  [[ -x "$BIN_DIR/containerd" && -x "$BIN_DIR/containerd-shim-runc-v2" ]] && return 0
+  command -v go >/dev/null || die "go is required to build containerd"
+  local tmp; tmp="$(mktemp -d)"
+  local b
+  for b in containerd containerd-shim-runc-v2; do
+    [[ -x "$BIN_DIR/$b" ]] && continue
+    log "building $b $CONTAINERD_VERSION (go install; a few minutes cold)"
+    with_heartbeat "$b" env GOBIN="$tmp" go install -trimpath \
+      -ldflags "-s -w -X $CONTAINERD_MODULE/version.Version=$CONTAINERD_VERSION" \
+      "$CONTAINERD_MODULE/cmd/$b@$CONTAINERD_VERSION"
+    mv "$tmp/$b" "$BIN_DIR/$b"
+  done
+  rm -rf "$tmp"
+}
+
+# runc and the CNI plugins come from Debian's packages.
+install_node_packages() {
+  local need=()
+  [[ -x "$RUNC" ]] || need+=(runc)
+  [[ -x "$CNI_DIR/bridge" && -x "$CNI_DIR/host-local" && -x "$CNI_DIR/loopback" ]] ||
+    need+=(containernetworking-plugins)
+  ((${#need[@]})) || return 0
+  command -v apt-get >/dev/null || die "install ${need[*]} (Debian packages) for the node"
+  log "installing ${need[*]} (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+    die "apt-get install ${need[*]} failed"
+}
+
+cmd_node() {
+  cmd_build
+  if have_node; then
+    log "using cached node components in $BIN_DIR"
+    return 0
+  fi
+  exec 9>"$BIN_DIR/.lock"
+  flock 9
+  local start=$SECONDS
+  log "building the test node's components into $BIN_DIR"
+  build_kube kube-scheduler kube-controller-manager kubelet
+  build_containerd
+  install_node_packages
+  have_node || die "some node components are still missing"
+  log "node components ready in $((SECONDS - start))s:"
+  "$BIN_DIR/kubelet" --version >&2
+  "$BIN_DIR/containerd" --version >&2
+  "$RUNC" --version | head -n 1 >&2
+}
+
 cmd_build() {
   if have_all; then
     log "using cached Kubernetes v$K8S_VERSION binaries in $BIN_DIR"
@@ -150,7 +217,7 @@ cmd_build() {
   local start=$SECONDS
   log "building the test control plane into $BIN_DIR"
   build_etcd
-  build_kube
+  build_kube kube-apiserver kubectl
   build_helm
   have_all || die "some binaries are still missing in $BIN_DIR"
   log "control plane ready in $((SECONDS - start))s:"
@@ -162,9 +229,10 @@ cmd_build() {
 
 case "${1:-build}" in
   build) cmd_build ;;
+  node) cmd_node ;;
   dir) echo "$BIN_DIR" ;;
   check) have_all ;;
   clean) rm -rf "$BIN_DIR" ;;
-  -h|--help|help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1' (try --help)" ;;
 esac
