@@ -42,6 +42,7 @@
 
 mod binaries;
 mod env;
+pub mod image;
 mod pki;
 pub mod process;
 pub mod registry;

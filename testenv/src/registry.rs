@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::image::sha256;
 use crate::process::{Process, free_port};
 use crate::{Error, e2e_required};
 
@@ -22,10 +23,11 @@ pub const REGISTRY_HINT: &str = "hack/registry.sh install";
 /// An HTTP answer: status, headers (names lowercased), body.
 pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// A running registry; stopped (SIGKILL) when dropped.
+/// A registry: one this process started (stopped, SIGKILL, when dropped),
+/// or one reached at an address ([`Registry::at`]).
 #[derive(Debug)]
 pub struct Registry {
-    process: Process,
+    process: Option<Process>,
     /// `127.0.0.1:<port>`: the registry part of image references.
     pub host: String,
     dir: PathBuf,
@@ -79,6 +81,16 @@ fn locate() -> Result<PathBuf, String> {
 }
 
 impl Registry {
+    /// A registry already running at `host` (`host:port`, plain HTTP), to
+    /// push to; nothing is started or stopped.
+    pub fn at(host: &str) -> Self {
+        Self {
+            process: None,
+            host: host.to_owned(),
+            dir: PathBuf::new(),
+        }
+    }
+
     /// Starts a registry, or returns `None` (after saying so) when the
     /// binary is missing and tests may skip.
     ///
@@ -135,17 +147,23 @@ impl Registry {
             Command::new(bin).arg("serve").arg(&config),
             Some(&dir.join("registry.log")),
         )?;
-        let mut registry = Self { process, host, dir };
+        let mut registry = Self {
+            process: Some(process),
+            host,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200 | 401, _, _)) = registry.request("GET", "/v2/", &[], b"") {
                 return Ok(registry);
             }
-            if let Some(status) = registry.process.exited() {
+            if let Some(process) = registry.process.as_mut()
+                && let Some(status) = process.exited()
+            {
                 return Err(Error::Exited {
                     component: "docker-registry".to_owned(),
                     status: status.to_string(),
-                    log: registry.process.log_tail(30),
+                    log: process.log_tail(30),
                 });
             }
             if Instant::now() > deadline {
@@ -159,7 +177,9 @@ impl Registry {
 
     /// Stops the registry (SIGKILL): a registry that is down.
     pub fn kill(&mut self) {
-        self.process.kill();
+        if let Some(process) = self.process.as_mut() {
+            process.kill();
+        }
     }
 
     /// One HTTP/1.1 request: (status, headers lowercased, body).
@@ -243,22 +263,64 @@ impl Registry {
         salt: &str,
         authorization: Option<&str>,
     ) -> Result<String, Error> {
-        let auth: Vec<(&str, &str)> = authorization
-            .map(|a| vec![("Authorization", a)])
-            .unwrap_or_default();
-        let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
-            let mut h: Vec<(&str, &str)> = auth.clone();
-            h.extend_from_slice(extra);
-            h
-        };
         let config = format!(
             "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Labels\":{{\"salt\":\"{salt}\"}}}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[]}}}}"
         );
-        let config_digest = sha256(config.as_bytes());
+        self.push_blob(repository, config.as_bytes(), authorization)?;
+        let manifest = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\
+             \"digest\":\"{}\",\"size\":{}}},\"layers\":[]}}",
+            sha256(config.as_bytes()),
+            config.len()
+        );
+        self.put_manifest(repository, tag, manifest.as_bytes(), authorization)
+    }
+
+    /// Pushes `image` (its layers, config and manifest) as
+    /// `repository:tag`; returns the manifest's digest.
+    ///
+    /// # Errors
+    ///
+    /// When the registry rejects a step.
+    pub fn push_image(
+        &self,
+        repository: &str,
+        tag: &str,
+        image: &crate::image::Image,
+    ) -> Result<String, Error> {
+        for layer in &image.layers {
+            self.push_blob(repository, layer.bytes(), None)?;
+        }
+        let config = image.config();
+        self.push_blob(repository, &config, None)?;
+        self.put_manifest(repository, tag, &image.manifest(&config), None)
+    }
+
+    /// Uploads `blob` (one monolithic upload) unless the registry has it.
+    fn push_blob(
+        &self,
+        repository: &str,
+        blob: &[u8],
+        authorization: Option<&str>,
+    ) -> Result<(), Error> {
+        let digest = sha256(blob);
+        let auth: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        let (status, _, _) = self.request(
+            "HEAD",
+            &format!("/v2/{repository}/blobs/{digest}"),
+            &auth,
+            b"",
+        )?;
+        if status == 200 {
+            return Ok(());
+        }
         let (status, headers, _) = self.request(
             "POST",
             &format!("/v2/{repository}/blobs/uploads/"),
-            &with(&[]),
+            &auth,
             b"",
         )?;
         let location = header(&headers, "location")
@@ -269,29 +331,41 @@ impl Registry {
             .unwrap_or(&location)
             .to_owned();
         let separator = if location.contains('?') { '&' } else { '?' };
+        let mut headers = auth.clone();
+        headers.push(("Content-Type", "application/octet-stream"));
         let (status, _, body) = self.request(
             "PUT",
-            &format!("{location}{separator}digest={config_digest}"),
-            &with(&[("Content-Type", "application/octet-stream")]),
-            config.as_bytes(),
+            &format!("{location}{separator}digest={digest}"),
+            &headers,
+            blob,
         )?;
         if status != 201 {
             return Err(Error::Client(format!(
-                "uploading the config blob answered {status}: {}",
+                "uploading blob {digest} answered {status}: {}",
                 String::from_utf8_lossy(&body)
             )));
         }
-        let manifest = format!(
-            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
-             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\
-             \"digest\":\"{config_digest}\",\"size\":{}}},\"layers\":[]}}",
-            config.len()
-        );
-        let (status, headers, body) = self.request(
+        Ok(())
+    }
+
+    /// Puts an OCI image manifest as `repository:tag`; returns its digest
+    /// after checking the registry computed the same.
+    fn put_manifest(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &[u8],
+        authorization: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut headers: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        headers.push(("Content-Type", crate::image::MANIFEST_MEDIA_TYPE));
+        let (status, answer, body) = self.request(
             "PUT",
             &format!("/v2/{repository}/manifests/{tag}"),
-            &with(&[("Content-Type", "application/vnd.oci.image.manifest.v1+json")]),
-            manifest.as_bytes(),
+            &headers,
+            manifest,
         )?;
         if status != 201 {
             return Err(Error::Client(format!(
@@ -299,11 +373,11 @@ impl Registry {
                 String::from_utf8_lossy(&body)
             )));
         }
-        let digest = sha256(manifest.as_bytes());
-        if header(&headers, "docker-content-digest").as_deref() != Some(digest.as_str()) {
+        let digest = sha256(manifest);
+        if header(&answer, "docker-content-digest").as_deref() != Some(digest.as_str()) {
             return Err(Error::Client(format!(
                 "registry digest {:?} differs from {digest}",
-                header(&headers, "docker-content-digest")
+                header(&answer, "docker-content-digest")
             )));
         }
         Ok(digest)
@@ -317,15 +391,11 @@ fn header(headers: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.process.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -15,6 +15,7 @@ mod admission;
 mod attacks;
 mod chart;
 mod control_plane;
+mod images;
 mod operator;
 mod operator_apiserver_restart;
 mod operator_crd;

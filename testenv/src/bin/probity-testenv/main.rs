@@ -31,6 +31,13 @@ enum Cmd {
     },
     /// Stop control planes left behind by killed runs.
     Sweep,
+    /// Build the test images without a container engine and push them by
+    /// digest to a plain-HTTP registry; prints each pushed reference.
+    Images {
+        /// The registry, `host:port`.
+        #[arg(long, value_name = "HOST:PORT")]
+        registry: String,
+    },
     /// The narrated tour: operator, webhooks, policies, drift and the
     /// orders example on a fresh control plane; removes everything at the end.
     Demo {
@@ -69,6 +76,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("demo task")?
         }
+        Cmd::Images { registry } => tokio::task::spawn_blocking(move || images(&registry))
+            .await
+            .context("images task")?,
         Cmd::Sweep => {
             for swept in probity_testenv::sweep_stale() {
                 println!(
@@ -121,6 +131,21 @@ async fn up(copy_to: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     eprintln!("stopping ...");
     drop(env);
     Ok(())
+}
+
+/// The pause image: `<registry>/probity/pause:3.10@sha256:...`.
+fn images(host: &str) -> anyhow::Result<()> {
+    let work = std::env::temp_dir().join(format!("probity-images-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let result = (|| {
+        let pause = probity_testenv::image::pause(&work)?;
+        let registry = probity_testenv::registry::Registry::at(host);
+        let digest = registry.push_image("probity/pause", "3.10", &pause)?;
+        println!("{host}/probity/pause:3.10@{digest}");
+        Ok::<_, probity_testenv::Error>(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(result?)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -1,0 +1,294 @@
+//! OCI images without a container engine: layers written as plain tar
+//! archives, an image config, and a manifest, pushed to a registry by
+//! [`crate::registry::Registry::push_image`].
+//!
+//! Layers are uncompressed (`application/vnd.oci.image.layer.v1.tar`),
+//! which every OCI runtime pulls; their entries carry fixed owners and a
+//! fixed time, so the same files always make the same digest.
+
+use serde_json::json;
+
+/// Media type of an uncompressed layer.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Media type of an image config.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of an image manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+const BLOCK: usize = 512;
+
+/// One layer: a tar archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    tar: Vec<u8>,
+}
+
+/// Builds a [`Layer`] entry by entry. Paths are relative (`etc/passwd`),
+/// at most 100 bytes, and parents come before their children.
+#[derive(Debug, Default)]
+pub struct LayerBuilder {
+    tar: Vec<u8>,
+}
+
+/// An image: its layers, bottom first, and how its container starts.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    /// The layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// The command the container runs.
+    pub entrypoint: Vec<String>,
+    /// `uid:gid` or a name from the image's `/etc/passwd`.
+    pub user: Option<String>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+}
+
+// === impl LayerBuilder ===
+
+impl LayerBuilder {
+    /// An empty layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A directory, owned by root.
+    #[must_use]
+    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+        self.entry(&format!("{}/", path.trim_end_matches('/')), mode, b'5', &[]);
+        self
+    }
+
+    /// A regular file, owned by root.
+    #[must_use]
+    pub fn file(mut self, path: &str, mode: u32, contents: &[u8]) -> Self {
+        self.entry(path, mode, b'0', contents);
+        self
+    }
+
+    /// The finished archive.
+    pub fn build(mut self) -> Layer {
+        self.tar.extend_from_slice(&[0; 2 * BLOCK]);
+        Layer { tar: self.tar }
+    }
+
+    fn entry(&mut self, path: &str, mode: u32, kind: u8, contents: &[u8]) {
+        assert!(
+            path.len() <= 100 && !path.starts_with('/'),
+            "layer path {path:?}: relative and at most 100 bytes"
+        );
+        let mut header = [0u8; BLOCK];
+        header[..path.len()].copy_from_slice(path.as_bytes());
+        octal(&mut header[100..108], u64::from(mode));
+        octal(&mut header[108..116], 0); // uid
+        octal(&mut header[116..124], 0); // gid
+        octal(&mut header[124..136], contents.len() as u64);
+        octal(&mut header[136..148], 0); // mtime: fixed, for reproducible digests
+        header[156] = kind;
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        // The checksum is computed with its own field as spaces.
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        let field = format!("{sum:06o}\0 ");
+        header[148..156].copy_from_slice(field.as_bytes());
+        self.tar.extend_from_slice(&header);
+        self.tar.extend_from_slice(contents);
+        let padding = (BLOCK - contents.len() % BLOCK) % BLOCK;
+        self.tar.extend(std::iter::repeat_n(0, padding));
+    }
+}
+
+/// Writes `value` as zero-padded octal filling `field` but its last byte
+/// (a NUL).
+fn octal(field: &mut [u8], value: u64) {
+    let width = field.len() - 1;
+    let text = format!("{value:0width$o}");
+    field[..width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
+    field[width] = 0;
+}
+
+// === impl Layer ===
+
+impl Layer {
+    /// The archive's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.tar
+    }
+
+    /// Its digest, which is also its diff ID (it is not compressed).
+    pub fn digest(&self) -> String {
+        sha256(&self.tar)
+    }
+}
+
+// === impl Image ===
+
+impl Image {
+    /// The image config (OCI image spec), as JSON bytes.
+    pub fn config(&self) -> Vec<u8> {
+        let diff_ids: Vec<String> = self.layers.iter().map(Layer::digest).collect();
+        let mut config = json!({
+            "Entrypoint": self.entrypoint,
+            "Env": self.env,
+        });
+        if let Some(user) = &self.user {
+            config["User"] = json!(user);
+        }
+        json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// The manifest for this image with `config` (from [`Image::config`]).
+    pub fn manifest(&self, config: &[u8]) -> Vec<u8> {
+        let layers: Vec<serde_json::Value> = self
+            .layers
+            .iter()
+            .map(|l| json!({"mediaType": LAYER_MEDIA_TYPE, "digest": l.digest(), "size": l.tar.len()}))
+            .collect();
+        json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": sha256(config), "size": config.len()},
+            "layers": layers,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// The pause source, compiled by [`pause`].
+const PAUSE_C: &str = include_str!("../images/pause.c");
+
+/// The pod sandbox image: a static pause binary built from source with the
+/// machine's C compiler (`$CC`, default `cc`) in `work`, and a non-root
+/// user (65535, as upstream's pause image). No image comes from the
+/// internet.
+///
+/// # Errors
+///
+/// When the compiler cannot be run or fails.
+pub fn pause(work: &std::path::Path) -> Result<Image, crate::Error> {
+    let source = work.join("pause.c");
+    let binary = work.join("pause");
+    std::fs::write(&source, PAUSE_C).map_err(|e| crate::Error::io(&source, e))?;
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let out = std::process::Command::new(&cc)
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .map_err(|source| crate::Error::Spawn {
+            program: cc.clone().into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(crate::Error::Client(format!(
+            "compiling the pause binary failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let pause = std::fs::read(&binary).map_err(|e| crate::Error::io(&binary, e))?;
+    Ok(Image {
+        layers: vec![
+            LayerBuilder::new()
+                .dir("etc", 0o755)
+                .file(
+                    "etc/passwd",
+                    0o644,
+                    b"nonroot:x:65535:65535::/:/sbin/nologin\n",
+                )
+                .file("etc/group", 0o644, b"nonroot:x:65535:\n")
+                .file("pause", 0o755, &pause)
+                .build(),
+        ],
+        entrypoint: vec!["/pause".to_owned()],
+        user: Some("65535:65535".to_owned()),
+        env: Vec::new(),
+    })
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub(crate) fn sha256(bytes: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn layers_are_tar_archives_that_tar_reads_back() {
+        let layer = LayerBuilder::new()
+            .dir("etc", 0o755)
+            .file("etc/passwd", 0o644, b"app:x:65532:65532::/:/sbin/nologin\n")
+            .file("app", 0o755, &[7u8; 1000])
+            .build();
+        assert_eq!(layer.bytes().len() % BLOCK, 0);
+        let path = std::env::temp_dir().join(format!("probity-layer-{}.tar", std::process::id()));
+        std::fs::write(&path, layer.bytes()).expect("write");
+        let out = Command::new("tar")
+            .arg("-tvf")
+            .arg(&path)
+            .output()
+            .expect("tar");
+        let _ = std::fs::remove_file(&path);
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines.len(), 3, "{listing}");
+        assert!(
+            lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with("etc/"),
+            "{listing}"
+        );
+        assert!(
+            lines[1].starts_with("-rw-r--r--") && lines[1].ends_with("etc/passwd"),
+            "{listing}"
+        );
+        assert!(
+            lines[2].contains(" 1000 ") && lines[2].ends_with(" app"),
+            "{listing}"
+        );
+    }
+
+    #[test]
+    fn the_same_files_make_the_same_digest() {
+        let build = || LayerBuilder::new().file("a", 0o644, b"x").build();
+        assert_eq!(build().digest(), build().digest());
+        let other = LayerBuilder::new().file("a", 0o600, b"x").build();
+        assert_ne!(build().digest(), other.digest());
+    }
+
+    #[test]
+    fn config_and_manifest_name_the_layers() {
+        let image = Image {
+            layers: vec![LayerBuilder::new().file("pause", 0o755, b"\x7fELF").build()],
+            entrypoint: vec!["/pause".to_owned()],
+            user: Some("65532:65532".to_owned()),
+            env: vec![],
+        };
+        let config = image.config();
+        let parsed: serde_json::Value = serde_json::from_slice(&config).expect("config");
+        assert_eq!(parsed["rootfs"]["diff_ids"][0], image.layers[0].digest());
+        assert_eq!(parsed["config"]["User"], "65532:65532");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&image.manifest(&config)).expect("manifest");
+        assert_eq!(manifest["config"]["digest"], sha256(&config));
+        assert_eq!(manifest["layers"][0]["mediaType"], LAYER_MEDIA_TYPE);
+        assert_eq!(manifest["layers"][0]["size"], image.layers[0].bytes().len());
+    }
+}
