@@ -43,6 +43,8 @@
 mod binaries;
 mod env;
 pub mod image;
+pub mod isolation;
+pub mod node;
 mod pki;
 pub mod process;
 pub mod registry;

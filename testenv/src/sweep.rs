@@ -116,10 +116,34 @@ pub fn sweep_stale() -> Vec<Swept> {
             signal(pid, Signal::SIGKILL);
         }
         wait_gone(&killed, Duration::from_secs(5));
+        // A node's containers and shims are not in the pid file, and its
+        // cgroups are named after the directory.
+        kill_matching(&marker);
+        if let Some(name) = dir.file_name() {
+            crate::node::remove_cgroups(&name.to_string_lossy());
+        }
         let _ = std::fs::remove_dir_all(&dir);
         swept.push(Swept { dir, killed });
     }
     swept
+}
+
+/// SIGKILL to every process whose command line names `marker` (a
+/// directory of a control plane or node), then waits briefly for them.
+pub(crate) fn kill_matching(marker: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let own = std::process::id();
+    let pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own && is_running(pid) && cmdline_contains(pid, marker))
+        .collect();
+    for &pid in &pids {
+        signal(pid, Signal::SIGKILL);
+    }
+    wait_gone(&pids, Duration::from_secs(5));
 }
 
 fn cmdline_contains(pid: u32, needle: &str) -> bool {

@@ -7,6 +7,8 @@
     reason = "the demo waits on real processes in wall time"
 )]
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use probity_testenv::{Binaries, Options, TestEnv};
@@ -28,6 +30,11 @@ enum Cmd {
         /// Also copy the admin kubeconfig to this path.
         #[arg(long, value_name = "PATH")]
         kubeconfig: Option<std::path::PathBuf>,
+        /// Also start a node (containerd and kubelet) with a registry that
+        /// holds the pause image. Needs root and a namespace of the run's
+        /// own: run as `hack/isolated.sh probity-testenv up --node`.
+        #[arg(long)]
+        node: bool,
     },
     /// Stop control planes left behind by killed runs.
     Sweep,
@@ -61,7 +68,7 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Up { kubeconfig } => up(kubeconfig).await,
+        Cmd::Up { kubeconfig, node } => up(kubeconfig, node).await,
         Cmd::Demo {
             probity,
             orders,
@@ -92,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(copy_to: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Result<()> {
     let binaries = Binaries::locate().map_err(|why| {
         anyhow::anyhow!(
             "control-plane binaries not found: {why}\nbuild them with: {}",
@@ -123,13 +130,48 @@ async fn up(copy_to: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         version.git_version,
         env.server()
     );
+    let env = std::sync::Arc::new(env);
+    let node = if with_node {
+        probity_testenv::isolation::check()
+            .context("a node runs only in a namespace of its own; start with hack/isolated.sh")?;
+        let registry = probity_testenv::registry::locate_or_skip()
+            .context("the node's registry: docker-registry not found")?;
+        let started = std::time::Instant::now();
+        let node = tokio::task::spawn_blocking({
+            let env = std::sync::Arc::clone(&env);
+            move || probity_testenv::node::Node::start(&env, &registry, Duration::from_secs(120))
+        })
+        .await
+        .context("node start-up task")?
+        .context("starting the node")?;
+        println!(
+            "node {} Ready in {:.1} s",
+            probity_testenv::node::NODE_NAME,
+            started.elapsed().as_secs_f64()
+        );
+        Some(node)
+    } else {
+        None
+    };
     println!("KUBECONFIG={}", kubeconfig.display());
+    if let Some(node) = &node {
+        println!("REGISTRY={}", node.registry().host);
+        if let Some(netns) = probity_testenv::isolation::netns_file() {
+            println!("NETNS={netns}");
+        }
+        println!("  pause image: {}", node.pause_image());
+    }
     println!("  kubectl: {}", env.binaries().kubectl().display());
     println!("  helm:    {}", env.binaries().helm().display());
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await?;
     eprintln!("stopping ...");
-    drop(env);
+    tokio::task::spawn_blocking(move || {
+        drop(node);
+        drop(env);
+    })
+    .await
+    .context("stopping")?;
     Ok(())
 }
 
