@@ -61,14 +61,14 @@ const START_ATTEMPTS: usize = 3;
 impl TestEnv {
     /// Starts etcd and kube-apiserver on free loopback ports, waits for the
     /// API server's `/readyz`, and first stops whatever a killed earlier run
-    /// left behind (see [`crate::sweep_stale`]).
+    /// left behind at least a minute ago (see [`crate::sweep_stale`]).
     ///
     /// # Errors
     ///
     /// The error names the component that failed and carries the tail of its
     /// log.
     pub fn start(binaries: Binaries, options: &Options) -> Result<Self, Error> {
-        for swept in sweep::sweep_stale() {
+        for swept in sweep::sweep_older_than(sweep::START_SWEEP_MIN_AGE) {
             eprintln!(
                 "probity-testenv: removed stale control plane {} (killed {} process(es))",
                 swept.dir.display(),

@@ -16,8 +16,9 @@
 //! cluster-scoped objects. The shared control plane lives in a `static`,
 //! whose destructor never runs: a reaper process stops it when the test
 //! binary exits, however it exits. A run killed with `SIGKILL` before the
-//! reaper could act leaves pid files behind, and the next [`TestEnv::start`]
-//! stops those processes ([`sweep_stale`]).
+//! reaper could act leaves pid files behind, and a later [`TestEnv::start`]
+//! (once they are a minute old; test binaries run side by side) or
+//! `probity-testenv sweep` stops those processes ([`sweep_stale`]).
 //!
 //! # Skip or fail
 //!

@@ -95,8 +95,20 @@ pub struct Swept {
 /// Stops the processes and removes the directories of control planes whose
 /// owning process has died (a test run killed mid-way). Only processes whose
 /// command line names their control-plane directory are signalled, so a
-/// recycled pid is never touched. Runs at every [`crate::TestEnv::start`].
+/// recycled pid is never touched. [`crate::TestEnv::start`] runs
+/// [`sweep_older_than`] instead.
 pub fn sweep_stale() -> Vec<Swept> {
+    sweep_older_than(Duration::ZERO)
+}
+
+/// Control planes [`crate::TestEnv::start`] leaves to a later sweep: a dead
+/// owner's control plane younger than this is another test binary's test of
+/// exactly this (test binaries run side by side), or a crash the next start
+/// or `probity-testenv sweep` collects.
+pub(crate) const START_SWEEP_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// [`sweep_stale`] for control planes whose pid file is at least `age` old.
+pub(crate) fn sweep_older_than(age: Duration) -> Vec<Swept> {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return Vec::new();
     };
@@ -104,7 +116,7 @@ pub fn sweep_stale() -> Vec<Swept> {
     for entry in entries.flatten() {
         let dir = entry.path();
         let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
-        if !is_ours || !dir.is_dir() || owner_alive(&dir) {
+        if !is_ours || !dir.is_dir() || owner_alive(&dir) || younger_than(&dir, age) {
             continue;
         }
         let marker = dir.to_string_lossy().into_owned();
@@ -144,6 +156,18 @@ pub(crate) fn kill_matching(marker: &str) {
         signal(pid, Signal::SIGKILL);
     }
     wait_gone(&pids, Duration::from_secs(5));
+}
+
+/// Whether `dir`'s pid file (or the directory, before it has one) was
+/// written less than `age` ago.
+fn younger_than(dir: &Path, age: Duration) -> bool {
+    if age.is_zero() {
+        return false;
+    }
+    let written = std::fs::metadata(dir.join(PIDS_FILE))
+        .or_else(|_| std::fs::metadata(dir))
+        .and_then(|m| m.modified());
+    written.is_ok_and(|t| t.elapsed().unwrap_or_default() < age)
 }
 
 fn cmdline_contains(pid: u32, needle: &str) -> bool {
