@@ -69,8 +69,8 @@ bench-admission: control-plane ## Admission: in-process µs per review, and crea
 bench-admission-hostile: control-plane ## Webhook under hostile load: peak operator RSS, and ordinary reviews answered meanwhile
 	$(CARGO) bench --locked --bench admission_hostile
 
-control-plane: ## Build kube-apiserver, kubectl, helm and fetch etcd into the cache (once)
-	@$(CONTROL_PLANE) build
+control-plane: ## Build the control plane (kube-apiserver, kubectl, helm, etcd) and the test node (kubelet, controller manager, scheduler, containerd; Debian's runc and CNI plugins) into the cache (once)
+	@$(CONTROL_PLANE) node
 
 # The binaries the demo and `make up` run, built with the tests' feature set
 # (a no-op after `make unit-and-e2e`).

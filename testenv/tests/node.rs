@@ -1,0 +1,147 @@
+//! The real node: kubelet and containerd register a Ready node, pull the
+//! pause image from the local registry and run a pod on the bridge, all in
+//! namespaces of the run's own. Outside them the test runs itself again
+//! through `hack/isolated.sh` (root needed; without it the test fails in CI
+//! and skips locally, saying why).
+
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "processes are waited for in wall time"
+)]
+
+use std::io::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use probity_testenv::node::{NODE_NAME, Node};
+use probity_testenv::{Options, TestEnv, isolation};
+
+const ISOLATED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/isolated.sh");
+
+#[test]
+fn a_pod_runs_on_the_node() {
+    if isolation::check().is_err() {
+        run_isolated("a_pod_runs_on_the_node");
+        return;
+    }
+    let Some(binaries) = probity_testenv::binaries_or_skip() else {
+        return;
+    };
+    let Some(registry) = probity_testenv::registry::locate_or_skip() else {
+        return;
+    };
+    let started = Instant::now();
+    let env = TestEnv::start(binaries, &Options::default()).expect("control plane");
+    let node = Node::start(&env, &registry, Duration::from_secs(120)).expect("node");
+    let ready_in = started.elapsed();
+
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sandbox", "namespace": "default"},
+        "spec": {"nodeName": NODE_NAME,
+                 "containers": [{"name": "app", "image": node.pause_image()}]},
+    });
+    let created = Instant::now();
+    let out = probity_testenv::output_with_stdin(
+        env.kubectl().args(["create", "-f", "-"]),
+        pod.to_string().as_bytes(),
+    )
+    .expect("kubectl create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let out = env
+            .kubectl()
+            .args(["get", "pod", "sandbox", "-o", "json"])
+            .output()
+            .expect("kubectl get");
+        let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if pod["status"]["phase"] == "Running" {
+            break pod["status"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod never ran: {}\nkubelet log:\n{}",
+            pod["status"],
+            std::fs::read_to_string(node.dir().join("kubelet.log"))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let running_in = created.elapsed();
+    let ip = status["podIP"].as_str().unwrap_or_default();
+    assert!(
+        ip.starts_with("10.88."),
+        "a pod address on the bridge: {status}"
+    );
+    let digest = node
+        .pause_image()
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    let image_id = status["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image_id.ends_with(digest),
+        "the runtime reports the pushed digest: {image_id}"
+    );
+    let line = format!(
+        "node Ready {:.1} s after start; pod Running {:.1} s after create\n",
+        ready_in.as_secs_f64(),
+        running_in.as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    drop(node);
+    drop(env);
+}
+
+/// Runs `test` of this binary again inside `hack/isolated.sh`.
+fn run_isolated(test: &str) {
+    // The effective uid: the second field of Uid: in /proc/self/status.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            !probity_testenv::e2e_required(),
+            "{test}: the node needs root (network, mount and pid namespaces) and is required here"
+        );
+        let line = format!("skipping {test}: the node needs root (hack/isolated.sh)\n");
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        return;
+    }
+    let exe = std::env::current_exe().expect("own executable");
+    let out = Command::new(ISOLATED)
+        .arg(exe)
+        .args(["--exact", test, "--nocapture"])
+        .output()
+        .expect("run hack/isolated.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    assert!(
+        out.status.success(),
+        "{test} failed inside hack/isolated.sh"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run inside:\n{text}"
+    );
+}
