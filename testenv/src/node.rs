@@ -1,5 +1,5 @@
 //! One real node for a control plane: containerd (with runc and the CNI
-//! bridge) and a kubelet, pulling from a local plain-HTTP registry that holds
+//! bridge), a kubelet, kube-scheduler and kube-controller-manager, pulling from a local plain-HTTP registry that holds
 //! the pause image built from source. It runs only inside a namespace of the
 //! run's own (`hack/isolated.sh`, see [`crate::isolation`]): the bridge
 //! `cni0` (10.88.0.1/16) and the pods live there, and nothing routes out.
@@ -30,6 +30,8 @@ const CNI_BIN_DIR: &str = "/usr/lib/cni";
 #[derive(Debug)]
 pub struct Node {
     dir: PathBuf,
+    scheduler: Process,
+    controllers: Process,
     kubelet: Process,
     containerd: Process,
     registry: Registry,
@@ -144,8 +146,37 @@ impl Node {
             Some(&dir.join("kubelet.log")),
         )?;
         sweep::record_pid(env.dir(), kubelet.pid())?;
+        // Deployments become ReplicaSets and Pods, Pods get a node,
+        // Services get EndpointSlices.
+        let scheduler = Process::spawn(
+            "kube-scheduler",
+            Command::new(bins.join("kube-scheduler"))
+                .arg("--kubeconfig")
+                .arg(env.kubeconfig())
+                .args(["--leader-elect=false", "--secure-port=0"]),
+            Some(&dir.join("kube-scheduler.log")),
+        )?;
+        sweep::record_pid(env.dir(), scheduler.pid())?;
+        let controllers = Process::spawn(
+            "kube-controller-manager",
+            Command::new(bins.join("kube-controller-manager"))
+                .arg("--kubeconfig")
+                .arg(env.kubeconfig())
+                .args([
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                    "--use-service-account-credentials=false",
+                    // No cloud and one node: nothing allocates pod CIDRs
+                    // (host-local does), nothing signs certificates.
+                    "--controllers=*,-nodeipam,-csrsigning,-csrapproving,-serviceaccount-token",
+                ]),
+            Some(&dir.join("kube-controller-manager.log")),
+        )?;
+        sweep::record_pid(env.dir(), controllers.pid())?;
         let mut node = Self {
             dir,
+            scheduler,
+            controllers,
             kubelet,
             containerd,
             registry,
@@ -159,7 +190,12 @@ impl Node {
     fn wait_ready(&mut self, env: &TestEnv, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            for component in [&mut self.kubelet, &mut self.containerd] {
+            for component in [
+                &mut self.kubelet,
+                &mut self.containerd,
+                &mut self.scheduler,
+                &mut self.controllers,
+            ] {
                 if let Some(status) = component.exited() {
                     return Err(Error::Exited {
                         component: component.name().to_owned(),
@@ -205,6 +241,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.controllers.stop(Duration::from_secs(5));
+        self.scheduler.stop(Duration::from_secs(5));
         self.kubelet.stop(Duration::from_secs(5));
         // Containers outlive containerd (their shims are reparented): stop
         // them by cgroup, then the shims, then containerd.

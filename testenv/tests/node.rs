@@ -1,6 +1,7 @@
 //! The real node: kubelet and containerd register a Ready node, pull the
-//! pause image from the local registry and run a pod on the bridge, all in
-//! namespaces of the run's own. Outside them the test runs itself again
+//! pause image from the local registry and run a pod on the bridge; the
+//! scheduler and controller manager turn a Deployment into running pods and
+//! a Service into EndpointSlices; all in namespaces of the run's own. Outside them the test runs itself again
 //! through `hack/isolated.sh` (root needed; without it the test fails in CI
 //! and skips locally, saying why).
 
@@ -20,9 +21,9 @@ use probity_testenv::{Options, TestEnv, isolation};
 const ISOLATED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/isolated.sh");
 
 #[test]
-fn a_pod_runs_on_the_node() {
+fn pods_deployments_and_endpoint_slices_on_the_node() {
     if isolation::check().is_err() {
-        run_isolated("a_pod_runs_on_the_node");
+        run_isolated("pods_deployments_and_endpoint_slices_on_the_node");
         return;
     }
     let Some(binaries) = probity_testenv::binaries_or_skip() else {
@@ -102,6 +103,88 @@ fn a_pod_runs_on_the_node() {
         running_in.as_secs_f64()
     );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+
+    // The scheduler and the controllers: a Deployment's replicas are
+    // created, scheduled and run.
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "pair", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "pair"}},
+                 "template": {"metadata": {"labels": {"app": "pair"}},
+                              "spec": {"containers": [{"name": "app", "image": node.pause_image()}]}}},
+    });
+    let applied = Instant::now();
+    let out = probity_testenv::output_with_stdin(
+        env.kubectl().args(["create", "-f", "-"]),
+        deployment.to_string().as_bytes(),
+    )
+    .expect("kubectl create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .kubectl()
+        .args(["rollout", "status", "deployment/pair", "--timeout=90s"])
+        .output()
+        .expect("kubectl rollout status");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = format!(
+        "2-replica Deployment available {:.1} s after create\n",
+        applied.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+
+    // And the EndpointSlice controller: a Service lists both pods, ready.
+    let service = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "pair", "namespace": "default"},
+        "spec": {"selector": {"app": "pair"}, "ports": [{"port": 80}]},
+    });
+    let out = probity_testenv::output_with_stdin(
+        env.kubectl().args(["create", "-f", "-"]),
+        service.to_string().as_bytes(),
+    )
+    .expect("kubectl create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env
+            .kubectl()
+            .args([
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=pair",
+                "-o",
+                "json",
+            ])
+            .output()
+            .expect("kubectl get");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ready = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count();
+        if ready == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "EndpointSlices: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(node);
     drop(env);
 }
