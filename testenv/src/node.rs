@@ -1,12 +1,14 @@
 //! One real node for a control plane: containerd (with runc and the CNI
-//! bridge), a kubelet, kube-scheduler and kube-controller-manager, pulling from a local plain-HTTP registry that holds
-//! the pause image built from source. It runs only inside a namespace of the
-//! run's own (`hack/isolated.sh`, see [`crate::isolation`]): the bridge
-//! `cni0` (10.88.0.1/16) and the pods live there, and nothing routes out.
+//! bridge), a kubelet, kube-scheduler and kube-controller-manager, pulling
+//! from a local plain-HTTP registry that holds the pause image built from
+//! source. It runs only inside a namespace of the run's own
+//! (`hack/isolated.sh`, see [`crate::isolation`]): the bridge `cni0`
+//! (10.88.0.1/16) and the pods live there, and nothing routes out.
 //!
 //! cgroup v1 or v2 with the cgroupfs driver; the node's cgroups live under a
-//! root named after the control plane's directory, removed when the node
-//! stops (and by the next run's sweep after a kill).
+//! root named after the run (`PROBITY_ISOLATION_ID`) and the control plane's
+//! directory, removed when the node stops, and by `hack/isolated.sh` after
+//! the run and after a killed one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,15 +100,15 @@ impl Node {
             bins.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let containerd = Process::spawn(
+        let containerd = component(
+            env,
+            &dir,
             "containerd",
             Command::new(bins.join("containerd"))
                 .arg("--config")
                 .arg(&config)
                 .env("PATH", &path),
-            Some(&dir.join("containerd.log")),
         )?;
-        sweep::record_pid(env.dir(), containerd.pid())?;
         let socket = dir.join("containerd/containerd.sock");
         wait(timeout, "containerd's socket", || socket.exists())?;
 
@@ -130,7 +132,9 @@ impl Node {
         }
         let kubelet_config = dir.join("kubelet/config.yaml");
         write(&kubelet_config, &kubelet_config_yaml(&socket, &cgroup_root))?;
-        let kubelet = Process::spawn(
+        let kubelet = component(
+            env,
+            &dir,
             "kubelet",
             Command::new(bins.join("kubelet"))
                 .arg("--config")
@@ -143,21 +147,21 @@ impl Node {
                 .arg(dir.join("kubelet/pki"))
                 .args(["--hostname-override", NODE_NAME, "--node-ip", NODE_IP])
                 .env("PATH", &path),
-            Some(&dir.join("kubelet.log")),
         )?;
-        sweep::record_pid(env.dir(), kubelet.pid())?;
         // Deployments become ReplicaSets and Pods, Pods get a node,
         // Services get EndpointSlices.
-        let scheduler = Process::spawn(
+        let scheduler = component(
+            env,
+            &dir,
             "kube-scheduler",
             Command::new(bins.join("kube-scheduler"))
                 .arg("--kubeconfig")
                 .arg(env.kubeconfig())
                 .args(["--leader-elect=false", "--secure-port=0"]),
-            Some(&dir.join("kube-scheduler.log")),
         )?;
-        sweep::record_pid(env.dir(), scheduler.pid())?;
-        let controllers = Process::spawn(
+        let controllers = component(
+            env,
+            &dir,
             "kube-controller-manager",
             Command::new(bins.join("kube-controller-manager"))
                 .arg("--kubeconfig")
@@ -170,9 +174,7 @@ impl Node {
                     // (host-local does), nothing signs certificates.
                     "--controllers=*,-nodeipam,-csrsigning,-csrapproving,-serviceaccount-token",
                 ]),
-            Some(&dir.join("kube-controller-manager.log")),
         )?;
-        sweep::record_pid(env.dir(), controllers.pid())?;
         let mut node = Self {
             dir,
             scheduler,
@@ -256,9 +258,23 @@ impl Drop for Node {
     }
 }
 
-/// Removes the node cgroup root `name` from every hierarchy (after its
-/// processes have gone).
-pub(crate) fn remove_cgroups(name: &str) {
+/// Starts one of the node's daemons with its log in the node's directory,
+/// its pid recorded for the control plane's reaper.
+fn component(
+    env: &TestEnv,
+    dir: &Path,
+    name: &str,
+    command: &mut Command,
+) -> Result<Process, Error> {
+    let log = dir.join(format!("{name}.log"));
+    let process = Process::spawn(name, command, Some(&log))?;
+    sweep::record_pid(env.dir(), process.pid())?;
+    Ok(process)
+}
+
+/// Removes the node cgroup root `name` from every hierarchy, killing what is
+/// left in it first.
+fn remove_cgroups(name: &str) {
     for controller in cgroup_dirs() {
         let root = controller.join(name);
         if root.exists() {

@@ -128,12 +128,9 @@ pub(crate) fn sweep_older_than(age: Duration) -> Vec<Swept> {
             signal(pid, Signal::SIGKILL);
         }
         wait_gone(&killed, Duration::from_secs(5));
-        // A node's containers and shims are not in the pid file, and its
-        // cgroups are named after the directory.
+        // A node's containerd shims are not in the pid file. (Its cgroups
+        // are hack/isolated.sh's to remove.)
         kill_matching(&marker);
-        if let Some(name) = dir.file_name() {
-            crate::node::remove_cgroups(&name.to_string_lossy());
-        }
         let _ = std::fs::remove_dir_all(&dir);
         swept.push(Swept { dir, killed });
     }

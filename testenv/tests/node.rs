@@ -1,9 +1,9 @@
 //! The real node: kubelet and containerd register a Ready node, pull the
 //! pause image from the local registry and run a pod on the bridge; the
 //! scheduler and controller manager turn a Deployment into running pods and
-//! a Service into EndpointSlices; all in namespaces of the run's own. Outside them the test runs itself again
-//! through `hack/isolated.sh` (root needed; without it the test fails in CI
-//! and skips locally, saying why).
+//! a Service into EndpointSlices; all in namespaces of the run's own.
+//! Outside them the test runs itself again through `hack/isolated.sh` (root
+//! needed; without it the test fails in CI and skips locally, saying why).
 
 #![allow(
     clippy::disallowed_types,
@@ -22,9 +22,14 @@ const ISOLATED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/isolated.sh
 
 #[test]
 fn pods_deployments_and_endpoint_slices_on_the_node() {
-    if isolation::check().is_err() {
-        run_isolated("pods_deployments_and_endpoint_slices_on_the_node");
-        return;
+    match isolation::check() {
+        Ok(()) => {}
+        Err(isolation::Refused::NotIsolated) => {
+            run_isolated("pods_deployments_and_endpoint_slices_on_the_node");
+            return;
+        }
+        // Inside, but not as a node needs: running again would not help.
+        Err(refused) => panic!("no node here: {refused}"),
     }
     let Some(binaries) = probity_testenv::binaries_or_skip() else {
         return;
@@ -44,41 +49,16 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
                  "containers": [{"name": "app", "image": node.pause_image()}]},
     });
     let created = Instant::now();
-    let out = probity_testenv::output_with_stdin(
-        env.kubectl().args(["create", "-f", "-"]),
-        pod.to_string().as_bytes(),
-    )
-    .expect("kubectl create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let out = env
-            .kubectl()
-            .args(["get", "pod", "sandbox", "-o", "json"])
-            .output()
-            .expect("kubectl get");
-        let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if pod["status"]["phase"] == "Running" {
-            break pod["status"].clone();
+    create(&env, &pod);
+    let status = poll("the pod runs", || {
+        let pod = get(&env, &["pod", "sandbox"]);
+        let status = pod["status"].clone();
+        if status["phase"] == "Running" {
+            Ok(status)
+        } else {
+            Err(format!("{status}\nkubelet log:\n{}", node_log(&node)))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the pod never ran: {}\nkubelet log:\n{}",
-            pod["status"],
-            std::fs::read_to_string(node.dir().join("kubelet.log"))
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     let running_in = created.elapsed();
     let ip = status["podIP"].as_str().unwrap_or_default();
     assert!(
@@ -114,16 +94,7 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
                               "spec": {"containers": [{"name": "app", "image": node.pause_image()}]}}},
     });
     let applied = Instant::now();
-    let out = probity_testenv::output_with_stdin(
-        env.kubectl().args(["create", "-f", "-"]),
-        deployment.to_string().as_bytes(),
-    )
-    .expect("kubectl create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    create(&env, &deployment);
     let out = env
         .kubectl()
         .args(["rollout", "status", "deployment/pair", "--timeout=90s"])
@@ -147,31 +118,12 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
         "metadata": {"name": "pair", "namespace": "default"},
         "spec": {"selector": {"app": "pair"}, "ports": [{"port": 80}]},
     });
-    let out = probity_testenv::output_with_stdin(
-        env.kubectl().args(["create", "-f", "-"]),
-        service.to_string().as_bytes(),
-    )
-    .expect("kubectl create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = env
-            .kubectl()
-            .args([
-                "get",
-                "endpointslices",
-                "-l",
-                "kubernetes.io/service-name=pair",
-                "-o",
-                "json",
-            ])
-            .output()
-            .expect("kubectl get");
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    create(&env, &service);
+    poll("both pods ready in the Service's EndpointSlices", || {
+        let list = get(
+            &env,
+            &["endpointslices", "-l", "kubernetes.io/service-name=pair"],
+        );
         let ready = list["items"]
             .as_array()
             .into_iter()
@@ -180,13 +132,62 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
             .filter(|e| e["conditions"]["ready"] == true)
             .count();
         if ready == 2 {
-            break;
+            Ok(())
+        } else {
+            Err(list.to_string())
         }
-        assert!(Instant::now() < deadline, "EndpointSlices: {list}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     drop(node);
     drop(env);
+}
+
+/// `kubectl create -f -` of `object`, which must succeed.
+fn create(env: &TestEnv, object: &serde_json::Value) {
+    let out = probity_testenv::output_with_stdin(
+        env.kubectl().args(["create", "-f", "-"]),
+        object.to_string().as_bytes(),
+    )
+    .expect("kubectl create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl get <what> -o json`, parsed (`null` when it fails).
+fn get(env: &TestEnv, what: &[&str]) -> serde_json::Value {
+    let out = env
+        .kubectl()
+        .arg("get")
+        .args(what)
+        .args(["-o", "json"])
+        .output()
+        .expect("kubectl get");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Polls `probe` every 200 ms until it returns `Ok`, or panics after a
+/// minute with `what` and the last value seen.
+fn poll<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within a minute; last seen: {seen}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The end of the kubelet's log, for failure messages.
+fn node_log(node: &Node) -> String {
+    let log = std::fs::read_to_string(node.dir().join("kubelet.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Runs `test` of this binary again inside `hack/isolated.sh`.
