@@ -214,6 +214,150 @@ pub fn pause(work: &std::path::Path) -> Result<Image, crate::Error> {
     })
 }
 
+/// An image of one program built on this machine: the binary (debug
+/// sections stripped when `objcopy` is there) at `/<name>`, the shared
+/// libraries `ldd` lists for it at their paths, and a non-root user (65532,
+/// as distroless images). The project's own Dockerfile builds static
+/// release binaries instead; tests use the binaries `cargo test` built.
+///
+/// # Errors
+///
+/// When the binary cannot be read, `ldd` cannot be run or fails, or a
+/// library it names cannot be read.
+pub fn program(
+    binary: &std::path::Path,
+    name: &str,
+    work: &std::path::Path,
+) -> Result<Image, crate::Error> {
+    let stripped = work.join(name);
+    let objcopy = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(&stripped)
+        .status();
+    let used = if objcopy.is_ok_and(|s| s.success()) {
+        stripped.as_path()
+    } else {
+        binary
+    };
+    let contents = std::fs::read(used).map_err(|e| crate::Error::io(used, e))?;
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|source| crate::Error::Spawn {
+            program: "ldd".into(),
+            source,
+        })?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    // A static binary: "not a dynamic executable", exit status 1.
+    let libraries = if out.status.success() {
+        shared_libraries(&listing)
+    } else {
+        Vec::new()
+    };
+    let mut dirs = std::collections::BTreeSet::new();
+    for lib in &libraries {
+        let mut parent = std::path::Path::new(lib).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(dir.to_string_lossy().into_owned());
+            parent = dir.parent();
+        }
+    }
+    let mut layer = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            b"nonroot:x:65532:65532::/:/sbin/nologin\n",
+        )
+        .file("etc/group", 0o644, b"nonroot:x:65532:\n");
+    for dir in &dirs {
+        layer = layer.dir(dir, 0o755);
+    }
+    for lib in &libraries {
+        let path = std::path::Path::new("/").join(lib);
+        let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
+        layer = layer.file(lib, 0o755, &bytes);
+    }
+    Ok(Image {
+        layers: vec![layer.file(name, 0o755, &contents).build()],
+        entrypoint: vec![format!("/{name}")],
+        user: Some("65532:65532".to_owned()),
+        env: Vec::new(),
+    })
+}
+
+/// The project's images, as the registry holds them for a node:
+/// `probity/probity:dev` and `probity/orders:dev`.
+pub const PROJECT_IMAGES: [(&str, &str); 2] = [
+    ("probity/probity", "probity"),
+    ("probity/orders", "examples/orders"),
+];
+
+/// Builds and pushes the [`PROJECT_IMAGES`] from the binaries cargo left in
+/// the profile directory this executable runs from (`target/debug`, also
+/// when it runs from `target/debug/deps`), tagged `dev`. Returns each image
+/// as `<registry>/<repository>:dev@<digest>`.
+///
+/// # Errors
+///
+/// When a binary is missing (build with `cargo test --workspace
+/// --all-targets` first), or building or pushing fails.
+pub fn push_project_images(
+    registry: &crate::registry::Registry,
+    work: &std::path::Path,
+) -> Result<Vec<String>, crate::Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| crate::Error::io(std::path::Path::new("/proc/self/exe"), e))?;
+    let mut profile = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    if profile.ends_with("deps") {
+        profile.pop();
+    }
+    let mut pushed = Vec::new();
+    for (repository, file) in PROJECT_IMAGES {
+        let binary = profile.join(file);
+        if !binary.is_file() {
+            return Err(crate::Error::Client(format!(
+                "{} is missing: build it with `cargo test --workspace --all-features --all-targets --no-run`",
+                binary.display()
+            )));
+        }
+        let name = file.rsplit('/').next().unwrap_or(file);
+        let image = program(&binary, name, work)?;
+        let digest = registry.push_image(repository, "dev", &image)?;
+        pushed.push(format!("{}/{repository}:dev@{digest}", registry.host));
+    }
+    Ok(pushed)
+}
+
+/// The absolute paths in `ldd`'s listing, relative to `/`, in order, each
+/// once; `linux-vdso` and other libraries without a file are left out.
+fn shared_libraries(listing: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in listing.lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((_, target)) => target.trim(),
+            None => line,
+        };
+        let Some(path) = path
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/').to_owned();
+        if !found.contains(&relative) {
+            found.push(relative);
+        }
+    }
+    found
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub(crate) fn sha256(bytes: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -262,6 +406,24 @@ mod tests {
         assert!(
             lines[2].contains(" 1000 ") && lines[2].ends_with(" app"),
             "{listing}"
+        );
+    }
+
+    #[test]
+    fn ldd_listings_name_each_library_file_once() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+            \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f78)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f78)\n\
+            \tlibfoo.so => not found\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f78)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f78)\n";
+        assert_eq!(
+            shared_libraries(listing),
+            [
+                "lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "lib/x86_64-linux-gnu/libc.so.6",
+                "lib64/ld-linux-x86-64.so.2",
+            ]
         );
     }
 

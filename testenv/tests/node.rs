@@ -137,8 +137,103 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
             Err(list.to_string())
         }
     });
+
+    // The project's own image under kubelet's probes. Its dependency is
+    // down (nothing listens at DEP_ADDR): the honest liveness probe keeps
+    // passing and readiness fails, so the pod runs, is not Ready, and is
+    // never restarted; the same pod with liveness pointed at the deep check
+    // is restarted by kubelet.
+    let work = env.dir().join("images");
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let images = probity_testenv::image::push_project_images(node.registry(), &work)
+        .expect("project images");
+    let orders = images
+        .iter()
+        .find(|i| i.contains("/probity/orders:"))
+        .expect("orders image");
+    let started = Instant::now();
+    create(&env, &orders_pod("honest", orders, "/livez"));
+    create(&env, &orders_pod("dishonest", orders, "/readyz"));
+    poll("the honest pod runs, not ready", || {
+        let status = get(&env, &["pod", "honest"])["status"].clone();
+        let running = !status["containerStatuses"][0]["state"]["running"].is_null();
+        let probed = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Ready"
+                    && c["status"] == "False"
+                    && c["reason"] == "ContainersNotReady"
+            });
+        if running && probed {
+            Ok(())
+        } else {
+            Err(format!("{status}\nkubelet log:\n{}", node_log(&node)))
+        }
+    });
+    let line = format!(
+        "orders pod running, not ready, {:.1} s after create\n",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let restarts = poll("kubelet restarts the dishonest pod", || {
+        let status = get(&env, &["pod", "dishonest"])["status"].clone();
+        match status["containerStatuses"][0]["restartCount"].as_u64() {
+            Some(n) if n > 0 => Ok(n),
+            _ => Err(status.to_string()),
+        }
+    });
+    // The dishonest pod has been restarted; the honest one, probed as
+    // often for as long, has not.
+    let honest = get(&env, &["pod", "honest"])["status"].clone();
+    assert_eq!(
+        honest["containerStatuses"][0]["restartCount"], 0,
+        "the honest pod was restarted ({restarts} restart(s) of the dishonest one): {honest}"
+    );
+    assert_eq!(honest["containerStatuses"][0]["ready"], false, "{honest}");
+    let events = get(
+        &env,
+        &[
+            "events",
+            "--field-selector",
+            "involvedObject.name=honest,reason=Unhealthy",
+        ],
+    );
+    let said = events["items"].to_string();
+    assert!(
+        said.contains("Readiness probe failed") && !said.contains("Liveness probe failed"),
+        "kubelet ran the honest pod's probes: readiness failed, liveness did not: {said}"
+    );
     drop(node);
     drop(env);
+}
+
+/// The orders example with its dependency down, its liveness probe on
+/// `liveness`, readiness on `/readyz`, both every second after a startup
+/// probe on `/livez`.
+fn orders_pod(name: &str, image: &str, liveness: &str) -> serde_json::Value {
+    let probe = |path: &str| {
+        serde_json::json!({
+            "httpGet": {"path": path, "port": 8080},
+            "periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1,
+        })
+    };
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{
+            "name": "orders", "image": image,
+            "env": [{"name": "PORT", "value": "8080"},
+                    {"name": "HOST", "value": "0.0.0.0"},
+                    {"name": "DEP_ADDR", "value": "10.88.0.1:9"}],
+            // Liveness and readiness start once the server answers.
+            "startupProbe": {"httpGet": {"path": "/livez", "port": 8080},
+                             "periodSeconds": 1, "failureThreshold": 30},
+            "livenessProbe": probe(liveness),
+            "readinessProbe": probe("/readyz"),
+        }]},
+    })
 }
 
 /// `kubectl create -f -` of `object`, which must succeed.

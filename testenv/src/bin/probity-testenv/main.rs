@@ -31,7 +31,8 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         kubeconfig: Option<std::path::PathBuf>,
         /// Also start a node (containerd and kubelet) with a registry that
-        /// holds the pause image. Needs root and a namespace of the run's
+        /// holds the pause image, probity/probity:dev and probity/orders:dev
+        /// (from the binaries beside this one). Needs root and a namespace of the run's
         /// own: run as `hack/isolated.sh probity-testenv up --node`.
         #[arg(long)]
         node: bool,
@@ -160,6 +161,17 @@ async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Res
             println!("NETNS={netns}");
         }
         println!("  pause image: {}", node.pause_image());
+        let work = node.dir().join("images");
+        let pushed = tokio::task::spawn_blocking({
+            let registry = probity_testenv::registry::Registry::at(&node.registry().host);
+            move || probity_testenv::image::push_project_images(&registry, &work)
+        })
+        .await
+        .context("image task")?
+        .context("pushing the project's images")?;
+        for image in pushed {
+            println!("  image: {image}");
+        }
     }
     println!("  kubectl: {}", env.binaries().kubectl().display());
     println!("  helm:    {}", env.binaries().helm().display());
@@ -175,7 +187,8 @@ async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Res
     Ok(())
 }
 
-/// The pause image: `<registry>/probity/pause:3.10@sha256:...`.
+/// The pause image, `<registry>/probity/pause:3.10@sha256:...`, and the
+/// project's images (`probity/probity:dev`, `probity/orders:dev`).
 fn images(host: &str) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("probity-images-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -184,6 +197,9 @@ fn images(host: &str) -> anyhow::Result<()> {
         let registry = probity_testenv::registry::Registry::at(host);
         let digest = registry.push_image("probity/pause", "3.10", &pause)?;
         println!("{host}/probity/pause:3.10@{digest}");
+        for image in probity_testenv::image::push_project_images(&registry, &work)? {
+            println!("{image}");
+        }
         Ok::<_, probity_testenv::Error>(())
     })();
     let _ = std::fs::remove_dir_all(&work);
