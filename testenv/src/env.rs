@@ -26,6 +26,14 @@ pub struct Options {
     /// Start the reaper that stops the control plane when this process dies.
     /// Leave on unless testing the pid-file sweep.
     pub reaper: bool,
+    /// Serve a node ([`crate::node::Node`]): Node and RBAC authorization
+    /// with NodeRestriction, service-account admission (pods get tokens),
+    /// client certificates for kubelets, webhook and service calls routed
+    /// to endpoints (`--enable-aggregator-routing`, no kube-proxy), and the
+    /// API server listening on all addresses at 443 with the `kubernetes`
+    /// Service's IP on the loopback device, where pods reach it. Only in a
+    /// namespace of the run's own ([`crate::isolation`]), one per namespace.
+    pub node: bool,
 }
 
 impl Default for Options {
@@ -34,6 +42,7 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(120),
             apiserver_args: Vec::new(),
             reaper: std::env::var_os("PROBITY_TESTENV_NO_REAPER").is_none(),
+            node: false,
         }
     }
 }
@@ -52,6 +61,8 @@ pub struct TestEnv {
     kubeconfig: PathBuf,
     server: String,
     namespaces: AtomicU64,
+    pki: pki::Pki,
+    node: bool,
 }
 
 /// Attempts to start before giving up: a free port may be taken between the
@@ -92,7 +103,13 @@ impl TestEnv {
     fn start_once(binaries: Binaries, options: &Options) -> Result<Self, Error> {
         let dir = make_dir()?;
         let pki = pki::write(&dir)?;
-        let [etcd_port, peer_port, api_port] = free_ports::<3>()?;
+        let [etcd_port, peer_port, free_api_port] = free_ports::<3>()?;
+        let api_port = if options.node {
+            serve_pods()?;
+            443
+        } else {
+            free_api_port
+        };
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -123,12 +140,35 @@ impl TestEnv {
             format!("--service-account-key-file={}", path(&pki.sa_pub)),
             format!("--service-account-signing-key-file={}", path(&pki.sa_key)),
             "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-            "--disable-admission-plugins=ServiceAccount".to_owned(),
             "--endpoint-reconciler-type=none".to_owned(),
-            "--authorization-mode=RBAC".to_owned(),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
         ];
+        if options.node {
+            let service_ip = pki::KUBERNETES_SERVICE_IP.to_string();
+            api_args.retain(|a| {
+                !a.starts_with("--bind-address") && !a.starts_with("--advertise-address")
+            });
+            api_args.extend([
+                "--bind-address=0.0.0.0".to_owned(),
+                format!("--advertise-address={service_ip}"),
+                "--authorization-mode=Node,RBAC".to_owned(),
+                "--enable-admission-plugins=NodeRestriction".to_owned(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    path(&pki.kubelet_client_cert)
+                ),
+                format!("--kubelet-client-key={}", path(&pki.kubelet_client_key)),
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                "--enable-aggregator-routing=true".to_owned(),
+            ]);
+        } else {
+            // No controller manager creates service accounts here.
+            api_args.extend([
+                "--authorization-mode=RBAC".to_owned(),
+                "--disable-admission-plugins=ServiceAccount".to_owned(),
+            ]);
+        }
         api_args.extend(options.apiserver_args.iter().cloned());
         let apiserver = component(
             "kube-apiserver",
@@ -164,6 +204,8 @@ impl TestEnv {
             kubeconfig,
             server,
             namespaces: AtomicU64::new(0),
+            pki,
+            node: options.node,
         };
         env.wait_ready(options.ready_timeout)?;
         Ok(env)
@@ -335,9 +377,42 @@ impl TestEnv {
         sweep::record_pid(&self.dir, pid)
     }
 
+    /// The certificates, for the node's kubelet.
+    pub(crate) fn pki(&self) -> &pki::Pki {
+        &self.pki
+    }
+
+    /// Whether this control plane was started to serve a node.
+    pub fn serves_node(&self) -> bool {
+        self.node
+    }
+
     /// The pids of etcd and kube-apiserver.
     pub fn pids(&self) -> [u32; 2] {
         [self.etcd.pid(), self.apiserver.pid()]
+    }
+}
+
+/// Puts the `kubernetes` Service's IP on the loopback device of the run's
+/// own network namespace, where the API server answers pods at 443.
+fn serve_pods() -> Result<(), Error> {
+    crate::isolation::check()
+        .map_err(|e| Error::Client(format!("a control plane for a node: {e}")))?;
+    let ip = format!("{}/32", pki::KUBERNETES_SERVICE_IP);
+    let out = Command::new("ip")
+        .args(["addr", "replace", &ip, "dev", "lo"])
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: "ip".into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Client(format!(
+            "ip addr replace {ip} dev lo: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -426,16 +501,28 @@ fn exited(component: &Process, status: std::process::ExitStatus) -> Error {
 }
 
 fn write_kubeconfig(path: &Path, server: &str, pki: &pki::Pki) -> Result<(), Error> {
+    write_kubeconfig_for(path, server, &pki.ca_cert, &pki.admin_cert, &pki.admin_key)
+}
+
+/// A kubeconfig for `server` authenticating with the client certificate
+/// `cert` and its `key`.
+pub(crate) fn write_kubeconfig_for(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), Error> {
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "probity-testenv", "cluster": {
             "server": server,
-            "certificate-authority": pki.ca_cert,
+            "certificate-authority": ca,
         }}],
         "users": [{"name": "admin", "user": {
-            "client-certificate": pki.admin_cert,
-            "client-key": pki.admin_key,
+            "client-certificate": cert,
+            "client-key": key,
         }}],
         "contexts": [{"name": "probity-testenv", "context": {
             "cluster": "probity-testenv",

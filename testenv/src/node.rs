@@ -53,6 +53,11 @@ impl Node {
     /// exits, or when the node is not Ready within `timeout`.
     pub fn start(env: &TestEnv, registry_bin: &Path, timeout: Duration) -> Result<Self, Error> {
         isolation::check().map_err(|e| Error::Client(format!("no node here: {e}")))?;
+        if !env.serves_node() {
+            return Err(Error::Client(
+                "the control plane was not started for a node: set Options::node".to_owned(),
+            ));
+        }
         let bins = env.binaries().dir().to_path_buf();
         for needed in [
             bins.join("kubelet"),
@@ -131,7 +136,21 @@ impl Node {
             mkdir(&controller.join(&cgroup_root))?;
         }
         let kubelet_config = dir.join("kubelet/config.yaml");
-        write(&kubelet_config, &kubelet_config_yaml(&socket, &cgroup_root))?;
+        let pki = env.pki();
+        write(
+            &kubelet_config,
+            &kubelet_config_yaml(&socket, &cgroup_root, &pki.ca_cert),
+        )?;
+        // The kubelet is system:node:<name>, held to its own node and pods
+        // by the Node authorizer and NodeRestriction.
+        let node_kubeconfig = dir.join("kubelet/kubeconfig");
+        crate::env::write_kubeconfig_for(
+            &node_kubeconfig,
+            env.server(),
+            &pki.ca_cert,
+            &pki.node_cert,
+            &pki.node_key,
+        )?;
         let kubelet = component(
             env,
             &dir,
@@ -140,7 +159,7 @@ impl Node {
                 .arg("--config")
                 .arg(&kubelet_config)
                 .arg("--kubeconfig")
-                .arg(env.kubeconfig())
+                .arg(&node_kubeconfig)
                 .arg("--root-dir")
                 .arg(dir.join("kubelet/root"))
                 .arg("--cert-dir")
@@ -170,6 +189,9 @@ impl Node {
                     "--leader-elect=false",
                     "--secure-port=0",
                     "--use-service-account-credentials=false",
+                    // Published to every namespace as kube-root-ca.crt, which
+                    // pods' projected token volumes mount.
+                    &format!("--root-ca-file={}", pki.ca_cert.display()),
                     // No cloud and one node: nothing allocates pod CIDRs
                     // (host-local does), nothing signs certificates.
                     "--controllers=*,-nodeipam,-csrsigning,-csrapproving,-serviceaccount-token",
@@ -212,7 +234,23 @@ impl Node {
                 .arg("jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
                 .output()
                 .is_ok_and(|out| out.stdout == b"True");
-            if ready {
+            // Pods need their namespace's service account (service-account
+            // admission); the controller manager creates it.
+            let accounts = ready
+                && env
+                    .kubectl()
+                    .args([
+                        "get",
+                        "serviceaccount",
+                        "default",
+                        "-n",
+                        "default",
+                        "-o",
+                        "name",
+                    ])
+                    .output()
+                    .is_ok_and(|out| out.status.success());
+            if accounts {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -439,7 +477,7 @@ state = "{d}/state"
     )
 }
 
-fn kubelet_config_yaml(socket: &Path, cgroup_root: &str) -> String {
+fn kubelet_config_yaml(socket: &Path, cgroup_root: &str, client_ca: &Path) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -449,8 +487,10 @@ cgroupRoot: /{cgroup_root}
 oomScoreAdj: 0
 makeIPTablesUtilChains: false
 containerRuntimeEndpoint: unix://{socket}
-authentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: false}}}}
-authorization: {{mode: AlwaysAllow}}
+# The API server's kubelet client certificate is signed by the cluster CA;
+# each request is authorized by a SubjectAccessReview.
+authentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: false}}, x509: {{clientCAFile: "{client_ca}"}}}}
+authorization: {{mode: Webhook}}
 readOnlyPort: 0
 address: {NODE_IP}
 failSwapOn: false
@@ -460,5 +500,6 @@ localStorageCapacityIsolation: false
 evictionHard: {{"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%"}}
 "#,
         socket = socket.display(),
+        client_ca = client_ca.display(),
     )
 }

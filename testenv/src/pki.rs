@@ -1,6 +1,9 @@
 //! Certificates for one control plane: a CA, the API server's serving
-//! certificate (IP SAN 127.0.0.1), an admin client certificate in
-//! `system:masters`, and the service-account signing key.
+//! certificate (IP SANs 127.0.0.1, and for pods on a node the `kubernetes`
+//! Service's 10.96.0.1), an admin client certificate in `system:masters`,
+//! the node's kubelet client certificate (`system:node:<name>` in
+//! `system:nodes`), the API server's client certificate for kubelets, and
+//! the service-account signing key.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -12,6 +15,10 @@ use rcgen::{
 
 use crate::Error;
 
+/// The `kubernetes` Service's cluster IP (the first of 10.96.0.0/16): pods
+/// on a node reach the API server there.
+pub(crate) const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
 /// Paths of the PEM files written by [`write`].
 #[derive(Debug, Clone)]
 pub(crate) struct Pki {
@@ -20,6 +27,10 @@ pub(crate) struct Pki {
     pub(crate) serving_key: PathBuf,
     pub(crate) admin_cert: PathBuf,
     pub(crate) admin_key: PathBuf,
+    pub(crate) node_cert: PathBuf,
+    pub(crate) node_key: PathBuf,
+    pub(crate) kubelet_client_cert: PathBuf,
+    pub(crate) kubelet_client_key: PathBuf,
     pub(crate) sa_key: PathBuf,
     pub(crate) sa_pub: PathBuf,
 }
@@ -71,6 +82,7 @@ pub(crate) fn write(dir: &Path) -> Result<Pki, Error> {
         name("kube-apiserver", None),
         vec![
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V4(KUBERNETES_SERVICE_IP)),
             SanType::DnsName("localhost".try_into().map_err(gen_err)?),
             SanType::DnsName("kubernetes.default.svc".try_into().map_err(gen_err)?),
         ],
@@ -85,6 +97,23 @@ pub(crate) fn write(dir: &Path) -> Result<Pki, Error> {
         &ca,
     )
     .map_err(gen_err)?;
+    let (node_cert, node_key) = leaf(
+        name(
+            &format!("system:node:{}", crate::node::NODE_NAME),
+            Some("system:nodes"),
+        ),
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &ca,
+    )
+    .map_err(gen_err)?;
+    let (kubelet_client_cert, kubelet_client_key) = leaf(
+        name("kube-apiserver-kubelet-client", Some("system:masters")),
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &ca,
+    )
+    .map_err(gen_err)?;
     let sa = KeyPair::generate().map_err(gen_err)?;
 
     let pki = Pki {
@@ -93,6 +122,10 @@ pub(crate) fn write(dir: &Path) -> Result<Pki, Error> {
         serving_key: dir.join("apiserver.key"),
         admin_cert: dir.join("admin.crt"),
         admin_key: dir.join("admin.key"),
+        node_cert: dir.join("node.crt"),
+        node_key: dir.join("node.key"),
+        kubelet_client_cert: dir.join("kubelet-client.crt"),
+        kubelet_client_key: dir.join("kubelet-client.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
     };
@@ -102,6 +135,10 @@ pub(crate) fn write(dir: &Path) -> Result<Pki, Error> {
         (&pki.serving_key, serving_key),
         (&pki.admin_cert, admin_cert),
         (&pki.admin_key, admin_key),
+        (&pki.node_cert, node_cert),
+        (&pki.node_key, node_key),
+        (&pki.kubelet_client_cert, kubelet_client_cert),
+        (&pki.kubelet_client_key, kubelet_client_key),
         (&pki.sa_key, sa.serialize_pem()),
         (&pki.sa_pub, sa.public_key_pem()),
     ];

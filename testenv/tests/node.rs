@@ -38,7 +38,11 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
         return;
     };
     let started = Instant::now();
-    let env = TestEnv::start(binaries, &Options::default()).expect("control plane");
+    let options = Options {
+        node: true,
+        ..Options::default()
+    };
+    let env = TestEnv::start(binaries, &options).expect("control plane");
     let node = Node::start(&env, &registry, Duration::from_secs(120)).expect("node");
     let ready_in = started.elapsed();
 
@@ -192,6 +196,24 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
         "the honest pod was restarted ({restarts} restart(s) of the dishonest one): {honest}"
     );
     assert_eq!(honest["containerStatuses"][0]["ready"], false, "{honest}");
+    // The pod's token came from the API server through the kubelet's
+    // node credentials; its log comes back through the API server's
+    // kubelet client certificate.
+    let mounts = honest_spec_mounts(&env);
+    assert!(
+        mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "the service-account token is mounted: {mounts}"
+    );
+    let out = env
+        .kubectl()
+        .args(["logs", "honest"])
+        .output()
+        .expect("kubectl logs");
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "kubectl logs through the kubelet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = get(
         &env,
         &[
@@ -234,6 +256,11 @@ fn orders_pod(name: &str, image: &str, liveness: &str) -> serde_json::Value {
             "readinessProbe": probe("/readyz"),
         }]},
     })
+}
+
+/// The mount paths of the honest pod's container, as JSON.
+fn honest_spec_mounts(env: &TestEnv) -> String {
+    get(env, &["pod", "honest"])["spec"]["containers"][0]["volumeMounts"].to_string()
 }
 
 /// `kubectl create -f -` of `object`, which must succeed.

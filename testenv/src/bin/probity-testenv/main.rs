@@ -111,7 +111,11 @@ async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Res
         "starting etcd + kube-apiserver from {} ...",
         binaries.dir().display()
     );
-    let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &Options::default()))
+    let options = Options {
+        node: with_node,
+        ..Options::default()
+    };
+    let env = tokio::task::spawn_blocking(move || TestEnv::start(binaries, &options))
         .await
         .context("start-up task")?
         .context("starting the control plane")?;
