@@ -22,28 +22,10 @@ const ISOLATED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/isolated.sh
 
 #[test]
 fn pods_deployments_and_endpoint_slices_on_the_node() {
-    match isolation::check() {
-        Ok(()) => {}
-        Err(isolation::Refused::NotIsolated) => {
-            run_isolated("pods_deployments_and_endpoint_slices_on_the_node");
-            return;
-        }
-        // Inside, but not as a node needs: running again would not help.
-        Err(refused) => panic!("no node here: {refused}"),
-    }
-    let Some(binaries) = probity_testenv::binaries_or_skip() else {
-        return;
-    };
-    let Some(registry) = probity_testenv::registry::locate_or_skip() else {
-        return;
-    };
     let started = Instant::now();
-    let options = Options {
-        node: true,
-        ..Options::default()
+    let Some((env, node)) = node_or_skip("pods_deployments_and_endpoint_slices_on_the_node") else {
+        return;
     };
-    let env = TestEnv::start(binaries, &options).expect("control plane");
-    let node = Node::start(&env, &registry, Duration::from_secs(120)).expect("node");
     let ready_in = started.elapsed();
 
     let pod = serde_json::json!({
@@ -229,6 +211,240 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
     );
     drop(node);
     drop(env);
+}
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/probity");
+
+/// The chart for real: the operator's own image by digest, two replicas
+/// that kubelet probes Ready, one leader, the API server reaching the
+/// webhooks through the Service, a `:latest` Deployment denied, the
+/// leader's pod deleted and its lease taken over, and `helm uninstall`.
+#[test]
+fn the_chart_runs_the_operator_on_the_node() {
+    let Some((env, node)) = node_or_skip("the_chart_runs_the_operator_on_the_node") else {
+        return;
+    };
+    let work = env.dir().join("images");
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let images = probity_testenv::image::push_project_images(node.registry(), &work)
+        .expect("project images");
+    let image = images
+        .iter()
+        .find(|i| i.contains("/probity/probity:"))
+        .expect("probity image");
+    let (name, digest) = image.split_once('@').expect("by digest");
+    let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
+
+    let installed = Instant::now();
+    let out = env
+        .helm()
+        .args(["install", "probity", CHART, "--namespace", "probity-system"])
+        .args(["--create-namespace", "--wait", "--timeout", "180s"])
+        .args(["--set", &format!("image.repository={repository}")])
+        .args(["--set", &format!("image.digest={digest}")])
+        .output()
+        .expect("helm install");
+    assert!(
+        out.status.success(),
+        "helm install: {}{}\nkubelet log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node_log(&node)
+    );
+    let ns = ["-n", "probity-system"];
+    let pods = |env: &TestEnv| -> Vec<(String, bool)> {
+        let list = get(
+            env,
+            &["pods", ns[0], ns[1], "-l", "app.kubernetes.io/name=probity"],
+        );
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    ready,
+                )
+            })
+            .collect()
+    };
+    let ready = poll("both operator replicas Ready", || {
+        let pods = pods(&env);
+        if pods.len() == 2 && pods.iter().all(|(_, r)| *r) {
+            Ok(pods)
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    });
+    let line = format!(
+        "chart installed, 2 operator replicas Ready {:.1} s after helm install\n",
+        installed.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let holder = |env: &TestEnv| {
+        get(env, &["lease", "probity", ns[0], ns[1]])["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let leader = poll("one replica holds the lease", || {
+        let h = holder(&env);
+        if ready
+            .iter()
+            .any(|(pod, _)| !h.is_empty() && h.starts_with(pod.as_str()))
+        {
+            Ok(h)
+        } else {
+            Err(format!("holder {h:?}, pods {ready:?}"))
+        }
+    });
+
+    // The webhook, reached through the Service, denies `:latest`.
+    apply(
+        &env,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {probity.dev/policy: enforce}\n\
+         ---\napiVersion: probity.dev/v1alpha1\nkind: ClusterReadinessPolicy\nmetadata:\n  name: baseline\n\
+         spec:\n  mode: Enforce\n  namespaceSelector:\n    matchLabels: {probity.dev/policy: enforce}\n",
+    );
+    let latest = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx:latest"}]}}},
+    });
+    poll("the webhook denies a :latest Deployment", || {
+        let out = probity_testenv::output_with_stdin(
+            env.kubectl()
+                .args(["create", "--dry-run=server", "-f", "-"]),
+            latest.to_string().as_bytes(),
+        )
+        .expect("kubectl create");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && said.contains("admission webhook") && said.contains("latest") {
+            Ok(())
+        } else {
+            Err(format!("{}{said}", String::from_utf8_lossy(&out.stdout)))
+        }
+    });
+
+    // The leader's pod goes; the other replica takes the lease.
+    let leader_pod = ready
+        .iter()
+        .map(|(pod, _)| pod.clone())
+        .find(|pod| leader.starts_with(pod.as_str()))
+        .expect("the leader's pod");
+    let deleted = Instant::now();
+    let out = env
+        .kubectl()
+        .args(["delete", "pod", &leader_pod, ns[0], ns[1], "--wait=false"])
+        .output()
+        .expect("kubectl delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let next = poll("the other replica takes the lease", || {
+        let h = holder(&env);
+        if !h.is_empty() && !h.starts_with(leader_pod.as_str()) {
+            Ok(h)
+        } else {
+            Err(h)
+        }
+    });
+    let line = format!(
+        "lease handed from {leader} to {next} {:.1} s after the leader's pod was deleted\n",
+        deleted.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+
+    let out = env
+        .helm()
+        .args([
+            "uninstall",
+            "probity",
+            "--namespace",
+            "probity-system",
+            "--wait",
+        ])
+        .output()
+        .expect("helm uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    poll("the operator's pods are gone", || {
+        let left = pods(&env);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    let hooks = env
+        .kubectl()
+        .args([
+            "get",
+            "validatingwebhookconfigurations,mutatingwebhookconfigurations",
+            "-o",
+            "name",
+        ])
+        .output()
+        .expect("kubectl get");
+    let hooks = String::from_utf8_lossy(&hooks.stdout);
+    assert!(
+        !hooks.contains("probity"),
+        "webhook configurations left behind: {hooks}"
+    );
+}
+
+/// `kubectl apply -f -` of `yaml`, which must succeed.
+fn apply(env: &TestEnv, yaml: &str) {
+    let out = probity_testenv::output_with_stdin(
+        env.kubectl().args(["apply", "-f", "-"]),
+        yaml.as_bytes(),
+    )
+    .expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A control plane and a node, inside a namespace of the run's own: `None`
+/// when `test` ran inside `hack/isolated.sh` instead (it passed there, or
+/// this panicked) or when the binaries are missing and not required.
+fn node_or_skip(test: &str) -> Option<(TestEnv, Node)> {
+    match isolation::check() {
+        Ok(()) => {}
+        Err(isolation::Refused::NotIsolated) => {
+            run_isolated(test);
+            return None;
+        }
+        // Inside, but not as a node needs: running again would not help.
+        Err(refused) => panic!("no node here: {refused}"),
+    }
+    let binaries = probity_testenv::binaries_or_skip()?;
+    let registry = probity_testenv::registry::locate_or_skip()?;
+    let options = Options {
+        node: true,
+        ..Options::default()
+    };
+    let env = TestEnv::start(binaries, &options).expect("control plane");
+    let node = Node::start(&env, &registry, Duration::from_secs(120)).expect("node");
+    Some((env, node))
 }
 
 /// The orders example with its dependency down, its liveness probe on
