@@ -224,72 +224,14 @@ fn the_chart_runs_the_operator_on_the_node() {
     let Some((env, node)) = node_or_skip("the_chart_runs_the_operator_on_the_node") else {
         return;
     };
-    let work = env.dir().join("images");
-    std::fs::create_dir_all(&work).expect("image work dir");
-    let images = probity_testenv::image::push_project_images(node.registry(), &work)
-        .expect("project images");
-    let image = images
-        .iter()
-        .find(|i| i.contains("/probity/probity:"))
-        .expect("probity image");
-    let (name, digest) = image.split_once('@').expect("by digest");
-    let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
-
     let installed = Instant::now();
-    let out = env
-        .helm()
-        .args(["install", "probity", CHART, "--namespace", "probity-system"])
-        .args(["--create-namespace", "--wait", "--timeout", "180s"])
-        .args(["--set", &format!("image.repository={repository}")])
-        .args(["--set", &format!("image.digest={digest}")])
-        .output()
-        .expect("helm install");
-    assert!(
-        out.status.success(),
-        "helm install: {}{}\nkubelet log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        node_log(&node)
-    );
-    let ns = ["-n", "probity-system"];
-    let pods = |env: &TestEnv| -> Vec<(String, bool)> {
-        let list = get(
-            env,
-            &["pods", ns[0], ns[1], "-l", "app.kubernetes.io/name=probity"],
-        );
-        list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let ready = p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    ready,
-                )
-            })
-            .collect()
-    };
-    let ready = poll("both operator replicas Ready", || {
-        let pods = pods(&env);
-        if pods.len() == 2 && pods.iter().all(|(_, r)| *r) {
-            Ok(pods)
-        } else {
-            Err(format!("{pods:?}"))
-        }
-    });
+    let ready = install_chart(&env, &node);
     let line = format!(
         "chart installed, 2 operator replicas Ready {:.1} s after helm install\n",
         installed.elapsed().as_secs_f64()
     );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let ns = ["-n", "probity-system"];
     let holder = |env: &TestEnv| {
         get(env, &["lease", "probity", ns[0], ns[1]])["spec"]["holderIdentity"]
             .as_str()
@@ -385,7 +327,7 @@ fn the_chart_runs_the_operator_on_the_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     poll("the operator's pods are gone", || {
-        let left = pods(&env);
+        let left = operator_pods(&env);
         if left.is_empty() {
             Ok(())
         } else {
@@ -407,6 +349,195 @@ fn the_chart_runs_the_operator_on_the_node() {
         !hooks.contains("probity"),
         "webhook configurations left behind: {hooks}"
     );
+}
+
+/// The `:latest` incident on a real node: three replicas pull
+/// `app:latest` (digest A), the tag moves to B, one pod is replaced and its
+/// replacement runs B, as the runtime reports; the operator, installed by
+/// the chart, names that pod in PRB301 from the real pod statuses.
+#[test]
+fn the_latest_incident_is_replayed_on_the_node() {
+    let Some((env, node)) = node_or_skip("the_latest_incident_is_replayed_on_the_node") else {
+        return;
+    };
+    install_chart(&env, &node);
+    let work = env.dir().join("app");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let release = |n: &[u8]| {
+        let mut image = probity_testenv::image::pause(&work).expect("pause image");
+        image.layers.push(
+            probity_testenv::image::LayerBuilder::new()
+                .file("release", 0o644, n)
+                .build(),
+        );
+        node.registry()
+            .push_image("app", "latest", &image)
+            .expect("push app:latest")
+    };
+    let digest_a = release(b"A");
+    apply(
+        &env,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+         apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: audit\n  namespace: shop\n\
+         spec:\n  mode: Audit\n",
+    );
+    let image = format!("{}/app:latest", node.registry().host);
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}},
+                              "spec": {"containers": [{"name": "app", "image": image,
+                                                       "imagePullPolicy": "Always"}]}}},
+    });
+    create(&env, &deployment);
+    let out = env
+        .kubectl()
+        .args([
+            "rollout",
+            "status",
+            "deployment/app",
+            "-n",
+            "shop",
+            "--timeout=90s",
+        ])
+        .output()
+        .expect("kubectl rollout status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digests = |env: &TestEnv| -> Vec<(String, String)> {
+        get(env, &["pods", "-n", "shop", "-l", "app=app"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let id = p["status"]["containerStatuses"][0]["imageID"]
+                    .as_str()
+                    .unwrap_or_default();
+                let digest = id.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    digest,
+                )
+            })
+            .collect()
+    };
+    let first = digests(&env);
+    assert!(
+        first.len() == 3 && first.iter().all(|(_, d)| *d == digest_a),
+        "{first:?}"
+    );
+
+    let digest_b = release(b"B");
+    assert_ne!(digest_a, digest_b);
+    let out = env
+        .kubectl()
+        .args(["delete", "pod", &first[0].0, "-n", "shop", "--wait=false"])
+        .output()
+        .expect("kubectl delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replacement = poll("the replacement runs digest B", || {
+        let now = digests(&env);
+        now.iter()
+            .find(|(name, d)| *d == digest_b && !first.iter().any(|(f, _)| f == name))
+            .map(|(name, _)| name.clone())
+            .ok_or(format!("{now:?}"))
+    });
+    let message = poll("the operator reports PRB301 naming the replacement", || {
+        let policy = get(&env, &["readinesspolicy", "audit", "-n", "shop"]);
+        policy["status"]["violations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["rule"] == "PRB301")
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .ok_or(policy["status"].to_string())
+    });
+    assert!(message.contains(&replacement), "{message}");
+}
+
+/// The operator's pods in probity-system: name and whether Ready.
+fn operator_pods(env: &TestEnv) -> Vec<(String, bool)> {
+    let list = get(
+        env,
+        &[
+            "pods",
+            "-n",
+            "probity-system",
+            "-l",
+            "app.kubernetes.io/name=probity",
+        ],
+    );
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                ready,
+            )
+        })
+        .collect()
+}
+
+/// Pushes the project's images and installs the chart as release
+/// `probity` in probity-system with the operator's image by digest;
+/// returns the two replicas once both are Ready.
+fn install_chart(env: &TestEnv, node: &Node) -> Vec<(String, bool)> {
+    let work = env.dir().join("images");
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let images = probity_testenv::image::push_project_images(node.registry(), &work)
+        .expect("project images");
+    let image = images
+        .iter()
+        .find(|i| i.contains("/probity/probity:"))
+        .expect("probity image");
+    let (name, digest) = image.split_once('@').expect("by digest");
+    let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
+
+    let out = env
+        .helm()
+        .args(["install", "probity", CHART, "--namespace", "probity-system"])
+        .args(["--create-namespace", "--wait", "--timeout", "180s"])
+        .args(["--set", &format!("image.repository={repository}")])
+        .args(["--set", &format!("image.digest={digest}")])
+        .output()
+        .expect("helm install");
+    assert!(
+        out.status.success(),
+        "helm install: {}{}\nkubelet log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node_log(node)
+    );
+    poll("both operator replicas Ready", || {
+        let pods = operator_pods(env);
+        if pods.len() == 2 && pods.iter().all(|(_, r)| *r) {
+            Ok(pods)
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    })
 }
 
 /// `kubectl apply -f -` of `yaml`, which must succeed.
