@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command in network, mount and pid namespaces of its own, as the test
 # node needs: its own loopback and nothing else (no route out); tmpfs over
-# /tmp, /var/lib and /var/log (the run's files, and what kubelet writes to
+# /tmp, /var/lib and /var/log, the checkout and the command kept visible (the
+# run's files, and what kubelet writes to
 # /var/lib/kubelet/device-plugins and /var/log/{containers,pods} whatever its
 # root dir says); and the kernel settings kubelet would change
 # (vm.overcommit_memory, kernel.panic, ...) bind-mounted from files of the
@@ -78,10 +79,28 @@ shift
 
 ip link set lo up
 mount -t proc proc /proc
+# The checkout and the command's directory stay visible when they live under
+# a directory the tmpfs hides (a clone in /tmp, a target dir in /var/lib):
+# each is held open across the mount and bound back at its path.
+keep=()
+for path in "$(cd "$(dirname "$0")/.." && pwd -P)" "$(cd "$(dirname "$(command -v "$1")")" && pwd -P)"; do
+  case "$path" in
+    /tmp/* | /var/lib/* | /var/log/*)
+      exec {fd}<"$path"
+      keep+=("$fd:$path")
+      ;;
+  esac
+done
 for dir in /tmp /var/lib /var/log; do
   mount -t tmpfs -o mode=0755 tmpfs "$dir"
 done
 chmod 1777 /tmp
+for held in "${keep[@]}"; do
+  fd="${held%%:*}" path="${held#*:}"
+  mkdir -p "$path"
+  mount --no-canonicalize --bind "/proc/self/fd/$fd" "$path"
+  exec {fd}<&-
+done
 sysctls=/var/lib/probity-sysctl
 mkdir -p "$sysctls"
 for setting in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \

@@ -399,21 +399,7 @@ fn serve_pods() -> Result<(), Error> {
     crate::isolation::check()
         .map_err(|e| Error::Client(format!("a control plane for a node: {e}")))?;
     let ip = format!("{}/32", pki::KUBERNETES_SERVICE_IP);
-    let out = Command::new("ip")
-        .args(["addr", "replace", &ip, "dev", "lo"])
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "ip".into(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Client(format!(
-            "ip addr replace {ip} dev lo: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    crate::node::ip(&["addr", "replace", &ip, "dev", "lo"])
 }
 
 /// Sends once `/readyz` answers `ok`; gives up when `stop` is set.

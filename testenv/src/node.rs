@@ -390,27 +390,29 @@ fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
+/// Runs `ip` with `args`, failing with its message.
+pub(crate) fn ip(args: &[&str]) -> Result<(), Error> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: "ip".into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Client(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// The bridge with the node's address, made before the first pod so the
 /// kubelet has its node IP at start.
 fn bridge() -> Result<(), Error> {
-    let ip = |args: &[&str]| -> Result<(), Error> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|source| Error::Spawn {
-                program: "ip".into(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Client(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
-    };
     ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     ip(&["addr", "add", &format!("{NODE_IP}/16"), "dev", BRIDGE])?;
     ip(&["link", "set", BRIDGE, "up"])

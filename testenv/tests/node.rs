@@ -286,15 +286,9 @@ fn the_chart_runs_the_operator_on_the_node() {
         .find(|pod| leader.starts_with(pod.as_str()))
         .expect("the leader's pod");
     let deleted = Instant::now();
-    let out = env
-        .kubectl()
-        .args(["delete", "pod", &leader_pod, ns[0], ns[1], "--wait=false"])
-        .output()
-        .expect("kubectl delete");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kubectl_ok(
+        &env,
+        &["delete", "pod", &leader_pod, ns[0], ns[1], "--wait=false"],
     );
     let next = poll("the other replica takes the lease", || {
         let h = holder(&env);
@@ -437,15 +431,9 @@ fn the_latest_incident_is_replayed_on_the_node() {
 
     let digest_b = release(b"B");
     assert_ne!(digest_a, digest_b);
-    let out = env
-        .kubectl()
-        .args(["delete", "pod", &first[0].0, "-n", "shop", "--wait=false"])
-        .output()
-        .expect("kubectl delete");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kubectl_ok(
+        &env,
+        &["delete", "pod", &first[0].0, "-n", "shop", "--wait=false"],
     );
     let replacement = poll("the replacement runs digest B", || {
         let now = digests(&env);
@@ -538,6 +526,17 @@ fn install_chart(env: &TestEnv, node: &Node) -> Vec<(String, bool)> {
             Err(format!("{pods:?}"))
         }
     })
+}
+
+/// `kubectl <args>`, which must succeed.
+fn kubectl_ok(env: &TestEnv, args: &[&str]) {
+    let out = env.kubectl().args(args).output().expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `kubectl apply -f -` of `yaml`, which must succeed.
