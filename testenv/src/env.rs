@@ -104,11 +104,13 @@ impl TestEnv {
         let dir = make_dir()?;
         let pki = pki::write(&dir)?;
         let [etcd_port, peer_port, free_api_port] = free_ports::<3>()?;
-        let api_port = if options.node {
+        // A node's pods reach the API server at the kubernetes Service's IP
+        // and port; everything else talks to it on loopback.
+        let (bind, advertise, api_port) = if options.node {
             serve_pods()?;
-            443
+            ("0.0.0.0", pki::KUBERNETES_SERVICE_IP.to_string(), 443)
         } else {
-            free_api_port
+            ("127.0.0.1", "127.0.0.1".to_owned(), free_api_port)
         };
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -129,8 +131,8 @@ impl TestEnv {
         let path = |p: &Path| p.display().to_string();
         let mut api_args = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={advertise}"),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", dir.join("certs").display()),
             format!("--tls-cert-file={}", path(&pki.serving_cert)),
@@ -145,13 +147,7 @@ impl TestEnv {
             "--profiling=false".to_owned(),
         ];
         if options.node {
-            let service_ip = pki::KUBERNETES_SERVICE_IP.to_string();
-            api_args.retain(|a| {
-                !a.starts_with("--bind-address") && !a.starts_with("--advertise-address")
-            });
             api_args.extend([
-                "--bind-address=0.0.0.0".to_owned(),
-                format!("--advertise-address={service_ip}"),
                 "--authorization-mode=Node,RBAC".to_owned(),
                 "--enable-admission-plugins=NodeRestriction".to_owned(),
                 format!(

@@ -249,11 +249,24 @@ pub fn program(
             source,
         })?;
     let listing = String::from_utf8_lossy(&out.stdout);
-    // A static binary: "not a dynamic executable", exit status 1.
     let libraries = if out.status.success() {
-        shared_libraries(&listing)
-    } else {
+        shared_libraries(&listing).map_err(|missing| {
+            crate::Error::Client(format!(
+                "{}: ldd finds no {missing} on this machine",
+                binary.display()
+            ))
+        })?
+    } else if String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable")
+        || listing.contains("not a dynamic executable")
+    {
         Vec::new()
+    } else {
+        return Err(crate::Error::Client(format!(
+            "ldd {} failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     };
     let mut dirs = std::collections::BTreeSet::new();
     for lib in &libraries {
@@ -334,12 +347,16 @@ pub fn push_project_images(
 }
 
 /// The absolute paths in `ldd`'s listing, relative to `/`, in order, each
-/// once; `linux-vdso` and other libraries without a file are left out.
-fn shared_libraries(listing: &str) -> Vec<String> {
+/// once; the kernel's `linux-vdso` has no file and is left out. A library
+/// ldd cannot find is the error, by name.
+fn shared_libraries(listing: &str) -> Result<Vec<String>, String> {
     let mut found = Vec::new();
     for line in listing.lines() {
         let line = line.trim();
         let path = match line.split_once("=>") {
+            Some((library, target)) if target.trim() == "not found" => {
+                return Err(library.trim().to_owned());
+            }
             Some((_, target)) => target.trim(),
             None => line,
         };
@@ -355,7 +372,7 @@ fn shared_libraries(listing: &str) -> Vec<String> {
             found.push(relative);
         }
     }
-    found
+    Ok(found)
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -414,17 +431,19 @@ mod tests {
         let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
             \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f78)\n\
             \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f78)\n\
-            \tlibfoo.so => not found\n\
             \t/lib64/ld-linux-x86-64.so.2 (0x00007f78)\n\
             \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f78)\n";
         assert_eq!(
-            shared_libraries(listing),
+            shared_libraries(listing).expect("every library found"),
             [
                 "lib/x86_64-linux-gnu/libgcc_s.so.1",
                 "lib/x86_64-linux-gnu/libc.so.6",
                 "lib64/ld-linux-x86-64.so.2",
             ]
         );
+        let missing = "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f78)\n\
+            \tlibfoo.so.1 => not found\n";
+        assert_eq!(shared_libraries(missing), Err("libfoo.so.1".to_owned()));
     }
 
     #[test]

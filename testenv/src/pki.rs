@@ -90,30 +90,20 @@ pub(crate) fn write(dir: &Path) -> Result<Pki, Error> {
         &ca,
     )
     .map_err(gen_err)?;
-    let (admin_cert, admin_key) = leaf(
-        name("probity-admin", Some("system:masters")),
-        Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &ca,
-    )
-    .map_err(gen_err)?;
-    let (node_cert, node_key) = leaf(
-        name(
-            &format!("system:node:{}", crate::node::NODE_NAME),
-            Some("system:nodes"),
-        ),
-        Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &ca,
-    )
-    .map_err(gen_err)?;
-    let (kubelet_client_cert, kubelet_client_key) = leaf(
-        name("kube-apiserver-kubelet-client", Some("system:masters")),
-        Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
-        &ca,
-    )
-    .map_err(gen_err)?;
+    let client = |user: &str, group: &str| {
+        leaf(
+            name(user, Some(group)),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &ca,
+        )
+        .map_err(gen_err)
+    };
+    let (admin_cert, admin_key) = client("probity-admin", "system:masters")?;
+    let node_user = format!("system:node:{}", crate::node::NODE_NAME);
+    let (node_cert, node_key) = client(&node_user, "system:nodes")?;
+    let (kubelet_client_cert, kubelet_client_key) =
+        client("kube-apiserver-kubelet-client", "system:masters")?;
     let sa = KeyPair::generate().map_err(gen_err)?;
 
     let pki = Pki {

@@ -63,12 +63,11 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
         image_id.ends_with(digest),
         "the runtime reports the pushed digest: {image_id}"
     );
-    let line = format!(
+    report(&format!(
         "node Ready {:.1} s after start; pod Running {:.1} s after create\n",
         ready_in.as_secs_f64(),
         running_in.as_secs_f64()
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    ));
 
     // The scheduler and the controllers: a Deployment's replicas are
     // created, scheduled and run.
@@ -81,22 +80,14 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
     });
     let applied = Instant::now();
     create(&env, &deployment);
-    let out = env
-        .kubectl()
-        .args(["rollout", "status", "deployment/pair", "--timeout=90s"])
-        .output()
-        .expect("kubectl rollout status");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    kubectl_ok(
+        &env,
+        &["rollout", "status", "deployment/pair", "--timeout=90s"],
     );
-    let line = format!(
+    report(&format!(
         "2-replica Deployment available {:.1} s after create\n",
         applied.elapsed().as_secs_f64()
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    ));
 
     // And the EndpointSlice controller: a Service lists both pods, ready.
     let service = serde_json::json!({
@@ -158,11 +149,10 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
             Err(format!("{status}\nkubelet log:\n{}", node_log(&node)))
         }
     });
-    let line = format!(
+    report(&format!(
         "orders pod running, not ready, {:.1} s after create\n",
         started.elapsed().as_secs_f64()
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    ));
     let restarts = poll("kubelet restarts the dishonest pod", || {
         let status = get(&env, &["pod", "dishonest"])["status"].clone();
         match status["containerStatuses"][0]["restartCount"].as_u64() {
@@ -226,11 +216,10 @@ fn the_chart_runs_the_operator_on_the_node() {
     };
     let installed = Instant::now();
     let ready = install_chart(&env, &node);
-    let line = format!(
+    report(&format!(
         "chart installed, 2 operator replicas Ready {:.1} s after helm install\n",
         installed.elapsed().as_secs_f64()
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    ));
     let ns = ["-n", "probity-system"];
     let holder = |env: &TestEnv| {
         get(env, &["lease", "probity", ns[0], ns[1]])["spec"]["holderIdentity"]
@@ -238,16 +227,13 @@ fn the_chart_runs_the_operator_on_the_node() {
             .unwrap_or_default()
             .to_owned()
     };
-    let leader = poll("one replica holds the lease", || {
+    let leader_pod = poll("one replica holds the lease", || {
         let h = holder(&env);
-        if ready
+        ready
             .iter()
-            .any(|(pod, _)| !h.is_empty() && h.starts_with(pod.as_str()))
-        {
-            Ok(h)
-        } else {
-            Err(format!("holder {h:?}, pods {ready:?}"))
-        }
+            .find(|pod| !h.is_empty() && h.starts_with(pod.as_str()))
+            .cloned()
+            .ok_or(format!("holder {h:?}, pods {ready:?}"))
     });
 
     // The webhook, reached through the Service, denies `:latest`.
@@ -280,11 +266,6 @@ fn the_chart_runs_the_operator_on_the_node() {
     });
 
     // The leader's pod goes; the other replica takes the lease.
-    let leader_pod = ready
-        .iter()
-        .map(|(pod, _)| pod.clone())
-        .find(|pod| leader.starts_with(pod.as_str()))
-        .expect("the leader's pod");
     let deleted = Instant::now();
     kubectl_ok(
         &env,
@@ -298,11 +279,10 @@ fn the_chart_runs_the_operator_on_the_node() {
             Err(h)
         }
     });
-    let line = format!(
-        "lease handed from {leader} to {next} {:.1} s after the leader's pod was deleted\n",
+    report(&format!(
+        "lease handed from {leader_pod} to {next} {:.1} s after the leader's pod was deleted\n",
         deleted.elapsed().as_secs_f64()
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    ));
 
     let out = env
         .helm()
@@ -385,22 +365,16 @@ fn the_latest_incident_is_replayed_on_the_node() {
                                                        "imagePullPolicy": "Always"}]}}},
     });
     create(&env, &deployment);
-    let out = env
-        .kubectl()
-        .args([
+    kubectl_ok(
+        &env,
+        &[
             "rollout",
             "status",
             "deployment/app",
             "-n",
             "shop",
             "--timeout=90s",
-        ])
-        .output()
-        .expect("kubectl rollout status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let digests = |env: &TestEnv| -> Vec<(String, String)> {
         get(env, &["pods", "-n", "shop", "-l", "app=app"])["items"]
@@ -490,8 +464,8 @@ fn operator_pods(env: &TestEnv) -> Vec<(String, bool)> {
 
 /// Pushes the project's images and installs the chart as release
 /// `probity` in probity-system with the operator's image by digest;
-/// returns the two replicas once both are Ready.
-fn install_chart(env: &TestEnv, node: &Node) -> Vec<(String, bool)> {
+/// returns the two replicas' pod names once both are Ready.
+fn install_chart(env: &TestEnv, node: &Node) -> Vec<String> {
     let work = env.dir().join("images");
     std::fs::create_dir_all(&work).expect("image work dir");
     let images = probity_testenv::image::push_project_images(node.registry(), &work)
@@ -521,11 +495,17 @@ fn install_chart(env: &TestEnv, node: &Node) -> Vec<(String, bool)> {
     poll("both operator replicas Ready", || {
         let pods = operator_pods(env);
         if pods.len() == 2 && pods.iter().all(|(_, r)| *r) {
-            Ok(pods)
+            Ok(pods.into_iter().map(|(pod, _)| pod).collect())
         } else {
             Err(format!("{pods:?}"))
         }
     })
+}
+
+/// A line for the test's output on stderr: a measured figure, or what the
+/// isolated run printed.
+fn report(line: &str) {
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// `kubectl <args>`, which must succeed.
@@ -672,8 +652,9 @@ fn run_isolated(test: &str) {
             !probity_testenv::e2e_required(),
             "{test}: the node needs root (network, mount and pid namespaces) and is required here"
         );
-        let line = format!("skipping {test}: the node needs root (hack/isolated.sh)\n");
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        report(&format!(
+            "skipping {test}: the node needs root (hack/isolated.sh)\n"
+        ));
         return;
     }
     let exe = std::env::current_exe().expect("own executable");
@@ -687,7 +668,7 @@ fn run_isolated(test: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    report(&text);
     assert!(
         out.status.success(),
         "{test} failed inside hack/isolated.sh"
