@@ -24,6 +24,8 @@ pub const NODE_NAME: &str = "probity-node";
 pub const NODE_IP: &str = "10.88.0.1";
 const POD_SUBNET: &str = "10.88.0.0/16";
 const BRIDGE: &str = "cni0";
+/// The bridge's MAC address, locally administered.
+const BRIDGE_MAC: &str = "02:70:62:00:00:01";
 const CGROUP_FS: &str = "/sys/fs/cgroup";
 const RUNC: &str = "/usr/sbin/runc";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -411,9 +413,15 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), Error> {
 }
 
 /// The bridge with the node's address, made before the first pod so the
-/// kubelet has its node IP at start.
+/// kubelet has its node IP at start. Its MAC address is set, not left to
+/// the kernel: a bridge with an unset address takes its lowest port's, so
+/// a pod's veth leaving would change the gateway's MAC under every other
+/// pod's ARP cache, and their traffic to the node would stall for half a
+/// minute.
 fn bridge() -> Result<(), Error> {
-    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    ip(&[
+        "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+    ])?;
     ip(&["addr", "add", &format!("{NODE_IP}/16"), "dev", BRIDGE])?;
     ip(&["link", "set", BRIDGE, "up"])
 }
