@@ -174,19 +174,25 @@ pub fn spawn(
         tokio::pin!(stop);
         loop {
             let started = Instant::now();
-            let outcome = elector.try_acquire_or_renew().await;
+            // Each attempt is bounded: a request stuck on a dead connection
+            // must not hold a standby back from an expired lease.
+            let attempt = elector.options.renew_deadline;
+            let outcome = tokio::time::timeout(attempt, elector.try_acquire_or_renew()).await;
             match &outcome {
-                Ok((true, holder)) => {
+                Err(_) => {
+                    tracing::warn!(lease = %elector.options.name, timeout = ?attempt, "lease acquire/renew timed out")
+                }
+                Ok(Ok((true, holder))) => {
                     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                     s.renewed = Some(started);
                     s.holder = holder.clone();
                 }
-                Ok((false, holder)) => {
+                Ok(Ok((false, holder))) => {
                     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                     s.renewed = None;
                     s.holder = holder.clone();
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(lease = %elector.options.name, error = %e, "lease acquire/renew failed")
                 }
             }
@@ -210,7 +216,10 @@ pub fn spawn(
                     state.lock().unwrap_or_else(PoisonError::into_inner).renewed = None;
                     let _ = tx.send(false);
                     if was_leader {
-                        elector.release().await;
+                        let bound = elector.options.renew_deadline;
+                        if tokio::time::timeout(bound, elector.release()).await.is_err() {
+                            tracing::warn!(lease = %elector.options.name, "releasing the lease timed out");
+                        }
                     }
                     return;
                 }
@@ -484,5 +493,28 @@ mod tests {
         assert!(!stale.is_leader(), "not renewed within the renew deadline");
         assert_eq!(stale.fenced(async {}).await, Err(Fenced::NotLeader));
         assert!(Leadership::always().is_leader());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_hangs_is_abandoned_and_the_next_one_takes_a_released_lease() {
+        let (client, mut api) = crate::controller::fixtures::client();
+        let (leadership, task) = spawn(
+            client,
+            LeaseOptions::new("lease", "ns", "me"),
+            std::future::pending(),
+        );
+        let mut changes = leadership.changes();
+        // The first GET is never answered, as on a dead connection.
+        let _stuck = api.next("the first GET of the lease").await;
+        tokio::time::advance(Duration::from_millis(10_100)).await;
+        let get = api.next("a new attempt after the renew deadline").await;
+        assert_eq!(get.method, http::Method::GET);
+        get.reply(200, &lease("", "2026-01-01T00:00:00.000000Z", "7"));
+        let put = api.next("the takeover of the released lease").await;
+        assert_eq!(put.body["spec"]["holderIdentity"], "me");
+        put.reply(200, &lease("me", "2026-01-01T00:00:12.000000Z", "8"));
+        changes.changed().await.expect("the election loop runs");
+        assert!(*changes.borrow() && leadership.is_leader());
+        task.abort();
     }
 }

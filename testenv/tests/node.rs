@@ -271,14 +271,18 @@ fn the_chart_runs_the_operator_on_the_node() {
         &env,
         &["delete", "pod", &leader_pod, ns[0], ns[1], "--wait=false"],
     );
-    let next = poll("the other replica takes the lease", || {
-        let h = holder(&env);
-        if !h.is_empty() && !h.starts_with(leader_pod.as_str()) {
-            Ok(h)
-        } else {
-            Err(h)
-        }
-    });
+    let next = poll_explained(
+        "the other replica takes the lease",
+        || {
+            let h = holder(&env);
+            if !h.is_empty() && !h.starts_with(leader_pod.as_str()) {
+                Ok(h)
+            } else {
+                Err(format!("holder {h:?}"))
+            }
+        },
+        || operator_logs(&env),
+    );
     report(&format!(
         "lease handed from {leader_pod} to {next} {:.1} s after the leader's pod was deleted\n",
         deleted.elapsed().as_secs_f64()
@@ -617,18 +621,51 @@ fn get(env: &TestEnv, what: &[&str]) -> serde_json::Value {
 
 /// Polls `probe` every 200 ms until it returns `Ok`, or panics after a
 /// minute with `what` and the last value seen.
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+fn poll<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    poll_explained(what, probe, String::new)
+}
+
+/// [`poll`], and on failure also what `explain` says (logs, for example).
+fn poll_explained<T>(
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match probe() {
             Ok(value) => return value,
-            Err(seen) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within a minute; last seen: {seen}"
-            ),
+            Err(seen) if Instant::now() >= deadline => {
+                panic!(
+                    "{what}: not within a minute; last seen: {seen}\n{}",
+                    explain()
+                )
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The last lines each operator pod logged, for failure messages.
+fn operator_logs(env: &TestEnv) -> String {
+    let out = env
+        .kubectl()
+        .args([
+            "logs",
+            "-n",
+            "probity-system",
+            "-l",
+            "app.kubernetes.io/name=probity",
+        ])
+        .args(["--prefix", "--tail=40", "--all-containers"])
+        .output()
+        .expect("kubectl logs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The end of the kubelet's log, for failure messages.
