@@ -307,6 +307,34 @@ pub const PROJECT_IMAGES: [(&str, &str); 2] = [
     ("probity/orders", "examples/orders"),
 ];
 
+/// `file` (`probity`, `examples/orders`) in the cargo profile directory
+/// the running test binary was built into; an error saying how to build
+/// it when it is not there.
+///
+/// # Errors
+///
+/// When the binary is missing or the executable's path is unknown.
+pub fn project_binary(file: &str) -> Result<std::path::PathBuf, crate::Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| crate::Error::io(std::path::Path::new("/proc/self/exe"), e))?;
+    let mut profile = exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    if profile.ends_with("deps") {
+        profile.pop();
+    }
+    let binary = profile.join(file);
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(crate::Error::Client(format!(
+            "{} is missing: build it with `cargo test --workspace --all-features --all-targets --no-run`",
+            binary.display()
+        )))
+    }
+}
+
 /// Builds and pushes the [`PROJECT_IMAGES`] from the binaries cargo left in
 /// the profile directory this executable runs from (`target/debug`, also
 /// when it runs from `target/debug/deps`), tagged `dev`. Returns each image
@@ -320,24 +348,9 @@ pub fn push_project_images(
     registry: &crate::registry::Registry,
     work: &std::path::Path,
 ) -> Result<Vec<String>, crate::Error> {
-    let exe = std::env::current_exe()
-        .map_err(|e| crate::Error::io(std::path::Path::new("/proc/self/exe"), e))?;
-    let mut profile = exe
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    if profile.ends_with("deps") {
-        profile.pop();
-    }
     let mut pushed = Vec::new();
     for (repository, file) in PROJECT_IMAGES {
-        let binary = profile.join(file);
-        if !binary.is_file() {
-            return Err(crate::Error::Client(format!(
-                "{} is missing: build it with `cargo test --workspace --all-features --all-targets --no-run`",
-                binary.display()
-            )));
-        }
+        let binary = project_binary(file)?;
         let name = file.rsplit('/').next().unwrap_or(file);
         let image = program(&binary, name, work)?;
         let digest = registry.push_image(repository, "dev", &image)?;

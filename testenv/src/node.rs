@@ -107,7 +107,7 @@ impl Node {
             bins.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let containerd = component(
+        let mut containerd = component(
             env,
             &dir,
             "containerd",
@@ -117,7 +117,7 @@ impl Node {
                 .env("PATH", &path),
         )?;
         let socket = dir.join("containerd/containerd.sock");
-        wait(timeout, "containerd's socket", || socket.exists())?;
+        serving(&mut containerd, &socket, timeout)?;
 
         // Named so that hack/isolated.sh removes it after the run, and the
         // next run if this one was killed.
@@ -381,11 +381,25 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<(), Error> {
+/// Waits until `process` listens on `socket`; fails with its log when it
+/// exits first or does not get there within `limit`.
+fn serving(process: &mut Process, socket: &Path, limit: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
-    while !done() {
+    while !socket.exists() {
+        if let Some(status) = process.exited() {
+            return Err(Error::Exited {
+                component: process.name().to_owned(),
+                status: status.to_string(),
+                log: process.log_tail(30),
+            });
+        }
         if Instant::now() >= deadline {
-            return Err(Error::Client(format!("{what}: not there after {limit:?}")));
+            return Err(Error::Client(format!(
+                "{}: no socket at {} after {limit:?}; its log ends:\n{}",
+                process.name(),
+                socket.display(),
+                process.log_tail(30)
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -215,7 +215,7 @@ fn the_chart_runs_the_operator_on_the_node() {
         return;
     };
     let installed = Instant::now();
-    let ready = install_chart(&env, &node);
+    let (ready, _) = install_chart(&env, &node);
     report(&format!(
         "chart installed, 2 operator replicas Ready {:.1} s after helm install\n",
         installed.elapsed().as_secs_f64()
@@ -433,6 +433,323 @@ fn the_latest_incident_is_replayed_on_the_node() {
     assert!(message.contains(&replacement), "{message}");
 }
 
+/// The probes the orders example recommends, as it prints them, executed
+/// by kubelet through a database outage: its pods leave the Service's
+/// endpoints and come back, and are never restarted. Beside them, the same
+/// image with liveness on the deep check, as often written by hand, is
+/// restarted on every replica, and the operator installed by the chart
+/// names that in PRB303.
+#[test]
+fn the_recommended_probes_ride_out_a_database_outage() {
+    let Some((env, node)) = node_or_skip("the_recommended_probes_ride_out_a_database_outage")
+    else {
+        return;
+    };
+    let (_, images) = install_chart(&env, &node);
+    let orders = images
+        .iter()
+        .find(|i| i.contains("/probity/orders:"))
+        .expect("orders image");
+    let (probes, grace) = recommended_probes(8080);
+    let mut database = Database::listen(&format!("{}:0", probity_testenv::node::NODE_IP));
+    let at = database.addr.to_string();
+    apply(
+        &env,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+         apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: audit\n  namespace: shop\n\
+         spec:\n  mode: Audit\n",
+    );
+    let indented: String = probes.lines().map(|l| format!("        {l}\n")).collect();
+    apply(
+        &env,
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: orders, namespace: shop}}\n\
+             spec:\n  replicas: 2\n  selector: {{matchLabels: {{app: orders}}}}\n  template:\n\
+             \x20   metadata: {{labels: {{app: orders}}}}\n    spec:\n\
+             \x20     terminationGracePeriodSeconds: {grace}\n      containers:\n\
+             \x20     - name: orders\n        image: {orders}\n        env:\n\
+             \x20       - {{name: PORT, value: \"8080\"}}\n        - {{name: HOST, value: 0.0.0.0}}\n\
+             \x20       - {{name: DEP_ADDR, value: \"{at}\"}}\n{indented}\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: orders, namespace: shop}}\n\
+             spec:\n  selector: {{app: orders}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        ),
+    );
+    let rolled = Instant::now();
+    kubectl_ok(
+        &env,
+        &[
+            "rollout",
+            "status",
+            "deployment/orders",
+            "-n",
+            "shop",
+            "--timeout=90s",
+        ],
+    );
+    let rolled_in = rolled.elapsed();
+    // Its startup probe on the deep check too, so that liveness starts only
+    // once the database answered: the restarts below are the outage's.
+    let mut fragile = orders_container(orders, "/readyz", &at);
+    fragile["startupProbe"]["httpGet"]["path"] = "/readyz".into();
+    create(
+        &env,
+        &serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "fragile", "namespace": "shop"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "fragile"}},
+                     "template": {"metadata": {"labels": {"app": "fragile"}},
+                                  "spec": {"containers": [fragile]}}},
+        }),
+    );
+    kubectl_ok(
+        &env,
+        &[
+            "rollout",
+            "status",
+            "deployment/fragile",
+            "-n",
+            "shop",
+            "--timeout=90s",
+        ],
+    );
+    let endpoints = |env: &TestEnv| -> (usize, usize) {
+        let list = get(
+            env,
+            &[
+                "endpointslices",
+                "-n",
+                "shop",
+                "-l",
+                "kubernetes.io/service-name=orders",
+            ],
+        );
+        let all: Vec<serde_json::Value> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let ready = all
+            .iter()
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count();
+        (ready, all.len() - ready)
+    };
+    poll(
+        "both orders pods ready in the EndpointSlices",
+        || match endpoints(&env) {
+            (2, 0) => Ok(()),
+            seen => Err(format!("ready, not ready: {seen:?}")),
+        },
+    );
+    report(&format!(
+        "recommended probes: 2 orders replicas available {:.1} s after apply\n",
+        rolled_in.as_secs_f64()
+    ));
+
+    let restarts = |app: &str| -> (Vec<u64>, serde_json::Value) {
+        let pods = get(&env, &["pods", "-n", "shop", "-l", &format!("app={app}")]);
+        let counts = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX)
+            })
+            .collect();
+        (counts, pods)
+    };
+    let prb303 = |env: &TestEnv| -> Vec<serde_json::Value> {
+        let policy = get(env, &["readinesspolicy", "audit", "-n", "shop"]);
+        policy["status"]["violations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["rule"] == "PRB303")
+            .cloned()
+            .collect()
+    };
+    let (before, pods) = restarts("fragile");
+    assert_eq!(before, [0, 0], "no restarts before the outage: {pods}");
+    assert_eq!(prb303(&env), Vec::<serde_json::Value>::new());
+
+    // The database goes away.
+    let down = Instant::now();
+    database.close();
+    poll(
+        "both orders pods leave the EndpointSlices",
+        || match endpoints(&env) {
+            (0, 2) => Ok(()),
+            seen => Err(format!("ready, not ready: {seen:?}")),
+        },
+    );
+    let out_in = down.elapsed();
+    let message = poll_explained(
+        "the operator reports PRB303 for the fragile Deployment",
+        || {
+            let found = prb303(&env);
+            found
+                .iter()
+                .find(|v| v["name"] == "fragile")
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .ok_or(format!("{found:?}"))
+        },
+        || operator_logs(&env),
+    );
+    let reported_in = down.elapsed();
+    // At least two of the orders pods' liveness periods into the outage.
+    let period = Duration::from_secs(10);
+    std::thread::sleep((period * 2).saturating_sub(down.elapsed()));
+    let outage = down.elapsed();
+    let (honest, pods) = restarts("orders");
+    assert_eq!(honest, [0, 0], "{pods}");
+    let (fragile, pods) = restarts("fragile");
+    assert!(
+        fragile.len() == 2 && fragile.iter().all(|n| (1..u64::MAX).contains(n)),
+        "{pods}"
+    );
+    assert!(message.contains("2 of 2 replicas"), "{message}");
+    let flagged = prb303(&env);
+    assert!(
+        flagged.iter().all(|v| v["name"] == "fragile"),
+        "the honest Deployment is not flagged: {flagged:?}"
+    );
+    let events = get(
+        &env,
+        &[
+            "events",
+            "-n",
+            "shop",
+            "--field-selector",
+            "reason=Unhealthy",
+        ],
+    );
+    let liveness_failed: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Liveness probe failed"))
+        })
+        .filter_map(|e| e["involvedObject"]["name"].as_str())
+        .collect();
+    assert!(
+        !liveness_failed.is_empty() && liveness_failed.iter().all(|n| n.starts_with("fragile-")),
+        "only the fragile pods' liveness probes failed: {liveness_failed:?}"
+    );
+
+    // The database comes back.
+    let up = Instant::now();
+    database = Database::listen(&at);
+    poll(
+        "both orders pods back in the EndpointSlices",
+        || match endpoints(&env) {
+            (2, 0) => Ok(()),
+            seen => Err(format!("ready, not ready: {seen:?}")),
+        },
+    );
+    let back_in = up.elapsed();
+    drop(database);
+    report(&format!(
+        "database down: orders out of the EndpointSlices in {:.1} s, PRB303 on the fragile Deployment in {:.1} s, \
+         {:.0} s outage with 0 orders restarts; back {:.1} s after the database returned\n",
+        out_in.as_secs_f64(),
+        reported_in.as_secs_f64(),
+        outage.as_secs_f64(),
+        back_in.as_secs_f64()
+    ));
+}
+
+/// The probes the orders example prints at start for `port`, as YAML, and
+/// the terminationGracePeriodSeconds it prints after them.
+fn recommended_probes(port: u16) -> (String, u64) {
+    use std::io::BufRead as _;
+    let binary = probity_testenv::image::project_binary("examples/orders").expect("orders");
+    let mut child = Command::new(binary)
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env("DEP_ADDR", "127.0.0.1:9")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the orders example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut probes = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("# pod spec: terminationGracePeriodSeconds:") {
+                let grace = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+                let _ = tx.send((probes, grace));
+                return;
+            }
+            probes.push_str(&line);
+            probes.push('\n');
+        }
+    });
+    let printed = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let (probes, grace) = printed.expect("the orders example prints its probes within 30 s");
+    assert!(
+        ["startupProbe:", "readinessProbe:", "livenessProbe:"]
+            .iter()
+            .all(|p| probes.contains(p)),
+        "{probes}"
+    );
+    (probes, grace.expect("a terminationGracePeriodSeconds"))
+}
+
+/// A TCP service that accepts connections and closes them: a database as
+/// far as a TCP check can tell. It stops listening when closed or dropped.
+struct Database {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Database {
+    fn listen(addr: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(addr).expect("the database's address");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let addr = listener.local_addr().expect("bound address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn close(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// The operator's pods in probity-system: name and whether Ready.
 fn operator_pods(env: &TestEnv) -> Vec<(String, bool)> {
     let list = get(
@@ -468,8 +785,9 @@ fn operator_pods(env: &TestEnv) -> Vec<(String, bool)> {
 
 /// Pushes the project's images and installs the chart as release
 /// `probity` in probity-system with the operator's image by digest;
-/// returns the two replicas' pod names once both are Ready.
-fn install_chart(env: &TestEnv, node: &Node) -> Vec<String> {
+/// returns the two replicas' pod names once both are Ready, and the
+/// images pushed.
+fn install_chart(env: &TestEnv, node: &Node) -> (Vec<String>, Vec<String>) {
     let work = env.dir().join("images");
     std::fs::create_dir_all(&work).expect("image work dir");
     let images = probity_testenv::image::push_project_images(node.registry(), &work)
@@ -496,14 +814,15 @@ fn install_chart(env: &TestEnv, node: &Node) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr),
         node_log(node)
     );
-    poll("both operator replicas Ready", || {
+    let pods = poll("both operator replicas Ready", || {
         let pods = operator_pods(env);
         if pods.len() == 2 && pods.iter().all(|(_, r)| *r) {
             Ok(pods.into_iter().map(|(pod, _)| pod).collect())
         } else {
             Err(format!("{pods:?}"))
         }
-    })
+    });
+    (pods, images)
 }
 
 /// A line for the test's output on stderr: a measured figure, or what the
@@ -565,6 +884,18 @@ fn node_or_skip(test: &str) -> Option<(TestEnv, Node)> {
 /// `liveness`, readiness on `/readyz`, both every second after a startup
 /// probe on `/livez`.
 fn orders_pod(name: &str, image: &str, liveness: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [orders_container(image, liveness, "10.88.0.1:9")]},
+    })
+}
+
+/// The orders example's container with its database at `database`, its
+/// liveness probe on `liveness`, readiness on `/readyz`, both every second
+/// and failing at the first failure, after a startup probe on `/livez`:
+/// probes written by hand, as often seen.
+fn orders_container(image: &str, liveness: &str, database: &str) -> serde_json::Value {
     let probe = |path: &str| {
         serde_json::json!({
             "httpGet": {"path": path, "port": 8080},
@@ -572,19 +903,15 @@ fn orders_pod(name: &str, image: &str, liveness: &str) -> serde_json::Value {
         })
     };
     serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"containers": [{
-            "name": "orders", "image": image,
-            "env": [{"name": "PORT", "value": "8080"},
-                    {"name": "HOST", "value": "0.0.0.0"},
-                    {"name": "DEP_ADDR", "value": "10.88.0.1:9"}],
-            // Liveness and readiness start once the server answers.
-            "startupProbe": {"httpGet": {"path": "/livez", "port": 8080},
-                             "periodSeconds": 1, "failureThreshold": 30},
-            "livenessProbe": probe(liveness),
-            "readinessProbe": probe("/readyz"),
-        }]},
+        "name": "orders", "image": image,
+        "env": [{"name": "PORT", "value": "8080"},
+                {"name": "HOST", "value": "0.0.0.0"},
+                {"name": "DEP_ADDR", "value": database}],
+        // Liveness and readiness start once the server answers.
+        "startupProbe": {"httpGet": {"path": "/livez", "port": 8080},
+                         "periodSeconds": 1, "failureThreshold": 30},
+        "livenessProbe": probe(liveness),
+        "readinessProbe": probe("/readyz"),
     })
 }
 
