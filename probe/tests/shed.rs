@@ -11,7 +11,7 @@ use axum::routing::get;
 use probity_probe::breaker::CircuitBreaker;
 use probity_probe::bulkhead::Bulkhead;
 use probity_probe::deadline::DeadlineLayer;
-use probity_probe::health::Health;
+use probity_probe::health::{Health, Phase};
 use probity_probe::shed::LoadShedLayer;
 use support::request;
 
@@ -34,7 +34,7 @@ async fn sheds_when_saturated_draining_or_out_of_budget_without_doing_work() {
     let work = Arc::new(AtomicUsize::new(0));
     let bulkhead = Bulkhead::new(1, Duration::ZERO);
     let health = Health::builder()
-        .drain(Duration::from_secs(30), Duration::from_secs(30))
+        .drain(Duration::from_millis(200), Duration::from_secs(30))
         .build()
         .expect("valid");
     let shed = LoadShedLayer::new()
@@ -71,13 +71,20 @@ async fn sheds_when_saturated_draining_or_out_of_budget_without_doing_work() {
         (503, "deadline too short\n")
     );
 
+    // During the drain delay load balancers still send traffic: served.
     health.begin_shutdown();
     let draining = request(addr, "GET", "/work", &[]).await.expect("request");
+    assert_eq!((draining.status, draining.body.as_str()), (200, "done"));
+    assert_eq!(work.load(Ordering::SeqCst), 2);
+
+    // Past it, what still arrives is sent elsewhere.
+    health.reached(Phase::Stopping).await;
+    let stopping = request(addr, "GET", "/work", &[]).await.expect("request");
     assert_eq!(
-        (draining.status, draining.body.as_str()),
+        (stopping.status, stopping.body.as_str()),
         (503, "shutting down\n")
     );
-    assert_eq!(work.load(Ordering::SeqCst), 1, "shed requests did no work");
+    assert_eq!(work.load(Ordering::SeqCst), 2, "shed requests did no work");
 }
 
 #[tokio::test]

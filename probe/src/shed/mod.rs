@@ -3,7 +3,10 @@
 //!
 //! A request is shed, without reaching the inner service, when
 //! - the bulkhead it would run in is full,
-//! - the service is draining (a shutdown began), or
+//! - the service is shutting down past its drain delay (a request that
+//!   arrives on a connection kept open after that is told to go
+//!   elsewhere; during the delay, while endpoint removal propagates and
+//!   load balancers still send traffic, requests are served), or
 //! - its remaining deadline is below the floor the work needs.
 //!
 //! `Retry-After` is the breaker's remaining open time when a breaker is
@@ -91,7 +94,9 @@ impl LoadShedLayer {
         self
     }
 
-    /// Shed while this registry is draining.
+    /// Shed once this registry's shutdown is past its drain delay. During
+    /// the delay requests are served: readiness already fails, but load
+    /// balancers have not all seen it yet.
     pub fn health(mut self, health: Health) -> Self {
         self.health = Some(health);
         self
@@ -123,7 +128,7 @@ impl LoadShedLayer {
         if self
             .health
             .as_ref()
-            .is_some_and(|h| h.phase() != Phase::Serving)
+            .is_some_and(|h| h.phase() >= Phase::Stopping)
         {
             return Some(Reason::Draining);
         }
