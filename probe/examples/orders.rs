@@ -15,7 +15,8 @@
 //!   shed with 503 + Retry-After when the bulkhead is full or the budget
 //!   is too short.
 //! - SIGTERM: `/readyz` fails at once, requests are served for the drain
-//!   delay, then in-flight requests finish.
+//!   delay (`DRAIN_DELAY` seconds, default 5), then in-flight requests
+//!   finish.
 //!
 //! ```sh
 //! HOST=127.0.0.1 PORT=8080 DEP_ADDR=127.0.0.1:5432 cargo run -p probity-probe --example orders
@@ -48,6 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 8080,
     };
     let dep = std::env::var("DEP_ADDR").unwrap_or_else(|_| "127.0.0.1:5432".into());
+    let drain_delay: u64 = match std::env::var("DRAIN_DELAY") {
+        Ok(s) => s.parse().map_err(|e| format!("DRAIN_DELAY={s:?}: {e}"))?,
+        Err(_) => 5,
+    };
 
     let breaker = CircuitBreaker::builder()
         .count_window(50)
@@ -84,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .bulkhead(bulkhead.clone())
                 .fallback("answer 503 with Retry-After; clients retry later"),
         )
-        .drain(Duration::from_secs(5), Duration::from_secs(20))
+        .drain(Duration::from_secs(drain_delay), Duration::from_secs(20))
         .probe_target(ProbeTarget::port(port))
         .build()?;
 

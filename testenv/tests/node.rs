@@ -664,6 +664,262 @@ fn the_recommended_probes_ride_out_a_database_outage() {
     ));
 }
 
+/// Rolling restarts under load, with a client that routes as kube-proxy
+/// does, from the EndpointSlices it reads every 100 ms: with the orders
+/// example's drain delay no request fails; without one, reported beside
+/// it, requests reach pods that already stopped listening.
+#[test]
+fn a_rolling_restart_loses_no_requests_with_the_drain_delay() {
+    let Some((env, node)) =
+        node_or_skip("a_rolling_restart_loses_no_requests_with_the_drain_delay")
+    else {
+        return;
+    };
+    let work = env.dir().join("images");
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let images = probity_testenv::image::push_project_images(node.registry(), &work)
+        .expect("project images");
+    let orders = images
+        .iter()
+        .find(|i| i.contains("/probity/orders:"))
+        .expect("orders image");
+    let (probes, grace) = recommended_probes(8080);
+    let database = Database::listen(&format!("{}:0", probity_testenv::node::NODE_IP));
+    let at = database.addr.to_string();
+    let indented: String = probes.lines().map(|l| format!("        {l}\n")).collect();
+    for (name, delay) in [("drained", 5), ("abrupt", 0)] {
+        apply(
+            &env,
+            &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\n\
+                 spec:\n  replicas: 3\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n\
+                 \x20   metadata: {{labels: {{app: {name}}}}}\n    spec:\n\
+                 \x20     terminationGracePeriodSeconds: {grace}\n      containers:\n\
+                 \x20     - name: orders\n        image: {orders}\n        env:\n\
+                 \x20       - {{name: PORT, value: \"8080\"}}\n        - {{name: HOST, value: 0.0.0.0}}\n\
+                 \x20       - {{name: DEP_ADDR, value: \"{at}\"}}\n\
+                 \x20       - {{name: DRAIN_DELAY, value: \"{delay}\"}}\n{indented}\
+                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+            ),
+        );
+    }
+    let config = env.config().clone();
+    let mut figures = Vec::new();
+    for name in ["drained", "abrupt"] {
+        kubectl_ok(
+            &env,
+            &[
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "--timeout=90s",
+            ],
+        );
+        let traffic = Traffic::start(config.clone(), name);
+        std::thread::sleep(Duration::from_secs(2));
+        kubectl_ok(&env, &["rollout", "restart", &format!("deployment/{name}")]);
+        kubectl_ok(
+            &env,
+            &[
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "--timeout=120s",
+            ],
+        );
+        // Until the replaced pods are gone, drain and all.
+        poll_explained(
+            "the replaced pods finish",
+            || {
+                let pods = get(&env, &["pods", "-l", &format!("app={name}")]);
+                let left = pods["items"].as_array().map_or(0, Vec::len);
+                if left == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} pods"))
+                }
+            },
+            || node_log(&node),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let tally = traffic.stop();
+        assert!(tally.sent > 100, "{name}: {tally:?}");
+        figures.push((name, tally));
+    }
+    drop(database);
+    let [(_, drained), (_, abrupt)] = &figures[..] else {
+        unreachable!("two rollouts")
+    };
+    report(&format!(
+        "rolling restart of 3 orders replicas at 50 requests/s, routed from EndpointSlices read every 100 ms: \
+         drain delay 5 s: {} of {} failed; no drain delay: {} of {} failed {:?}\n",
+        drained.failed(),
+        drained.sent,
+        abrupt.failed(),
+        abrupt.sent,
+        abrupt.failures
+    ));
+    assert_eq!(drained.failed(), 0, "with the drain delay: {drained:?}");
+}
+
+/// What a [`Traffic`] run saw: requests sent and failures by kind.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    failures: std::collections::BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn failed(&self) -> usize {
+        self.failures.values().sum()
+    }
+}
+
+/// Requests to a Service's ready endpoints, round robin, 50 a second, each
+/// on a new connection, from the EndpointSlices as last read (every
+/// 100 ms), as kube-proxy routes new connections.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<Tally>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(config: kube::Config, service: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoints: Arc<Mutex<Vec<std::net::SocketAddr>>> = Arc::default();
+        let reader = {
+            let (stop, endpoints, service) = (
+                Arc::clone(&stop),
+                Arc::clone(&endpoints),
+                service.to_owned(),
+            );
+            std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    let Ok(client) = kube::Client::try_from(config) else {
+                        return;
+                    };
+                    let api: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+                        kube::Api::namespaced(client, "default");
+                    let selector = format!("kubernetes.io/service-name={service}");
+                    let params = kube::api::ListParams::default().labels(&selector);
+                    while !stop.load(Ordering::Relaxed) {
+                        let listed =
+                            tokio::time::timeout(Duration::from_secs(1), api.list(&params)).await;
+                        if let Ok(Ok(slices)) = listed {
+                            let ready = ready_endpoints(&slices.items);
+                            *endpoints.lock().unwrap_or_else(|e| e.into_inner()) = ready;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+            })
+        };
+        let sender = {
+            let (stop, endpoints) = (Arc::clone(&stop), Arc::clone(&endpoints));
+            std::thread::spawn(move || {
+                let mut tally = Tally::default();
+                let mut requests = Vec::new();
+                let mut next = Instant::now();
+                let mut turn = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let target = {
+                        let list = endpoints.lock().unwrap_or_else(|e| e.into_inner());
+                        (!list.is_empty()).then(|| list[turn % list.len()])
+                    };
+                    turn += 1;
+                    if let Some(addr) = target {
+                        tally.sent += 1;
+                        requests.push(std::thread::spawn(move || get_orders(addr)));
+                    }
+                    next += Duration::from_millis(20);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                for request in requests {
+                    if let Ok(Err(kind)) = request.join() {
+                        *tally.failures.entry(kind).or_default() += 1;
+                    }
+                }
+                tally
+            })
+        };
+        Self {
+            stop,
+            sender,
+            reader,
+        }
+    }
+
+    fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.reader.join();
+        self.sender.join().unwrap_or_default()
+    }
+}
+
+/// The addresses of the ready endpoints in `slices`, at the port named in
+/// each slice.
+fn ready_endpoints(
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find_map(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok());
+        let Some(port) = port else { continue };
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+            for address in endpoint.addresses.iter().filter(|_| ready) {
+                if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+                    out.push(std::net::SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `GET /orders` on a new connection: `Ok` on a 200, else what went wrong.
+fn get_orders(addr: std::net::SocketAddr) -> Result<(), String> {
+    use std::io::Read as _;
+    let kind = |e: &std::io::Error| format!("{:?}", e.kind());
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect: {}", kind(&e)))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+    conn.write_all(b"GET /orders HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {}", kind(&e)))?;
+    let mut answer = Vec::new();
+    (&mut conn)
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("read: {}", kind(&e)))?;
+    let status = String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("no answer")
+        .to_owned();
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
 /// The probes the orders example prints at start for `port`, as YAML, and
 /// the terminationGracePeriodSeconds it prints after them.
 fn recommended_probes(port: u16) -> (String, u64) {
@@ -706,8 +962,23 @@ fn recommended_probes(port: u16) -> (String, u64) {
     (probes, grace.expect("a terminationGracePeriodSeconds"))
 }
 
-/// A TCP service that accepts connections and closes them: a database as
-/// far as a TCP check can tell. It stops listening when closed or dropped.
+/// The orders example's stand-in protocol: a query line in, a result line
+/// out; a connection that sends nothing (a TCP check) is just closed.
+fn answer_query(conn: std::net::TcpStream) {
+    use std::io::{BufRead as _, Read as _};
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut query = String::new();
+    let mut reader = std::io::BufReader::new((&conn).take(4096));
+    if reader.read_line(&mut query).is_ok_and(|n| n > 0) {
+        let _ = (&conn).write_all(b"1\n");
+    }
+}
+
+/// A TCP service on the orders example's stand-in database protocol: a
+/// database as far as its TCP check and its queries can tell. It stops
+/// listening when closed or dropped.
 struct Database {
     addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -724,8 +995,9 @@ impl Database {
         let stopped = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                if listener.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(20));
+                match listener.accept() {
+                    Ok((conn, _)) => answer_query(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
