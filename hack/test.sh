@@ -3,7 +3,7 @@
 # time: every test binary is built first, then run as `cargo test` would run
 # it (in its package's directory, one after another), except the end-to-end
 # and CLI binaries, which run beside the others and the doc
-# tests. The end-to-end tests mostly wait on the API server, so on two cores
+# tests, and the node tests, which run alone at the end. The end-to-end tests mostly wait on the API server, so on two cores
 # the whole run takes about as long as its longest part instead of the sum.
 #   hack/test.sh CARGO_ARGS...     e.g. --workspace --all-features --locked
 # Exits non-zero when anything fails; everything runs either way.
@@ -12,6 +12,9 @@ cargo="${CARGO:-cargo}"
 # Binaries run beside the rest: the end-to-end tests, and the CLI tests (one
 # of them lints a 50 MB file in a debug build, a core for most of a minute).
 parallel="${PROBITY_PARALLEL_TESTS:-e2e cli}"
+# Binaries run last, alone, after the others: the node tests, whose
+# figures (rollouts, drains under load) mean little on a starved machine.
+last="${PROBITY_LAST_TESTS:-node}"
 # The end-to-end tests wait far more than they compute: more of them at once
 # than libtest's default of one per core.
 e2e_threads="${PROBITY_E2E_THREADS:-4}"
@@ -41,6 +44,7 @@ run() {
 failed=()
 declare -A bg_pid=()
 is_parallel() { [[ " $parallel " == *" $1 "* ]]; }
+is_last() { [[ " $last " == *" $1 "* ]]; }
 
 while read -r exe dir; do
   name="$(basename "$exe")"
@@ -64,6 +68,7 @@ while read -r exe dir; do
   name="$(basename "$exe")"
   name="${name%-*}"
   [[ -n "${bg_pid[$name]:-}" ]] && continue
+  is_last "$name" && continue
   echo "[test] $name (${dir#"$PWD"/})"
   run "$exe" "$dir" || failed+=("$name")
 done <"$work/binaries"
@@ -78,6 +83,14 @@ for name in "${!bg_pid[@]}"; do
   cat "$work/$name.log"
   ((status == 0)) || failed+=("$name")
 done
+
+while read -r exe dir; do
+  name="$(basename "$exe")"
+  name="${name%-*}"
+  is_last "$name" || continue
+  echo "[test] $name (${dir#"$PWD"/}, after the others)"
+  run "$exe" "$dir" || failed+=("$name")
+done <"$work/binaries"
 
 if ((${#failed[@]})); then
   echo "[test] failed: ${failed[*]}" >&2

@@ -908,16 +908,20 @@ fn get_orders(addr: std::net::SocketAddr) -> Result<(), String> {
         .take(64 * 1024)
         .read_to_end(&mut answer)
         .map_err(|e| format!("read: {}", kind(&e)))?;
-    let status = String::from_utf8_lossy(&answer)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("no answer")
-        .to_owned();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("no answer");
     if status == "200" {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
+        return Ok(());
     }
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let first: String = body
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(60)
+        .collect();
+    Err(format!("HTTP {status}: {first}"))
 }
 
 /// The probes the orders example prints at start for `port`, as YAML, and
@@ -996,7 +1000,9 @@ impl Database {
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => answer_query(conn),
+                    // A thread each, bounded by its timeouts: a slow
+                    // client does not hold up the next query.
+                    Ok((conn, _)) => drop(std::thread::spawn(move || answer_query(conn))),
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
