@@ -81,12 +81,14 @@ impl Node {
             mkdir(&dir.join(sub))?;
         }
 
-        let registry = Registry::start(registry_bin)?;
+        // On the bridge: containerd pulls from it, and the pods (the
+        // operator resolving tags) reach it too.
+        bridge()?;
+        let registry = Registry::start_on(registry_bin, NODE_IP)?;
         let pause_image = crate::image::pause(&dir.join("images"))?;
         let digest = registry.push_image("probity/pause", "3.10", &pause_image)?;
         let pause = format!("{}/probity/pause:3.10@{digest}", registry.host);
 
-        bridge()?;
         write(
             &dir.join("cni/net.d/10-probity.conflist"),
             &cni_config(&dir),

@@ -28,7 +28,8 @@ pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 #[derive(Debug)]
 pub struct Registry {
     process: Option<Process>,
-    /// `127.0.0.1:<port>`: the registry part of image references.
+    /// `<ip>:<port>` (loopback unless started on another address): the
+    /// registry part of image references.
     pub host: String,
     dir: PathBuf,
 }
@@ -120,8 +121,23 @@ impl Registry {
     ///
     /// When it cannot be started or does not answer within 20 s.
     pub fn start_with(bin: &std::path::Path, extra: &str) -> Result<Self, Error> {
+        Self::launch(bin, "127.0.0.1", extra)
+    }
+
+    /// Like [`Registry::start`], listening on `ip` (an address of the run's
+    /// own network namespace, such as a node's bridge, so that pods reach
+    /// it too) at a port free on loopback.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be started or does not answer within 20 s.
+    pub fn start_on(bin: &std::path::Path, ip: &str) -> Result<Self, Error> {
+        Self::launch(bin, ip, "")
+    }
+
+    fn launch(bin: &std::path::Path, ip: &str, extra: &str) -> Result<Self, Error> {
         let port = free_port()?;
-        let host = format!("127.0.0.1:{port}");
+        let host = format!("{ip}:{port}");
         let dir =
             std::env::temp_dir().join(format!("probity-registry-{}-{port}", std::process::id()));
         let io = |source| Error::Io {

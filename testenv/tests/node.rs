@@ -332,7 +332,10 @@ fn the_chart_runs_the_operator_on_the_node() {
 /// The `:latest` incident on a real node: three replicas pull
 /// `app:latest` (digest A), the tag moves to B, one pod is replaced and its
 /// replacement runs B, as the runtime reports; the operator, installed by
-/// the chart, names that pod in PRB301 from the real pod statuses.
+/// the chart, names that pod in PRB301 from the real pod statuses and the
+/// pods still on A in PRB302. In a namespace with `images.pin: Admission`
+/// the Deployment carries A's digest from the start and the same steps
+/// leave every pod on A.
 #[test]
 fn the_latest_incident_is_replayed_on_the_node() {
     let Some((env, node)) = node_or_skip("the_latest_incident_is_replayed_on_the_node") else {
@@ -353,11 +356,15 @@ fn the_latest_incident_is_replayed_on_the_node() {
             .expect("push app:latest")
     };
     let digest_a = release(b"A");
+    // shop resolves tags for its report; pinned pins them at admission.
     apply(
         &env,
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
          apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: audit\n  namespace: shop\n\
-         spec:\n  mode: Audit\n",
+         spec:\n  mode: Audit\n  images: {pin: Report}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: pinned\n---\n\
+         apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata:\n  name: pin\n  namespace: pinned\n\
+         spec:\n  mode: Audit\n  images: {pin: Admission}\n",
     );
     let image = format!("{}/app:latest", node.registry().host);
     let deployment = serde_json::json!({
@@ -369,19 +376,34 @@ fn the_latest_incident_is_replayed_on_the_node() {
                                                        "imagePullPolicy": "Always"}]}}},
     });
     create(&env, &deployment);
-    kubectl_ok(
-        &env,
-        &[
-            "rollout",
-            "status",
-            "deployment/app",
-            "-n",
-            "shop",
-            "--timeout=90s",
-        ],
+    let mut pinned = deployment.clone();
+    pinned["metadata"]["namespace"] = "pinned".into();
+    create(&env, &pinned);
+    for ns in ["shop", "pinned"] {
+        kubectl_ok(
+            &env,
+            &[
+                "rollout",
+                "status",
+                "deployment/app",
+                "-n",
+                ns,
+                "--timeout=90s",
+            ],
+        );
+    }
+    let stored = get(&env, &["deployment", "app", "-n", "pinned"]);
+    let template_image = stored["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        template_image,
+        format!("{image}@{digest_a}"),
+        "pinned at admission"
     );
-    let digests = |env: &TestEnv| -> Vec<(String, String)> {
-        get(env, &["pods", "-n", "shop", "-l", "app=app"])["items"]
+    let digests_in = |env: &TestEnv, ns: &str| -> Vec<(String, String)> {
+        get(env, &["pods", "-n", ns, "-l", "app=app"])["items"]
             .as_array()
             .into_iter()
             .flatten()
@@ -401,18 +423,26 @@ fn the_latest_incident_is_replayed_on_the_node() {
             })
             .collect()
     };
+    let digests = |env: &TestEnv| digests_in(env, "shop");
     let first = digests(&env);
     assert!(
         first.len() == 3 && first.iter().all(|(_, d)| *d == digest_a),
         "{first:?}"
     );
+    let first_pinned = digests_in(&env, "pinned");
+    assert!(
+        first_pinned.len() == 3 && first_pinned.iter().all(|(_, d)| *d == digest_a),
+        "{first_pinned:?}"
+    );
 
     let digest_b = release(b"B");
     assert_ne!(digest_a, digest_b);
-    kubectl_ok(
-        &env,
-        &["delete", "pod", &first[0].0, "-n", "shop", "--wait=false"],
-    );
+    for (ns, pods) in [("shop", &first), ("pinned", &first_pinned)] {
+        kubectl_ok(
+            &env,
+            &["delete", "pod", &pods[0].0, "-n", ns, "--wait=false"],
+        );
+    }
     let replacement = poll("the replacement runs digest B", || {
         let now = digests(&env);
         now.iter()
@@ -420,17 +450,61 @@ fn the_latest_incident_is_replayed_on_the_node() {
             .map(|(name, _)| name.clone())
             .ok_or(format!("{now:?}"))
     });
-    let message = poll("the operator reports PRB301 naming the replacement", || {
-        let policy = get(&env, &["readinesspolicy", "audit", "-n", "shop"]);
-        policy["status"]["violations"]
+    let env = &env;
+    let violation = |rule: &'static str| {
+        move || {
+            let policy = get(&env, &["readinesspolicy", "audit", "-n", "shop"]);
+            policy["status"]["violations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["rule"] == rule && v["name"] == "app")
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .ok_or(policy["status"].to_string())
+        }
+    };
+    let message = poll(
+        "the operator reports PRB301 naming the replacement",
+        violation("PRB301"),
+    );
+    assert!(message.contains(&replacement), "{message}");
+    // The tag now resolves to B: the pods still on A are named.
+    let prb302 = violation("PRB302");
+    poll("the operator reports PRB302 naming the pods on A", || {
+        let moved = prb302()?;
+        if first[1..]
+            .iter()
+            .all(|(pod, _)| moved.contains(pod.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(moved)
+        }
+    });
+
+    // Pinned at admission, the same steps leave every pod on A.
+    poll("pinned: the replacement runs digest A", || {
+        let now = digests_in(&env, "pinned");
+        let replaced = now.len() == 3 && !now.iter().any(|(name, _)| *name == first_pinned[0].0);
+        if replaced && now.iter().all(|(_, d)| *d == digest_a) {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let status = get(&env, &["readinesspolicy", "pin", "-n", "pinned"])["status"].clone();
+    assert!(
+        !status["violations"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|v| v["rule"] == "PRB301")
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .ok_or(policy["status"].to_string())
-    });
-    assert!(message.contains(&replacement), "{message}");
+            .any(|v| v["rule"] == "PRB301" || v["rule"] == "PRB302"),
+        "no drift where the tag was pinned: {status}"
+    );
+    report(&format!(
+        "the :latest incident: unpinned, the replacement pod runs B and PRB301 and PRB302 are reported; \
+         pinned at admission ({template_image}), every pod stays on {digest_a}\n"
+    ));
 }
 
 /// The probes the orders example recommends, as it prints them, executed
@@ -1083,6 +1157,17 @@ fn install_chart(env: &TestEnv, node: &Node) -> (Vec<String>, Vec<String>) {
         .args(["--create-namespace", "--wait", "--timeout", "180s"])
         .args(["--set", &format!("image.repository={repository}")])
         .args(["--set", &format!("image.digest={digest}")])
+        // The node's registry is private and plain HTTP: named, so the
+        // operator may resolve its tags.
+        .args([
+            "--set",
+            &format!("registry.insecure[0]={}", node.registry().host),
+        ])
+        .args([
+            "--set",
+            &format!("registry.allow[0]={}", node.registry().host),
+        ])
+        .args(["--set", "registry.cacheTTLSeconds=5"])
         .output()
         .expect("helm install");
     assert!(
