@@ -453,7 +453,7 @@ fn the_latest_incident_is_replayed_on_the_node() {
     let env = &env;
     let violation = |rule: &'static str| {
         move || {
-            let policy = get(&env, &["readinesspolicy", "audit", "-n", "shop"]);
+            let policy = get(env, &["readinesspolicy", "audit", "-n", "shop"]);
             policy["status"]["violations"]
                 .as_array()
                 .into_iter()
@@ -484,7 +484,7 @@ fn the_latest_incident_is_replayed_on_the_node() {
 
     // Pinned at admission, the same steps leave every pod on A.
     poll("pinned: the replacement runs digest A", || {
-        let now = digests_in(&env, "pinned");
+        let now = digests_in(env, "pinned");
         let replaced = now.len() == 3 && !now.iter().any(|(name, _)| *name == first_pinned[0].0);
         if replaced && now.iter().all(|(_, d)| *d == digest_a) {
             Ok(())
@@ -492,7 +492,7 @@ fn the_latest_incident_is_replayed_on_the_node() {
             Err(format!("{now:?}"))
         }
     });
-    let status = get(&env, &["readinesspolicy", "pin", "-n", "pinned"])["status"].clone();
+    let status = get(env, &["readinesspolicy", "pin", "-n", "pinned"])["status"].clone();
     assert!(
         !status["violations"]
             .as_array()
