@@ -609,13 +609,14 @@ fn the_recommended_probes_ride_out_a_database_outage() {
             .count();
         (ready, all.len() - ready)
     };
-    poll(
-        "both orders pods ready in the EndpointSlices",
-        || match endpoints(&env) {
-            (2, 0) => Ok(()),
+    // Polls until the endpoints are `want` (ready, not ready).
+    let endpoints_become = |what: &str, want: (usize, usize)| {
+        poll(what, || match endpoints(&env) {
+            seen if seen == want => Ok(()),
             seen => Err(format!("ready, not ready: {seen:?}")),
-        },
-    );
+        });
+    };
+    endpoints_become("both orders pods ready in the EndpointSlices", (2, 0));
     report(&format!(
         "recommended probes: 2 orders replicas available {:.1} s after apply\n",
         rolled_in.as_secs_f64()
@@ -652,13 +653,7 @@ fn the_recommended_probes_ride_out_a_database_outage() {
     // The database goes away.
     let down = Instant::now();
     database.close();
-    poll(
-        "both orders pods leave the EndpointSlices",
-        || match endpoints(&env) {
-            (0, 2) => Ok(()),
-            seen => Err(format!("ready, not ready: {seen:?}")),
-        },
-    );
+    endpoints_become("both orders pods leave the EndpointSlices", (0, 2));
     let out_in = down.elapsed();
     let message = poll_explained(
         "the operator reports PRB303 for the fragile Deployment",
@@ -719,13 +714,7 @@ fn the_recommended_probes_ride_out_a_database_outage() {
     // The database comes back.
     let up = Instant::now();
     database = Database::listen(&at);
-    poll(
-        "both orders pods back in the EndpointSlices",
-        || match endpoints(&env) {
-            (2, 0) => Ok(()),
-            seen => Err(format!("ready, not ready: {seen:?}")),
-        },
-    );
+    endpoints_become("both orders pods back in the EndpointSlices", (2, 0));
     let back_in = up.elapsed();
     drop(database);
     report(&format!(
