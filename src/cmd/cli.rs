@@ -352,7 +352,8 @@ pub(crate) struct OperatorArgs {
     pub(crate) registry_token_host: Vec<(String, String)>,
 
     /// Seconds a resolved tag -> digest answer is reused; `images.pin:
-    /// Report` policies re-check their tags this often.
+    /// Report` policies re-check their tags this often, and sooner (at most
+    /// once a second) when a pod runs another digest than the answer.
     #[arg(
         long,
         value_name = "SECONDS",

@@ -80,6 +80,9 @@ pub(super) struct Outcome {
     pub(super) restart_findings: bool,
     /// `images.pin: Report`: the tags of the matched workloads.
     pub(super) tags: BTreeSet<String>,
+    /// The tags some pod runs another digest of than the snapshot says
+    /// (PRB302 found).
+    pub(super) moved: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +168,13 @@ pub(super) fn evaluate_matched(
             if kind.is_long_running() && kind != WorkloadKind::Pod {
                 let pods = pod_observations(ctx, &key);
                 if let Some(tags) = tags {
-                    found.extend(tag_findings(body, &pods, tags, &mut outcome.tags));
+                    found.extend(tag_findings(
+                        body,
+                        &pods,
+                        tags,
+                        &mut outcome.tags,
+                        &mut outcome.moved,
+                    ));
                 }
                 let runtime = runtime_findings(&pods, now, window);
                 outcome.restart_findings |= runtime
@@ -245,12 +254,13 @@ pub(super) fn pod_observations(ctx: &Context, key: &WorkloadKey) -> Vec<PodObser
 
 /// PRB302 for one workload: each container whose tag (unpinned) now
 /// resolves to a digest some of its pods do not run. Every such tag is
-/// added to `wanted`.
+/// added to `wanted`, and those with a finding to `moved`.
 pub(super) fn tag_findings(
     body: &str,
     pods: &[PodObservation],
     tags: &TagSnapshot,
     wanted: &mut BTreeSet<String>,
+    moved: &mut BTreeSet<String>,
 ) -> Vec<Found> {
     let Ok(Classified::Workload(workload)) = Workload::classify_json(body) else {
         return Vec::new();
@@ -268,6 +278,7 @@ pub(super) fn tag_findings(
         if let Some(Ok(current)) = tags.get(image)
             && let Some(f) = drift::tag_moved(pods, &container.name, image, &current.to_string())
         {
+            moved.insert(image.to_owned());
             out.push(f.into());
         }
     }

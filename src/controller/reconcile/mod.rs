@@ -7,7 +7,7 @@ mod events;
 mod status;
 mod tags;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ pub(crate) async fn reconcile<P: PolicyObject>(
             // registry the policy (or the operator) allows, then judge
             // PRB302.
             let (listed, unlisted) = split_listed(&ctx, &policy, &outcome.tags);
-            let mut snapshot = resolve_tags(&ctx, &listed).await;
+            let mut snapshot = resolve_tags(&ctx, &listed, &BTreeSet::new()).await;
             snapshot.extend(unlisted.into_iter().map(|image| {
                 let why = crate::registry::ResolveError {
                     image: image.clone(),
@@ -91,6 +91,28 @@ pub(crate) async fn reconcile<P: PolicyObject>(
                 window,
                 Some(&snapshot),
             );
+            // A pod on another digest than the cached answer may have
+            // pulled the tag after it moved: ask again before saying where
+            // the tag points now.
+            let recheck: BTreeSet<String> = outcome.moved.intersection(&listed).cloned().collect();
+            if !recheck.is_empty() {
+                let again = resolve_tags(&ctx, &recheck, &recheck).await;
+                let changed = again
+                    .iter()
+                    .any(|(image, answer)| snapshot.get(image) != Some(answer));
+                snapshot.extend(again);
+                if changed {
+                    outcome = evaluate_matched(
+                        &ctx,
+                        &policy,
+                        &uid,
+                        generation,
+                        now,
+                        window,
+                        Some(&snapshot),
+                    );
+                }
+            }
             tags = Some(snapshot);
         }
     }

@@ -44,18 +44,33 @@ pub(super) const PER_REGISTRY: usize = 4;
 /// Registries asked at once.
 pub(super) const REGISTRIES_AT_ONCE: usize = 8;
 
+/// A tag a pod contradicts is asked again at most this often, whatever
+/// the TTL: pod events cannot turn into a stream of registry requests.
+pub(super) const RECHECK_AT_MOST: Duration = Duration::from_secs(1);
+
 /// Resolves the tags not resolved within the tag TTL (`--registry-cache-ttl`),
+/// and those in `recheck` (pods run another digest than the cached answer,
+/// so the tag may have moved since) not resolved within [`RECHECK_AT_MOST`],
 /// each within its own budget, a few at a time per registry, and returns
 /// every current answer.
-pub(super) async fn resolve_tags(ctx: &Context, wanted: &BTreeSet<String>) -> TagSnapshot {
+pub(super) async fn resolve_tags(
+    ctx: &Context,
+    wanted: &BTreeSet<String>,
+    recheck: &BTreeSet<String>,
+) -> TagSnapshot {
     use futures::StreamExt as _;
     let fresh = |ctx: &Context| -> (TagSnapshot, Vec<String>) {
         let tags = ctx.tags.lock().unwrap_or_else(PoisonError::into_inner);
         let mut snapshot = TagSnapshot::new();
         let mut stale = Vec::new();
         for image in wanted {
+            let ttl = if recheck.contains(image) {
+                RECHECK_AT_MOST.min(ctx.options.tag_ttl)
+            } else {
+                ctx.options.tag_ttl
+            };
             match tags.get(image) {
-                Some((answer, at)) if at.elapsed() < ctx.options.tag_ttl => {
+                Some((answer, at)) if at.elapsed() < ttl => {
                     snapshot.insert(image.clone(), answer.clone());
                 }
                 _ => stale.push(image.clone()),
