@@ -270,9 +270,12 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
 
 /// The ValidatingAdmissionPolicy and its binding for `policy`;
 /// `excluded_namespaces` are never matched (kube-system, probity's own).
+/// Labelled with the policy only: the operator adds [`MANAGED_BY`] to the
+/// ones it applies (and sweeps only those), so objects applied from
+/// `probity vap` output by a pipeline are never its to delete.
 pub fn backstop(policy: &Policy, excluded_namespaces: &[String]) -> (Value, Value) {
     let name = object_name(policy);
-    let labels = json!({MANAGED_BY.0: MANAGED_BY.1, POLICY_LABEL: policy_label(policy)});
+    let labels = json!({POLICY_LABEL: policy_label(policy)});
     let variables = json!([
         {"name": "podSpec", "expression":
             "object.kind == 'Pod' ? object.spec : (object.kind == 'CronJob' ? object.spec.jobTemplate.spec.template.spec : object.spec.template.spec)"},
@@ -397,6 +400,11 @@ mod tests {
         assert_eq!(ids, ["PRB001", "PRB002", "PRB101", "PRB102"]);
         let (vap, binding) = backstop(&p, &["kube-system".to_owned()]);
         assert_eq!(vap["metadata"]["name"], "probity-crpol.strict");
+        assert!(
+            vap["metadata"]["labels"][MANAGED_BY.0].is_null()
+                && binding["metadata"]["labels"][MANAGED_BY.0].is_null(),
+            "not marked as the operator's: {vap}"
+        );
         assert_eq!(binding["spec"]["policyName"], "probity-crpol.strict");
         assert_eq!(binding["spec"]["validationActions"], json!(["Audit"]));
         assert_eq!(

@@ -81,6 +81,10 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
         return Ok(());
     }
     let (mut policy_object, mut binding) = vap::backstop(&policy, &backstop.exclude);
+    // The operator's own, which its sweep may delete.
+    for object in [&mut policy_object, &mut binding] {
+        object["metadata"]["labels"][vap::MANAGED_BY.0] = vap::MANAGED_BY.1.into();
+    }
     // Cluster-scoped owners only: a namespaced owner of a cluster-scoped
     // object is invalid, so ReadinessPolicy backstops are swept instead.
     if obj.namespace().is_none() {
@@ -268,6 +272,11 @@ mod tests {
             let owner = &applied["metadata"]["ownerReferences"][0];
             assert_eq!(owner["kind"], "ClusterReadinessPolicy", "{applied}");
             assert_eq!(owner["uid"], "c-1", "{applied}");
+            assert_eq!(
+                applied["metadata"]["labels"][vap::MANAGED_BY.0],
+                vap::MANAGED_BY.1,
+                "marked as the operator's, for its sweep: {applied}"
+            );
         }
         let excluded = binding["spec"].to_string();
         assert!(excluded.contains("kube-system"), "{excluded}");

@@ -255,6 +255,14 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
     apply.args(["apply", "-f", "-"]);
     let out = piped(apply, &backstop.stdout);
     assert!(out.status.success(), "{}", text(&out));
+    // Marked as the operator marks the backstops it applies.
+    let out = kubectl(&[
+        "label",
+        "validatingadmissionpolicy,validatingadmissionpolicybinding",
+        "probity-crpol.baseline",
+        "app.kubernetes.io/managed-by=probity-operator",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
 
     // A Deployment the backstop admits (pinned, probed) and one it denies.
     let good = dry_run_deployment(&format!("registry.example/web:1.0@{DIGEST}"), true);
