@@ -120,14 +120,7 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
     // passing and readiness fails, so the pod runs, is not Ready, and is
     // never restarted; the same pod with liveness pointed at the deep check
     // is restarted by kubelet.
-    let work = env.dir().join("images");
-    std::fs::create_dir_all(&work).expect("image work dir");
-    let images = probity_testenv::image::push_project_images(node.registry(), &work)
-        .expect("project images");
-    let orders = images
-        .iter()
-        .find(|i| i.contains("/probity/orders:"))
-        .expect("orders image");
+    let orders = &orders_image(&env, &node);
     let started = Instant::now();
     create(&env, &orders_pod("honest", orders, "/livez"));
     create(&env, &orders_pod("dishonest", orders, "/readyz"));
@@ -743,14 +736,7 @@ fn a_rolling_restart_loses_no_requests_with_the_drain_delay() {
     else {
         return;
     };
-    let work = env.dir().join("images");
-    std::fs::create_dir_all(&work).expect("image work dir");
-    let images = probity_testenv::image::push_project_images(node.registry(), &work)
-        .expect("project images");
-    let orders = images
-        .iter()
-        .find(|i| i.contains("/probity/orders:"))
-        .expect("orders image");
+    let orders = &orders_image(&env, &node);
     let (probes, grace) = recommended_probes(8080);
     let database = Database::listen(&format!("{}:0", probity_testenv::node::NODE_IP));
     let at = database.addr.to_string();
@@ -990,6 +976,18 @@ fn get_orders(addr: std::net::SocketAddr) -> Result<(), String> {
         .take(60)
         .collect();
     Err(format!("HTTP {status}: {first}"))
+}
+
+/// Pushes the project's images; the orders example's, by digest.
+fn orders_image(env: &TestEnv, node: &Node) -> String {
+    let work = env.dir().join("images");
+    std::fs::create_dir_all(&work).expect("image work dir");
+    let images = probity_testenv::image::push_project_images(node.registry(), &work)
+        .expect("project images");
+    images
+        .into_iter()
+        .find(|i| i.contains("/probity/orders:"))
+        .expect("orders image")
 }
 
 /// The probes the orders example prints at start for `port`, as YAML, and

@@ -65,9 +65,11 @@ pub(crate) async fn reconcile<P: PolicyObject>(
     let mut outcome = Outcome::default();
     let mut tags: Option<TagSnapshot> = None;
     if invalid.is_none() {
+        let evaluate = |tags: Option<&TagSnapshot>| {
+            evaluate_matched(&ctx, &policy, &uid, generation, now, window, tags)
+        };
         let empty = TagSnapshot::new();
-        let first = report.then_some(&empty);
-        outcome = evaluate_matched(&ctx, &policy, &uid, generation, now, window, first);
+        outcome = evaluate(report.then_some(&empty));
         if report {
             // The tags are known once matched: resolve the ones whose
             // registry the policy (or the operator) allows, then judge
@@ -82,15 +84,7 @@ pub(crate) async fn reconcile<P: PolicyObject>(
                 };
                 (image, Err(why))
             }));
-            outcome = evaluate_matched(
-                &ctx,
-                &policy,
-                &uid,
-                generation,
-                now,
-                window,
-                Some(&snapshot),
-            );
+            outcome = evaluate(Some(&snapshot));
             // A pod on another digest than the cached answer may have
             // pulled the tag after it moved: ask again before saying where
             // the tag points now.
@@ -102,15 +96,7 @@ pub(crate) async fn reconcile<P: PolicyObject>(
                     .any(|(image, answer)| snapshot.get(image) != Some(answer));
                 snapshot.extend(again);
                 if changed {
-                    outcome = evaluate_matched(
-                        &ctx,
-                        &policy,
-                        &uid,
-                        generation,
-                        now,
-                        window,
-                        Some(&snapshot),
-                    );
+                    outcome = evaluate(Some(&snapshot));
                 }
             }
             tags = Some(snapshot);
