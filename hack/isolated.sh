@@ -83,7 +83,13 @@ mount -t proc proc /proc
 # a directory the tmpfs hides (a clone in /tmp, a target dir in /var/lib):
 # each is held open across the mount and bound back at its path.
 keep=()
-for path in "$(cd "$(dirname "$0")/.." && pwd -P)" "$(cd "$(dirname "$(command -v "$1")")" && pwd -P)"; do
+# So do the caches the run reads (a PROBITY_CACHE_DIR or target dir in /tmp).
+paths=("$(cd "$(dirname "$0")/.." && pwd -P)" "$(cd "$(dirname "$(command -v "$1")")" && pwd -P)")
+for dir in "${PROBITY_CACHE_DIR:-}" "${PROBITY_K8S_BIN_DIR:-}" "${CARGO_TARGET_DIR:-}" \
+  "$(dirname "${PROBITY_REGISTRY_BIN:-/}")"; do
+  if [[ -n "$dir" && -d "$dir" ]]; then paths+=("$(cd "$dir" && pwd -P)"); fi
+done
+for path in "${paths[@]}"; do
   case "$path" in
     /tmp/* | /var/lib/* | /var/log/*)
       exec {fd}<"$path"

@@ -348,11 +348,31 @@ pub fn push_project_images(
     registry: &crate::registry::Registry,
     work: &std::path::Path,
 ) -> Result<Vec<String>, crate::Error> {
-    let mut pushed = Vec::new();
+    let mut programs = Vec::new();
     for (repository, file) in PROJECT_IMAGES {
-        let binary = project_binary(file)?;
-        let name = file.rsplit('/').next().unwrap_or(file);
-        let image = program(&binary, name, work)?;
+        programs.push((repository, project_binary(file)?));
+    }
+    push_programs(registry, work, &programs)
+}
+
+/// Builds an image of each `(repository, binary)` ([`program`]) and pushes
+/// it tagged `dev`; returns each as `<registry>/<repository>:dev@<digest>`.
+///
+/// # Errors
+///
+/// When building or pushing one fails.
+pub fn push_programs(
+    registry: &crate::registry::Registry,
+    work: &std::path::Path,
+    programs: &[(&str, std::path::PathBuf)],
+) -> Result<Vec<String>, crate::Error> {
+    let mut pushed = Vec::new();
+    for (repository, binary) in programs {
+        let name = binary.file_name().map_or_else(
+            || (*repository).to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let image = program(binary, &name, work)?;
         let digest = registry.push_image(repository, "dev", &image)?;
         pushed.push(format!("{}/{repository}:dev@{digest}", registry.host));
     }

@@ -46,6 +46,7 @@ mod env;
 pub mod image;
 pub mod isolation;
 pub mod node;
+pub mod orders;
 mod pki;
 pub mod process;
 pub mod registry;

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use probity_testenv::node::{NODE_NAME, Node};
+use probity_testenv::orders::{self, Database};
 use probity_testenv::{Options, TestEnv, isolation};
 
 const ISOLATED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/isolated.sh");
@@ -518,8 +519,8 @@ fn the_recommended_probes_ride_out_a_database_outage() {
         .find(|i| i.contains("/probity/orders:"))
         .expect("orders image");
     let (probes, grace) = recommended_probes(8080);
-    let mut database = Database::listen(&format!("{}:0", probity_testenv::node::NODE_IP));
-    let at = database.addr.to_string();
+    let mut database = database(&format!("{}:0", probity_testenv::node::NODE_IP));
+    let at = database.addr().to_string();
     apply(
         &env,
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
@@ -706,7 +707,7 @@ fn the_recommended_probes_ride_out_a_database_outage() {
 
     // The database comes back.
     let up = Instant::now();
-    database = Database::listen(&at);
+    database = self::database(&at);
     endpoints_become("both orders pods back in the EndpointSlices", (2, 0));
     let back_in = up.elapsed();
     drop(database);
@@ -733,8 +734,8 @@ fn a_rolling_restart_loses_no_requests_with_the_drain_delay() {
     };
     let orders = &orders_image(&env, &node);
     let (probes, grace) = recommended_probes(8080);
-    let database = Database::listen(&format!("{}:0", probity_testenv::node::NODE_IP));
-    let at = database.addr.to_string();
+    let database = database(&format!("{}:0", probity_testenv::node::NODE_IP));
+    let at = database.addr().to_string();
     let indented: String = probes.lines().map(|l| format!("        {l}\n")).collect();
     for (name, delay) in [("drained", 5), ("abrupt", 0)] {
         apply(
@@ -988,105 +989,14 @@ fn orders_image(env: &TestEnv, node: &Node) -> String {
 /// The probes the orders example prints at start for `port`, as YAML, and
 /// the terminationGracePeriodSeconds it prints after them.
 fn recommended_probes(port: u16) -> (String, u64) {
-    use std::io::BufRead as _;
     let binary = probity_testenv::image::project_binary("examples/orders").expect("orders");
-    let mut child = Command::new(binary)
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env("DEP_ADDR", "127.0.0.1:9")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run the orders example");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut probes = String::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("# pod spec: terminationGracePeriodSeconds:") {
-                let grace = rest.split_whitespace().next().and_then(|n| n.parse().ok());
-                let _ = tx.send((probes, grace));
-                return;
-            }
-            probes.push_str(&line);
-            probes.push('\n');
-        }
-    });
-    let printed = rx.recv_timeout(Duration::from_secs(30));
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    let (probes, grace) = printed.expect("the orders example prints its probes within 30 s");
-    assert!(
-        ["startupProbe:", "readinessProbe:", "livenessProbe:"]
-            .iter()
-            .all(|p| probes.contains(p)),
-        "{probes}"
-    );
-    (probes, grace.expect("a terminationGracePeriodSeconds"))
+    let probes = orders::recommended_probes(&binary, port).expect("the recommended probes");
+    (probes.yaml, probes.grace_seconds)
 }
 
-/// The orders example's stand-in protocol: a query line in, a result line
-/// out; a connection that sends nothing (a TCP check) is just closed.
-fn answer_query(conn: std::net::TcpStream) {
-    use std::io::{BufRead as _, Read as _};
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut query = String::new();
-    let mut reader = std::io::BufReader::new((&conn).take(4096));
-    if reader.read_line(&mut query).is_ok_and(|n| n > 0) {
-        let _ = (&conn).write_all(b"1\n");
-    }
-}
-
-/// A TCP service on the orders example's stand-in database protocol: a
-/// database as far as its TCP check and its queries can tell. It stops
-/// listening when closed or dropped.
-struct Database {
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Database {
-    fn listen(addr: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind(addr).expect("the database's address");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("bound address");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    // A thread each, bounded by its timeouts: a slow
-                    // client does not hold up the next query.
-                    Ok((conn, _)) => drop(std::thread::spawn(move || answer_query(conn))),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn close(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        self.close();
-    }
+/// The orders example's database, on `addr`.
+fn database(addr: &str) -> Database {
+    Database::listen(addr).expect("the database's address")
 }
 
 /// The operator's pods in probity-system: name and whether Ready.
