@@ -78,9 +78,15 @@ binaries:
 	@echo "[build] probity, probity-testenv and the orders example"
 	$(CARGO) build $(CARGO_ALL) --bins --examples
 
-demo: control-plane binaries ## The narrated tour: operator, webhooks, policies, drift, probes (under a minute)
-	$(TARGET_DIR)/debug/probity-testenv demo \
-	  --probity $(TARGET_DIR)/debug/probity --orders $(TARGET_DIR)/debug/examples/orders --crds crds/crds.yaml
+# As root the tour runs on a real node (through hack/isolated.sh), which pulls
+# from the local registry; DEMO_NODE=never runs it without one.
+DEMO_NODE ?= auto
+DEMO_DEPS := control-plane binaries $(if $(filter 0,$(shell id -u)),$(if $(filter never,$(DEMO_NODE)),,registry))
+
+demo: $(DEMO_DEPS) ## The narrated tour: chart, webhooks, policies, drift, probes; on a real node as root (under a minute)
+	$(TARGET_DIR)/debug/probity-testenv demo --node $(DEMO_NODE) \
+	  --probity $(TARGET_DIR)/debug/probity --orders $(TARGET_DIR)/debug/examples/orders --crds crds/crds.yaml \
+	  --chart charts/probity --isolated hack/isolated.sh
 
 up: control-plane binaries ## Start a local control plane and print how to use it (Ctrl-C stops it)
 	$(TARGET_DIR)/debug/probity-testenv up --kubeconfig $(CURDIR)/target/demo.kubeconfig

@@ -35,7 +35,9 @@ impl Database {
     pub fn listen(addr: &str) -> Result<Self, Error> {
         let at = Path::new(addr);
         let listener = TcpListener::bind(addr).map_err(|e| Error::io(at, e))?;
-        listener.set_nonblocking(true).map_err(|e| Error::io(at, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(at, e))?;
         let addr = listener.local_addr().map_err(|e| Error::io(at, e))?;
         let delay_ms = Arc::new(AtomicU64::new(5));
         let stop = Arc::new(AtomicBool::new(false));

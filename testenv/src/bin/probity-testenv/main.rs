@@ -47,7 +47,8 @@ enum Cmd {
         registry: String,
     },
     /// The narrated tour: operator, webhooks, policies, drift and the
-    /// orders example on a fresh control plane; removes everything at the end.
+    /// orders example on a fresh control plane (and, as root, a real node);
+    /// removes everything at the end.
     Demo {
         /// The `probity` binary.
         #[arg(long, value_name = "PATH", default_value = "target/debug/probity")]
@@ -62,6 +63,17 @@ enum Cmd {
         /// The CRD manifest.
         #[arg(long, value_name = "PATH", default_value = "crds/crds.yaml")]
         crds: std::path::PathBuf,
+        /// On a real node: the operator from its image through its chart,
+        /// the orders example as pods under kubelet's probes. `auto`: on a
+        /// node when root (through hack/isolated.sh), else without one.
+        #[arg(long, value_enum, default_value_t = demo::NodeMode::Auto)]
+        node: demo::NodeMode,
+        /// The Helm chart the tour on a node installs.
+        #[arg(long, value_name = "PATH", default_value = "charts/probity")]
+        chart: std::path::PathBuf,
+        /// The script that gives the node namespaces of the run's own.
+        #[arg(long, value_name = "PATH", default_value = "hack/isolated.sh")]
+        isolated: std::path::PathBuf,
     },
 }
 
@@ -74,13 +86,18 @@ async fn main() -> anyhow::Result<()> {
             probity,
             orders,
             crds,
+            node,
+            chart,
+            isolated,
         } => {
             let inputs = demo::Inputs {
                 probity,
                 orders,
                 crds,
+                chart,
+                isolated,
             };
-            tokio::task::spawn_blocking(move || demo::run(&inputs))
+            tokio::task::spawn_blocking(move || demo::run(&inputs, node))
                 .await
                 .context("demo task")?
         }

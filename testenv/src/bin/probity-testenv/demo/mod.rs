@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use probity_testenv::isolation::{self, Refused};
+use probity_testenv::node::Node;
 use probity_testenv::{Binaries, Options, Process, TestEnv};
 
-mod db;
 mod fixtures;
 mod http;
 mod kubectl;
+mod on_node;
 mod steps;
 
 /// What the tour runs: built by `make demo` before it starts.
@@ -25,6 +27,21 @@ pub(crate) struct Inputs {
     pub(crate) orders: PathBuf,
     /// The CRD manifest.
     pub(crate) crds: PathBuf,
+    /// The Helm chart (the tour on a node).
+    pub(crate) chart: PathBuf,
+    /// `hack/isolated.sh` (the tour on a node, started as root).
+    pub(crate) isolated: PathBuf,
+}
+
+/// Whether the tour runs on a real node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum NodeMode {
+    /// On a node when root, else without one.
+    Auto,
+    /// On a node, or fail.
+    Always,
+    /// Without a node: pod statuses are written as a kubelet would.
+    Never,
 }
 
 const STEPS: usize = 7;
@@ -34,7 +51,7 @@ const SYSTEM_NS: &str = "probity-system";
 /// Set by Ctrl-C or SIGTERM: every wait gives up and the tour cleans up.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn run(inputs: &Inputs) -> anyhow::Result<()> {
+pub(crate) fn run(inputs: &Inputs, mode: NodeMode) -> anyhow::Result<()> {
     for (what, path) in [
         ("probity", &inputs.probity),
         ("orders example", &inputs.orders),
@@ -52,75 +69,181 @@ pub(crate) fn run(inputs: &Inputs) -> anyhow::Result<()> {
         probity: absolute(&inputs.probity)?,
         orders: absolute(&inputs.orders)?,
         crds: absolute(&inputs.crds)?,
+        chart: inputs.chart.clone(),
+        isolated: inputs.isolated.clone(),
+    };
+    let on_node = match (mode, isolation::check()) {
+        (NodeMode::Never, _) => false,
+        (_, Ok(())) => true,
+        (_, Err(Refused::NotIsolated)) if is_root() => return run_isolated(inputs),
+        (NodeMode::Auto, Err(Refused::NotIsolated)) => {
+            println!("(Not root: the tour runs without a node. As root, `make demo` runs it on a");
+            println!(" real node: kubelet, containerd and the chart's pods.)");
+            false
+        }
+        (_, Err(refused)) => bail!("the tour cannot run on a node here: {refused}"),
     };
     watch_signals();
     let started = Instant::now();
-    println!("probity demo: a local control plane, the operator and its webhooks, and a");
-    println!("service using probity-probe. Under a minute; Ctrl-C stops it cleanly.");
-
-    step(
-        1,
-        "Starting a control plane: etcd + kube-apiserver on loopback",
-    );
-    let binaries = Binaries::locate().map_err(|why| {
-        anyhow::anyhow!(
-            "control-plane binaries not found: {why}\nbuild them with: {}",
-            probity_testenv::BUILD_HINT
-        )
-    })?;
-    let t = Instant::now();
-    let env =
-        TestEnv::start(binaries, &Options::default()).context("starting the control plane")?;
-    note(&format!(
-        "kube-apiserver ready at {} in {:.1} s",
-        env.server(),
-        t.elapsed().as_secs_f64()
-    ));
-    let tour = Tour::new(env, inputs)?;
+    let tour = if on_node {
+        println!("probity demo on a real node: the chart's operator, its webhooks and policies,");
+        println!("a `:latest` replayed, and the orders example under kubelet's probes. About two");
+        println!("minutes; Ctrl-C stops it cleanly.");
+        Tour::on_node(inputs)?
+    } else {
+        println!("probity demo: a local control plane, the operator and its webhooks, and a");
+        println!("service using probity-probe. Under a minute; Ctrl-C stops it cleanly.");
+        Tour::local(inputs)?
+    };
     let result = tour.run();
     println!();
     match &result {
-        Ok(()) => println!(
-            "Done in {:.0} s. Everything the demo started is stopped and its files removed.",
-            started.elapsed().as_secs_f64()
-        ),
+        Ok(()) => {}
         Err(e) if STOP.load(Ordering::Relaxed) => println!("Interrupted ({e:#}); cleaning up."),
         Err(_) => println!("The demo failed; cleaning up. Logs of what it ran follow."),
     }
     if result.is_err() && !STOP.load(Ordering::Relaxed) {
         tour.dump_logs();
     }
+    let t = Instant::now();
     drop(tour);
+    if result.is_ok() {
+        println!(
+            "Done in {:.0} s (stopping took {:.1} s). Everything the demo started is stopped and its files removed.",
+            started.elapsed().as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     result
 }
 
-/// The control plane, the working directory and what runs against them.
+/// Runs this tour again inside `hack/isolated.sh`, which gives the node
+/// network, mount and pid namespaces of its own.
+fn run_isolated(inputs: &Inputs) -> anyhow::Result<()> {
+    let script = absolute(&inputs.isolated)
+        .context("the tour on a node runs through hack/isolated.sh (--isolated)")?;
+    let chart = absolute(&inputs.chart).context("the chart the tour installs (--chart)")?;
+    let exe = std::env::current_exe().context("this executable's path")?;
+    let status = std::process::Command::new(&script)
+        .arg(exe)
+        .args(["demo", "--node", "always", "--probity"])
+        .arg(&inputs.probity)
+        .arg("--orders")
+        .arg(&inputs.orders)
+        .arg("--crds")
+        .arg(&inputs.crds)
+        .arg("--chart")
+        .arg(chart)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        // The tour inside said what went wrong.
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// Whether the effective uid is 0 (the second field of `Uid:`).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+/// The control plane (and the node), the working directory and what runs
+/// against them.
 struct Tour {
+    // Dropped first: the node's pods go before its control plane.
+    node: Option<Node>,
     env: TestEnv,
     work: PathBuf,
     probity: PathBuf,
     orders: PathBuf,
     crds: PathBuf,
+    chart: PathBuf,
     procs: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Tour {
-    fn new(env: TestEnv, inputs: &Inputs) -> anyhow::Result<Self> {
+    fn local(inputs: &Inputs) -> anyhow::Result<Self> {
+        step(
+            1,
+            "Starting a control plane: etcd + kube-apiserver on loopback",
+        );
+        let t = Instant::now();
+        let env = TestEnv::start(binaries()?, &Options::default())
+            .context("starting the control plane")?;
+        note(&format!(
+            "kube-apiserver ready at {} in {:.1} s",
+            env.server(),
+            t.elapsed().as_secs_f64()
+        ));
+        Self::new(env, None, inputs)
+    }
+
+    fn on_node(inputs: &Inputs) -> anyhow::Result<Self> {
+        step(
+            1,
+            "Starting a control plane and a node, in namespaces of the run's own",
+        );
+        let registry = probity_testenv::registry::locate_or_skip().with_context(|| {
+            format!(
+                "the node's registry: docker-registry not found; fetch it with `{}`",
+                probity_testenv::registry::REGISTRY_HINT
+            )
+        })?;
+        let t = Instant::now();
+        let options = Options {
+            node: true,
+            ..Options::default()
+        };
+        let env = TestEnv::start(binaries()?, &options).context("starting the control plane")?;
+        note(&format!(
+            "etcd and kube-apiserver ready at {} in {:.1} s",
+            env.server(),
+            t.elapsed().as_secs_f64()
+        ));
+        let t = Instant::now();
+        let node =
+            Node::start(&env, &registry, Duration::from_secs(120)).context("starting the node")?;
+        note(&format!(
+            "node {} Ready in {:.1} s: containerd, kubelet, kube-scheduler, kube-controller-manager; \
+             pods on the bridge {}/16, images from the registry at {}",
+            probity_testenv::node::NODE_NAME,
+            t.elapsed().as_secs_f64(),
+            probity_testenv::node::NODE_IP,
+            node.registry().host
+        ));
+        let chart = absolute(&inputs.chart).context("the chart (--chart)")?;
+        let mut tour = Self::new(env, Some(node), inputs)?;
+        tour.chart = chart;
+        Ok(tour)
+    }
+
+    fn new(env: TestEnv, node: Option<Node>, inputs: &Inputs) -> anyhow::Result<Self> {
         let work = env.dir().join("demo");
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         Ok(Self {
+            node,
             env,
             work,
             probity: inputs.probity.clone(),
             orders: inputs.orders.clone(),
             crds: inputs.crds.clone(),
+            chart: inputs.chart.clone(),
             procs: std::cell::RefCell::new(Vec::new()),
         })
     }
 
     fn run(&self) -> anyhow::Result<()> {
+        if let Some(node) = &self.node {
+            return self.run_on_node(node);
+        }
         let mut operator = self.install()?;
-        self.enforce()?;
+        self.enforce(&fixtures::orders_manifest())?;
         self.audit()?;
         self.drift()?;
         self.probes()?;
@@ -143,6 +266,9 @@ impl Tour {
             for line in tail.into_iter().rev() {
                 println!("{line}");
             }
+        }
+        if let Some(node) = &self.node {
+            self.dump_node_logs(node);
         }
         let api = self.env.dir().join("kube-apiserver.log");
         println!("--- kube-apiserver log: {}", api.display());
@@ -211,6 +337,15 @@ fn stop(process: &mut Process, grace: Duration) {
         );
         process.kill();
     }
+}
+
+fn binaries() -> anyhow::Result<Binaries> {
+    Binaries::locate().map_err(|why| {
+        anyhow::anyhow!(
+            "control-plane binaries not found: {why}\nbuild them with: {}",
+            probity_testenv::BUILD_HINT
+        )
+    })
 }
 
 fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {

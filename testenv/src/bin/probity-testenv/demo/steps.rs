@@ -1,16 +1,14 @@
 //! The tour's steps, in the order it runs them.
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use probity_testenv::orders::Database;
 use probity_testenv::{Process, free_addr};
 
-use super::db::FakeDb;
 use super::fixtures::{
-    BASELINE, DIGEST, DIGEST_OTHER, LEGACY_APPS, REPORT, WEB_LATEST, orders_manifest, orders_pods,
-    pod_status,
+    BASELINE, DIGEST, DIGEST_OTHER, LEGACY_APPS, REPORT, WEB_LATEST, orders_pods, pod_status,
 };
 use super::http::{burst, http_get, show_probe, summarize, wait_until_ok};
 use super::kubectl::shell_words;
@@ -101,14 +99,16 @@ impl Tour {
         Ok(operator)
     }
 
-    pub(super) fn enforce(&self) -> anyhow::Result<()> {
+    /// The policy's denial and admission; `orders` is the Deployment it
+    /// admits.
+    pub(super) fn enforce(&self, orders: &str) -> anyhow::Result<()> {
         step(
             3,
             "Enforce: a ClusterReadinessPolicy for namespaces labelled probity.dev/policy=enforce",
         );
         self.file("baseline.yaml", BASELINE)?;
         self.file("web-latest.yaml", WEB_LATEST)?;
-        self.file("orders.yaml", &orders_manifest())?;
+        self.file("orders.yaml", orders)?;
         self.must(&["apply", "-f", "baseline.yaml"])?;
         self.must(&[
             "wait",
@@ -251,7 +251,7 @@ impl Tour {
     }
 
     pub(super) fn probes(&self) -> anyhow::Result<()> {
-        let db = FakeDb::start()?;
+        let db = Database::listen("127.0.0.1:0").context("starting the database stand-in")?;
         let addr = free_addr()?;
         step(
             6,
@@ -260,13 +260,13 @@ impl Tour {
         println!(
             "  $ HOST=127.0.0.1 PORT={} DEP_ADDR={} orders &",
             addr.port(),
-            db.addr
+            db.addr()
         );
         let mut command = Command::new(&self.orders);
         command
             .env("HOST", "127.0.0.1")
             .env("PORT", addr.port().to_string())
-            .env("DEP_ADDR", db.addr.to_string())
+            .env("DEP_ADDR", db.addr().to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         let mut orders = self.spawn("orders", command)?;
@@ -284,7 +284,7 @@ impl Tour {
         println!(
             "\n  The database turns slow (3 s per query). 20 calls to GET /orders, 10 at a time:"
         );
-        db.delay.store(3000, Ordering::Relaxed);
+        db.set_delay(Duration::from_secs(3));
         let mut answers = Vec::new();
         for _ in 0..2 {
             answers.extend(burst(addr, 10));
