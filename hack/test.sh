@@ -26,6 +26,10 @@ duration() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
 echo "[test] building the test binaries"
 "$cargo" test "$@" --all-targets --no-run --message-format=json-render-diagnostics >"$work/artifacts" || exit $?
+# The node tests pack target/debug/probity and target/debug/examples/orders
+# into images; a test build leaves the examples only under examples/*-<hash>.
+echo "[test] building the binaries the node tests run as images"
+"$cargo" build "$@" --bins --examples || exit $?
 
 # One line per test binary: <executable> <package directory>. Test
 # binaries live in deps/ with a hash in their name; the binaries built for

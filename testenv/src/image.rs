@@ -214,11 +214,16 @@ pub fn pause(work: &std::path::Path) -> Result<Image, crate::Error> {
     })
 }
 
-/// An image of one program built on this machine: the binary (debug
-/// sections stripped when `objcopy` is there) at `/<name>`, the shared
-/// libraries `ldd` lists for it at their paths, and a non-root user (65532,
-/// as distroless images). The project's own Dockerfile builds static
-/// release binaries instead; tests use the binaries `cargo test` built.
+/// Where Debian and distroless keep the CA bundle.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// An image of one program built on this machine, in the Dockerfile's
+/// layout: the binary (debug sections stripped when `objcopy` is there) at
+/// `/usr/local/bin/<name>`, this machine's CA bundle at distroless's
+/// `/etc/ssl/certs/ca-certificates.crt` (when it has one), and a non-root
+/// user (65532, as distroless images); also the shared libraries `ldd`
+/// lists for it, at their paths. The Dockerfile builds static release
+/// binaries instead; tests use the binaries `cargo test` built.
 ///
 /// # Errors
 ///
@@ -276,6 +281,11 @@ pub fn program(
             parent = dir.parent();
         }
     }
+    let bundle = std::fs::read(CA_BUNDLE).ok();
+    dirs.extend(["usr", "usr/local", "usr/local/bin"].map(str::to_owned));
+    if bundle.is_some() {
+        dirs.extend(["etc/ssl", "etc/ssl/certs"].map(str::to_owned));
+    }
     let mut layer = LayerBuilder::new()
         .dir("etc", 0o755)
         .file(
@@ -292,9 +302,13 @@ pub fn program(
         let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
         layer = layer.file(lib, 0o755, &bytes);
     }
+    if let Some(bundle) = &bundle {
+        layer = layer.file(&CA_BUNDLE[1..], 0o644, bundle);
+    }
+    let path = format!("usr/local/bin/{name}");
     Ok(Image {
-        layers: vec![layer.file(name, 0o755, &contents).build()],
-        entrypoint: vec![format!("/{name}")],
+        layers: vec![layer.file(&path, 0o755, &contents).build()],
+        entrypoint: vec![format!("/{path}")],
         user: Some("65532:65532".to_owned()),
         env: Vec::new(),
     })
@@ -329,7 +343,7 @@ pub fn project_binary(file: &str) -> Result<std::path::PathBuf, crate::Error> {
         Ok(binary)
     } else {
         Err(crate::Error::Client(format!(
-            "{} is missing: build it with `cargo test --workspace --all-features --all-targets --no-run`",
+            "{} is missing: build it with `cargo build --workspace --all-features --bins --examples`",
             binary.display()
         )))
     }
@@ -342,8 +356,8 @@ pub fn project_binary(file: &str) -> Result<std::path::PathBuf, crate::Error> {
 ///
 /// # Errors
 ///
-/// When a binary is missing (build with `cargo test --workspace
-/// --all-targets` first), or building or pushing fails.
+/// When a binary is missing (build with `cargo build --workspace --bins
+/// --examples` first), or building or pushing fails.
 pub fn push_project_images(
     registry: &crate::registry::Registry,
     work: &std::path::Path,
@@ -457,6 +471,36 @@ mod tests {
             lines[2].contains(" 1000 ") && lines[2].ends_with(" app"),
             "{listing}"
         );
+    }
+
+    #[test]
+    fn a_program_image_has_the_dockerfiles_layout() {
+        let work = std::env::temp_dir().join(format!("probity-program-{}", std::process::id()));
+        std::fs::create_dir_all(&work).expect("work dir");
+        let image = program(std::path::Path::new("/bin/true"), "true", &work);
+        let _ = std::fs::remove_dir_all(&work);
+        let image = image.expect("an image of /bin/true");
+        assert_eq!(image.entrypoint, ["/usr/local/bin/true"]);
+        assert_eq!(image.user.as_deref(), Some("65532:65532"));
+        let path = std::env::temp_dir().join(format!("probity-program-{}.tar", std::process::id()));
+        std::fs::write(&path, image.layers[0].bytes()).expect("write");
+        let out = Command::new("tar")
+            .arg("-tf")
+            .arg(&path)
+            .output()
+            .expect("tar");
+        let _ = std::fs::remove_file(&path);
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let mut want = vec!["etc/passwd", "usr/local/bin/", "usr/local/bin/true"];
+        if std::path::Path::new(CA_BUNDLE).exists() {
+            want.push("etc/ssl/certs/ca-certificates.crt");
+        }
+        for entry in want {
+            assert!(
+                listing.lines().any(|l| l == entry),
+                "{entry} in:\n{listing}"
+            );
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub(super) fn show_probe(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
 }
 
 /// `n` concurrent GET /orders; their answers.
-pub(super) fn burst(addr: SocketAddr, n: usize) -> Vec<anyhow::Result<Answer>> {
+fn burst(addr: SocketAddr, n: usize) -> Vec<anyhow::Result<Answer>> {
     let calls: Vec<_> = (0..n)
         .map(|_| std::thread::spawn(move || http_get(addr, "/orders")))
         .collect();
@@ -87,7 +87,26 @@ pub(super) fn burst(addr: SocketAddr, n: usize) -> Vec<anyhow::Result<Answer>> {
         .collect()
 }
 
-pub(super) fn summarize(answers: &[anyhow::Result<Answer>]) {
+/// The database turns slow: 20 calls to GET /orders on `addr` (`target`
+/// says where), 10 at a time, their answers summarized, then readiness.
+pub(super) fn slow_database(
+    db: &probity_testenv::orders::Database,
+    addr: SocketAddr,
+    target: &str,
+) -> anyhow::Result<()> {
+    println!(
+        "\n  The database turns slow (3 s per query). 20 calls to GET /orders{target}, 10 at a time:"
+    );
+    db.set_delay(Duration::from_secs(3));
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.extend(burst(addr, 10));
+    }
+    summarize(&answers);
+    show_probe(addr, "/readyz?verbose")
+}
+
+fn summarize(answers: &[anyhow::Result<Answer>]) {
     let mut groups: Vec<(u16, usize, Duration, String)> = Vec::new();
     for answer in answers.iter().flatten() {
         let retry_after = answer

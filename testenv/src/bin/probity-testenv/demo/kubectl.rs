@@ -126,6 +126,18 @@ pub(super) fn print_indented(bytes: &[u8]) {
     }
 }
 
+/// `kubectl get <kind> -n <namespace> <selector flag> <selector> -o <output>`
+/// as arguments (`-l` or `--field-selector`).
+pub(super) fn listing<'a>(
+    kind: &'a str,
+    namespace: &'a str,
+    flag: &'a str,
+    selector: &'a str,
+    output: &'a str,
+) -> [&'a str; 8] {
+    ["get", kind, "-n", namespace, flag, selector, "-o", output]
+}
+
 /// Arguments as a shell would need them typed.
 pub(super) fn shell_words(args: &[&str]) -> String {
     args.iter()

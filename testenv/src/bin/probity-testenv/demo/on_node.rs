@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use probity_testenv::node::{NODE_IP, Node};
 use probity_testenv::orders::{Database, Probes, recommended_probes};
 
-use super::http::{burst, http_get, show_probe, summarize};
-use super::kubectl::{print_indented, shell_words};
+use super::http::{http_get, show_probe, slow_database};
+use super::kubectl::{listing, print_indented, shell_words};
 use super::{STEPS, SYSTEM_NS, Tour, WAIT, note, step, wait};
 
 /// The orders example's port in its pods.
@@ -24,14 +24,7 @@ impl Tour {
             Database::listen(&format!("{NODE_IP}:0")).context("starting the database stand-in")?;
         self.enforce(&orders_deployment(&orders_image, db.addr(), &probes))?;
         let t = Instant::now();
-        self.must(&[
-            "rollout",
-            "status",
-            "deployment/orders",
-            "-n",
-            "shop",
-            "--timeout=90s",
-        ])?;
+        self.rollout("orders", "shop")?;
         note(&format!(
             "2 replicas available {:.1} s later: pulled, started, startup and readiness probes passed",
             t.elapsed().as_secs_f64()
@@ -156,61 +149,31 @@ impl Tour {
             ),
         )?;
         self.must(&["apply", "-n", "legacy", "-f", "app.yaml"])?;
-        self.quietly(&[
-            "rollout",
-            "status",
-            "deployment/app",
-            "-n",
-            "legacy",
-            "--timeout=90s",
-        ])?;
-        let columns = [
-            "get",
+        self.rollout("app", "legacy")?;
+        let columns = listing(
             "pods",
-            "-n",
             "legacy",
             "-l",
             "app=app",
-            "-o",
             "custom-columns=POD:.metadata.name,IMAGE-ID:.status.containerStatuses[0].imageID",
-        ];
+        );
         self.must(&columns)?;
         let second = release("B").context("pushing app:latest again")?;
         println!("\n  A new build is pushed to the same tag: {image} -> {second}");
         println!("  and one pod is replaced (an eviction, a node drain):");
-        let pods = self.quietly(&[
-            "get",
+        let pods = self.quietly(&listing(
             "pods",
-            "-n",
             "legacy",
             "-l",
             "app=app",
-            "-o",
             "jsonpath={.items[0].metadata.name}",
-        ])?;
+        ))?;
         self.must(&["delete", "pod", pods.trim(), "-n", "legacy", "--wait=false"])?;
-        let events = [
-            "get",
-            "events",
-            "-n",
+        self.drift_events(
             "legacy",
-            "--field-selector",
-            "reason=ImageDigestDrift",
-            "-o",
-        ];
-        self.wait_for_output(
-            "an ImageDigestDrift event",
-            &[&events[..], &["name"]].concat(),
+            "The operator noticed, from the imageIDs kubelet reported:",
         )?;
         self.must(&columns)?;
-        println!("\n  The operator noticed, from the imageIDs kubelet reported:");
-        self.must(
-            &[
-                &events[..],
-                &["custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message"],
-            ]
-            .concat(),
-        )?;
         println!(
             "  (With `images: {{pin: Admission}}` the Deployment is pinned to the digest the tag"
         );
@@ -245,16 +208,7 @@ impl Tour {
         println!("  GET /orders -> {}", http_get(addr, "/orders")?.status);
         show_probe(addr, "/readyz?verbose")?;
 
-        println!(
-            "\n  The database turns slow (3 s per query). 20 calls to GET /orders on one pod, 10 at a time:"
-        );
-        db.set_delay(Duration::from_secs(3));
-        let mut answers = Vec::new();
-        for _ in 0..2 {
-            answers.extend(burst(addr, 10));
-        }
-        summarize(&answers);
-        show_probe(addr, "/readyz?verbose")?;
+        slow_database(db, addr, " on one pod")?;
         println!("  (Deadlines bound the wait, the breaker sheds the rest; an open breaker is");
         println!("   reported, not fatal: every replica shares this database.)");
         db.set_delay(Duration::from_millis(5));
@@ -271,31 +225,21 @@ impl Tour {
             t.elapsed().as_secs_f64()
         ));
         self.must(&["get", "pods", "-n", "shop", "-l", "app=orders"])?;
-        self.must(&[
-            "get",
-            "endpointslices",
-            "-n",
-            "shop",
-            "-l",
-            "kubernetes.io/service-name=orders",
-            "-o",
+        self.must(&slices(
             "custom-columns=SLICE:.metadata.name,ADDRESSES:.endpoints[*].addresses[0],READY:.endpoints[*].conditions.ready",
-        ])?;
+        ))?;
         std::thread::sleep(Duration::from_secs(12).saturating_sub(t.elapsed()));
         println!(
             "\n  {:.0} s into the outage, what kubelet's probes reported:",
             t.elapsed().as_secs_f64()
         );
-        let out = self.must(&[
-            "get",
+        let out = self.must(&listing(
             "events",
-            "-n",
             "shop",
             "--field-selector",
             "reason=Unhealthy",
-            "-o",
             "custom-columns=COUNT:.count,OBJECT:.involvedObject.name,MESSAGE:.message",
-        ])?;
+        ))?;
         if String::from_utf8_lossy(&out.stdout).contains("Liveness probe failed") {
             bail!("a liveness probe failed during the outage");
         }
@@ -314,16 +258,13 @@ impl Tour {
             "both pods Ready again {:.1} s later",
             t.elapsed().as_secs_f64()
         ));
-        let restarts = self.quietly(&[
-            "get",
+        let restarts = self.quietly(&listing(
             "pods",
-            "-n",
             "shop",
             "-l",
             "app=orders",
-            "-o",
             "jsonpath={.items[*].status.containerStatuses[0].restartCount}",
-        ])?;
+        ))?;
         self.must(&["get", "pods", "-n", "shop", "-l", "app=orders"])?;
         if restarts.split_whitespace().any(|n| n != "0") {
             bail!("an orders pod was restarted: {restarts}");
@@ -335,16 +276,9 @@ impl Tour {
         self.must(&["delete", "pod", &pod, "-n", "shop", "--wait=false"])?;
         wait(WAIT, "the deleted pod's endpoint terminating", || {
             let states = self
-                .quietly(&[
-                    "get",
-                    "endpointslices",
-                    "-n",
-                    "shop",
-                    "-l",
-                    "kubernetes.io/service-name=orders",
-                    "-o",
-                    &format!("jsonpath={{.items[*].endpoints[?(@.addresses[0]==\"{ip}\")].conditions.terminating}}"),
-                ])
+                .quietly(&slices(&format!(
+                    "jsonpath={{.items[*].endpoints[?(@.addresses[0]==\"{ip}\")].conditions.terminating}}"
+                )))
                 .ok()?;
             (states.trim() == "true").then_some(())
         })?;
@@ -357,14 +291,7 @@ impl Tour {
             "  answers what is in flight: GET /orders -> {} (drain delay 5 s, grace {grace} s)",
             answer.status
         );
-        self.must(&[
-            "rollout",
-            "status",
-            "deployment/orders",
-            "-n",
-            "shop",
-            "--timeout=90s",
-        ])?;
+        self.rollout("orders", "shop")?;
         note(&format!(
             "replaced and Ready {:.1} s after the delete",
             t.elapsed().as_secs_f64()
@@ -395,17 +322,24 @@ impl Tour {
 
     /// `ready` of each endpoint of the orders Service.
     fn endpoint_states(&self) -> anyhow::Result<Vec<String>> {
-        let out = self.quietly(&[
-            "get",
-            "endpointslices",
-            "-n",
-            "shop",
-            "-l",
-            "kubernetes.io/service-name=orders",
-            "-o",
+        let out = self.quietly(&slices(
             "jsonpath={.items[*].endpoints[*].conditions.ready}",
-        ])?;
+        ))?;
         Ok(out.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// `kubectl rollout status` of Deployment `name`, shown; within 90 s.
+    fn rollout(&self, name: &str, namespace: &str) -> anyhow::Result<()> {
+        let deployment = format!("deployment/{name}");
+        let args = [
+            "rollout",
+            "status",
+            &deployment,
+            "-n",
+            namespace,
+            "--timeout=90s",
+        ];
+        self.must(&args).map(drop)
     }
 
     /// `helm <args>`, shown; it must succeed.
@@ -449,6 +383,17 @@ impl Tour {
             println!("{line}");
         }
     }
+}
+
+/// `kubectl get` of the orders Service's EndpointSlices, `-o output`.
+fn slices(output: &str) -> [&str; 8] {
+    listing(
+        "endpointslices",
+        "shop",
+        "-l",
+        "kubernetes.io/service-name=orders",
+        output,
+    )
 }
 
 /// The orders example as a 2-replica Deployment with the probes it

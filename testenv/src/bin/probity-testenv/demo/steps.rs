@@ -10,8 +10,8 @@ use probity_testenv::{Process, free_addr};
 use super::fixtures::{
     BASELINE, DIGEST, DIGEST_OTHER, LEGACY_APPS, REPORT, WEB_LATEST, orders_pods, pod_status,
 };
-use super::http::{burst, http_get, show_probe, summarize, wait_until_ok};
-use super::kubectl::shell_words;
+use super::http::{http_get, show_probe, slow_database, wait_until_ok};
+use super::kubectl::{listing, shell_words};
 use super::{SYSTEM_NS, Tour, WAIT, note, step, stop, wait};
 
 impl Tour {
@@ -226,27 +226,7 @@ impl Tour {
                 self.quietly(&args)?;
             }
         }
-        let events = [
-            "get",
-            "events",
-            "-n",
-            "shop",
-            "--field-selector",
-            "reason=ImageDigestDrift",
-            "-o",
-        ];
-        self.wait_for_output(
-            "an ImageDigestDrift event",
-            &[&events[..], &["name"]].concat(),
-        )?;
-        println!("\n  The operator noticed, from the pods' imageIDs:");
-        self.must(
-            &[
-                &events[..],
-                &["custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message"],
-            ]
-            .concat(),
-        )?;
+        self.drift_events("shop", "The operator noticed, from the pods' imageIDs:")?;
         Ok(())
     }
 
@@ -281,16 +261,7 @@ impl Tour {
         show_probe(addr, "/livez")?;
         show_probe(addr, "/readyz?verbose")?;
 
-        println!(
-            "\n  The database turns slow (3 s per query). 20 calls to GET /orders, 10 at a time:"
-        );
-        db.set_delay(Duration::from_secs(3));
-        let mut answers = Vec::new();
-        for _ in 0..2 {
-            answers.extend(burst(addr, 10));
-        }
-        summarize(&answers);
-        show_probe(addr, "/readyz?verbose")?;
+        slow_database(&db, addr, "")?;
         println!(
             "  (An open breaker is reported, not fatal: every replica shares this database, so"
         );
@@ -336,5 +307,25 @@ impl Tour {
             t.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+
+    /// Waits for an ImageDigestDrift event in `namespace`, then shows them
+    /// after `intro`.
+    pub(super) fn drift_events(&self, namespace: &str, intro: &str) -> anyhow::Result<()> {
+        let events = |output| {
+            listing(
+                "events",
+                namespace,
+                "--field-selector",
+                "reason=ImageDigestDrift",
+                output,
+            )
+        };
+        self.wait_for_output("an ImageDigestDrift event", &events("name"))?;
+        println!("\n  {intro}");
+        self.must(&events(
+            "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+        ))
+        .map(drop)
     }
 }
