@@ -28,6 +28,17 @@ pub fn netns_file() -> Option<String> {
     None
 }
 
+/// Whether this process runs with effective uid 0, as `hack/isolated.sh`
+/// needs (the second field of `Uid:` in `/proc/self/status`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
 /// Why the current process may not start a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {

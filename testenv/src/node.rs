@@ -277,6 +277,30 @@ impl Node {
         &self.registry
     }
 
+    /// The `--set` values that install charts/probity on this node with
+    /// the operator's image `image` (`<registry>/<repository>:<tag>@<digest>`,
+    /// as [`crate::image::push_programs`] returns it): the image by digest,
+    /// and the node's registry named as plain HTTP and allowed, so the
+    /// operator may resolve its tags (cached for 5 s).
+    ///
+    /// # Errors
+    ///
+    /// When `image` carries no digest.
+    pub fn chart_values(&self, image: &str) -> Result<Vec<String>, Error> {
+        let (name, digest) = image
+            .split_once('@')
+            .ok_or_else(|| Error::Client(format!("{image}: not by digest")))?;
+        let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
+        let host = &self.registry.host;
+        Ok(vec![
+            format!("image.repository={repository}"),
+            format!("image.digest={digest}"),
+            format!("registry.insecure[0]={host}"),
+            format!("registry.allow[0]={host}"),
+            "registry.cacheTTLSeconds=5".to_owned(),
+        ])
+    }
+
     /// The node's files: configs and logs of containerd and kubelet.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1045,28 +1045,13 @@ fn install_chart(env: &TestEnv, node: &Node) -> (Vec<String>, Vec<String>) {
         .iter()
         .find(|i| i.contains("/probity/probity:"))
         .expect("probity image");
-    let (name, digest) = image.split_once('@').expect("by digest");
-    let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
-
-    let out = env
-        .helm()
-        .args(["install", "probity", CHART, "--namespace", "probity-system"])
-        .args(["--create-namespace", "--wait", "--timeout", "180s"])
-        .args(["--set", &format!("image.repository={repository}")])
-        .args(["--set", &format!("image.digest={digest}")])
-        // The node's registry is private and plain HTTP: named, so the
-        // operator may resolve its tags.
-        .args([
-            "--set",
-            &format!("registry.insecure[0]={}", node.registry().host),
-        ])
-        .args([
-            "--set",
-            &format!("registry.allow[0]={}", node.registry().host),
-        ])
-        .args(["--set", "registry.cacheTTLSeconds=5"])
-        .output()
-        .expect("helm install");
+    let mut helm = env.helm();
+    helm.args(["install", "probity", CHART, "--namespace", "probity-system"])
+        .args(["--create-namespace", "--wait", "--timeout", "180s"]);
+    for set in node.chart_values(image).expect("the chart's values") {
+        helm.args(["--set", &set]);
+    }
+    let out = helm.output().expect("helm install");
     assert!(
         out.status.success(),
         "helm install: {}{}\nkubelet log:\n{}",
@@ -1264,14 +1249,7 @@ fn node_log(node: &Node) -> String {
 
 /// Runs `test` of this binary again inside `hack/isolated.sh`.
 fn run_isolated(test: &str) {
-    // The effective uid: the second field of Uid: in /proc/self/status.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false);
-    if !root {
+    if !isolation::is_root() {
         assert!(
             !probity_testenv::e2e_required(),
             "{test}: the node needs root (network, mount and pid namespaces) and is required here"

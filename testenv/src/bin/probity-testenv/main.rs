@@ -118,12 +118,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Result<()> {
-    let binaries = Binaries::locate().map_err(|why| {
-        anyhow::anyhow!(
-            "control-plane binaries not found: {why}\nbuild them with: {}",
-            probity_testenv::BUILD_HINT
-        )
-    })?;
+    let binaries = binaries()?;
     eprintln!(
         "starting etcd + kube-apiserver from {} ...",
         binaries.dir().display()
@@ -206,6 +201,16 @@ async fn up(copy_to: Option<std::path::PathBuf>, with_node: bool) -> anyhow::Res
     .await
     .context("stopping")?;
     Ok(())
+}
+
+/// The control-plane binaries, or how to build them.
+fn binaries() -> anyhow::Result<Binaries> {
+    Binaries::locate().map_err(|why| {
+        anyhow::anyhow!(
+            "control-plane binaries not found: {why}\nbuild them with: {}",
+            probity_testenv::BUILD_HINT
+        )
+    })
 }
 
 /// The pause image, `<registry>/probity/pause:3.10@sha256:...`, and the

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use probity_testenv::isolation::{self, Refused};
 use probity_testenv::node::Node;
-use probity_testenv::{Binaries, Options, Process, TestEnv};
+use probity_testenv::{Options, Process, TestEnv};
 
 mod fixtures;
 mod http;
@@ -75,7 +75,7 @@ pub(crate) fn run(inputs: &Inputs, mode: NodeMode) -> anyhow::Result<()> {
     let on_node = match (mode, isolation::check()) {
         (NodeMode::Never, _) => false,
         (_, Ok(())) => true,
-        (_, Err(Refused::NotIsolated)) if is_root() => return run_isolated(inputs),
+        (_, Err(Refused::NotIsolated)) if isolation::is_root() => return run_isolated(inputs),
         (NodeMode::Auto, Err(Refused::NotIsolated)) => {
             println!("(Not root: the tour runs without a node. As root, `make demo` runs it on a");
             println!(" real node: kubelet, containerd and the chart's pods.)");
@@ -143,16 +143,6 @@ fn run_isolated(inputs: &Inputs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the effective uid is 0 (the second field of `Uid:`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
 /// The control plane (and the node), the working directory and what runs
 /// against them.
 struct Tour {
@@ -174,7 +164,7 @@ impl Tour {
             "Starting a control plane: etcd + kube-apiserver on loopback",
         );
         let t = Instant::now();
-        let env = TestEnv::start(binaries()?, &Options::default())
+        let env = TestEnv::start(crate::binaries()?, &Options::default())
             .context("starting the control plane")?;
         note(&format!(
             "kube-apiserver ready at {} in {:.1} s",
@@ -200,7 +190,8 @@ impl Tour {
             node: true,
             ..Options::default()
         };
-        let env = TestEnv::start(binaries()?, &options).context("starting the control plane")?;
+        let env =
+            TestEnv::start(crate::binaries()?, &options).context("starting the control plane")?;
         note(&format!(
             "etcd and kube-apiserver ready at {} in {:.1} s",
             env.server(),
@@ -217,10 +208,11 @@ impl Tour {
             probity_testenv::node::NODE_IP,
             node.registry().host
         ));
-        let chart = absolute(&inputs.chart).context("the chart (--chart)")?;
-        let mut tour = Self::new(env, Some(node), inputs)?;
-        tour.chart = chart;
-        Ok(tour)
+        let inputs = &Inputs {
+            chart: absolute(&inputs.chart).context("the chart (--chart)")?,
+            ..inputs.clone()
+        };
+        Self::new(env, Some(node), inputs)
     }
 
     fn new(env: TestEnv, node: Option<Node>, inputs: &Inputs) -> anyhow::Result<Self> {
@@ -260,12 +252,7 @@ impl Tour {
 
     fn dump_logs(&self) {
         for log in self.procs.borrow().iter() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            println!("--- {} (last {} lines)", log.display(), tail.len());
-            for line in tail.into_iter().rev() {
-                println!("{line}");
-            }
+            print_tail(log);
         }
         if let Some(node) = &self.node {
             self.dump_node_logs(node);
@@ -339,13 +326,14 @@ fn stop(process: &mut Process, grace: Duration) {
     }
 }
 
-fn binaries() -> anyhow::Result<Binaries> {
-    Binaries::locate().map_err(|why| {
-        anyhow::anyhow!(
-            "control-plane binaries not found: {why}\nbuild them with: {}",
-            probity_testenv::BUILD_HINT
-        )
-    })
+/// The last 30 lines of the log at `path`, under a heading.
+fn print_tail(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    println!("--- {} (last {} lines)", path.display(), tail.len());
+    for line in tail.into_iter().rev() {
+        println!("{line}");
+    }
 }
 
 fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {

@@ -11,7 +11,7 @@ use probity_testenv::orders::{Database, Probes, recommended_probes};
 
 use super::http::{http_get, show_probe, slow_database};
 use super::kubectl::{listing, print_indented, shell_words};
-use super::{STEPS, SYSTEM_NS, Tour, WAIT, note, step, wait};
+use super::{STEPS, SYSTEM_NS, Tour, WAIT, note, print_tail, step, wait};
 
 /// The orders example's port in its pods.
 const PORT: u16 = 8080;
@@ -72,7 +72,7 @@ impl Tour {
             println!("  pushed {image}");
         }
         note(&format!(
-            "each image: the binary, the C libraries it links, a non-root user ({:.1} s)",
+            "each image: the binary, the C libraries it links, the CA bundle, a non-root user ({:.1} s)",
             t.elapsed().as_secs_f64()
         ));
         let find = |repository: &str| {
@@ -82,19 +82,7 @@ impl Tour {
                 .cloned()
                 .with_context(|| format!("no {repository} image pushed"))
         };
-        let operator = find("probity/probity")?;
-        let (name, digest) = operator
-            .split_once('@')
-            .context("the operator's image by digest")?;
-        let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
-        let host = &registry.host;
-        let sets = [
-            format!("image.repository={repository}"),
-            format!("image.digest={digest}"),
-            format!("registry.insecure[0]={host}"),
-            format!("registry.allow[0]={host}"),
-            "registry.cacheTTLSeconds=5".to_owned(),
-        ];
+        let sets = node.chart_values(&find("probity/probity")?)?;
         let chart = self.chart.to_string_lossy().into_owned();
         let mut args = vec![
             "install",
@@ -375,13 +363,7 @@ impl Tour {
         ]) {
             print_indented(&out.stdout);
         }
-        let kubelet = node.dir().join("kubelet.log");
-        let text = std::fs::read_to_string(&kubelet).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        println!("--- {} (last {} lines)", kubelet.display(), tail.len());
-        for line in tail.into_iter().rev() {
-            println!("{line}");
-        }
+        print_tail(&node.dir().join("kubelet.log"));
     }
 }
 
