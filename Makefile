@@ -10,8 +10,9 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
+export PROBITY_REDIS_BIN := $(shell hack/redis.sh path)
 
-.PHONY: binaries registry help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission bench-admission-hostile control-plane demo up clean-control-plane
+.PHONY: binaries registry redis help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission bench-admission-hostile control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -22,7 +23,7 @@ help: ## List targets
 CARGO_ALL := --workspace --all-features --locked
 
 test: ## Everything CI runs: fmt, clippy, unit + e2e tests (with the fuzz corpora), the demo; each step timed
-	@hack/steps.sh control-plane registry fmt-check clippy unit-and-e2e demo
+	@hack/steps.sh control-plane registry redis fmt-check clippy unit-and-e2e demo
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
@@ -62,6 +63,9 @@ lab-cascade: ## The cascade lab: a dependency slows to 8 s under four configurat
 
 registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
 	@hack/registry.sh install
+
+redis: ## Fetch Debian's redis-server into the cache (once), the Redis the fleet and queue tests run
+	@hack/redis.sh install
 
 bench-admission: control-plane ## Admission: in-process µs per review, and create latency through the API server with and without the webhook
 	$(CARGO) bench --locked --bench admission

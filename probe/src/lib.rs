@@ -19,6 +19,8 @@
 //!   propagation.
 //! - [`shed`]: load shedding with 503 and `Retry-After`.
 //! - `chaos` (feature `chaos`): fault injection for game days.
+//! - `shared` (feature `redis`): breaker state shared across replicas
+//!   through Redis, with a quorum and one trial per open period.
 //!
 //! ```
 //! use std::time::Duration;
@@ -52,6 +54,9 @@ pub mod deadline;
 pub mod health;
 mod refuse;
 pub mod retry;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[cfg(feature = "redis")]
+pub mod shared;
 pub mod shed;
 
 pub use health::{Health, HealthBuilder};

@@ -49,6 +49,7 @@ pub mod node;
 pub mod orders;
 mod pki;
 pub mod process;
+pub mod redis;
 pub mod registry;
 mod sweep;
 

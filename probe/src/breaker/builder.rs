@@ -94,6 +94,9 @@ impl Builder {
                 generation: AtomicU64::new(0),
                 open_until: AtomicU64::new(0),
                 hint_ms: AtomicU64::new(0),
+                own_evidence: AtomicBool::new(false),
+                gate: AtomicU8::new(Gate::Local as u8),
+                gate_patience_ms: AtomicU64::new(0),
                 window,
                 slow: Mutex::new(SlowPath {
                     consecutive_openings: 0,

@@ -30,12 +30,14 @@
 mod builder;
 mod config;
 pub mod error;
+#[cfg(feature = "redis")]
+mod fleet;
 mod layer;
 mod permit;
 mod state;
 mod window;
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -78,6 +80,14 @@ struct Shared {
     open_until: AtomicU64,
     /// Longest Retry-After hint seen since the last opening, in ms.
     hint_ms: AtomicU64,
+    /// Whether the current opening comes from this replica's own calls
+    /// (its window or a failed trial) rather than from its peers.
+    own_evidence: AtomicBool,
+    /// Who sends the trial when an open period ends: [`Gate`].
+    gate: AtomicU8,
+    /// How long past the open period a gated breaker waits for the fleet's
+    /// verdict before it sends a trial of its own, in ms.
+    gate_patience_ms: AtomicU64,
     window: Windowed,
     slow: Mutex<SlowPath>,
     events: broadcast::Sender<Transition>,
@@ -191,9 +201,14 @@ impl CircuitBreaker {
         let state = State::from_code(s.state.load(Ordering::Acquire));
         match state {
             State::Open => {
-                if s.now_ms(now) < s.open_until.load(Ordering::Acquire) {
+                let now_ms = s.now_ms(now);
+                let until = s.open_until.load(Ordering::Acquire);
+                if now_ms < until {
                     drop(slow);
                     return self.acquire_with(shared);
+                }
+                if let Some(retry_after) = s.gated(now_ms, until) {
+                    return Err(Open { retry_after });
                 }
                 s.transition(&mut slow, State::Open, State::HalfOpen, now);
             }
@@ -278,7 +293,34 @@ pub enum Rejected<E> {
     Inner(E),
 }
 
+/// Who may send the trial when an open period ends. Only the fleet
+/// (feature `redis`) sets anything but `Local`; the closed path never reads
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[repr(u8)]
+pub(crate) enum Gate {
+    /// This breaker decides alone.
+    Local = 0,
+    /// Another replica may hold the fleet's probe lease: stay open until
+    /// its verdict arrives (or the patience runs out).
+    Fleet = 1,
+    /// This replica holds the lease: send the trial.
+    Probe = 2,
+}
+
 impl Shared {
+    /// While the fleet decides the trial: how long to keep rejecting.
+    #[inline]
+    fn gated(&self, now_ms: u64, until: u64) -> Option<Duration> {
+        if self.gate.load(Ordering::Acquire) != Gate::Fleet as u8 {
+            return None;
+        }
+        let patience = self.gate_patience_ms.load(Ordering::Acquire);
+        let waited = now_ms.saturating_sub(until);
+        (waited < patience).then(|| Duration::from_millis((patience - waited).min(100)))
+    }
+
     fn now_ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
@@ -317,6 +359,7 @@ impl Shared {
             .now_ms(now)
             .saturating_add(u64::try_from(open.as_millis()).unwrap_or(u64::MAX / 2));
         self.open_until.store(until, Ordering::Release);
+        self.own_evidence.store(true, Ordering::Release);
         self.transition(slow, from, State::Open, now);
     }
 

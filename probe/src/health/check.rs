@@ -161,6 +161,9 @@ pub struct CheckOptions {
     pub(crate) failures_to_fail: u32,
     pub(crate) successes_to_recover: u32,
     pub(crate) stale_after: Option<Duration>,
+    /// Share of live replicas, in thousandths, that failing together makes
+    /// a failure shared (degraded) rather than this replica's own.
+    pub(crate) fleet_floor: Option<u16>,
 }
 
 impl Default for CheckOptions {
@@ -172,6 +175,7 @@ impl Default for CheckOptions {
             failures_to_fail: 3,
             successes_to_recover: 1,
             stale_after: None,
+            fleet_floor: None,
         }
     }
 }
@@ -192,6 +196,28 @@ impl CheckOptions {
     /// A run that takes longer fails with reason `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// A fleet floor for a critical readiness check (needs
+    /// [`HealthBuilder::fleet`](super::HealthBuilder::fleet)): while at
+    /// least `share` of the live replicas, this one included and at least
+    /// two, fail this check together, the failure is the fleet's, not this
+    /// replica's, and is reported as degraded instead of failing readiness.
+    /// Taking every endpoint out of the Service would turn a shared,
+    /// partial outage into a total one (Envoy's panic threshold reasons the
+    /// same way). A replica that fails it alone still leaves rotation.
+    /// Without a reachable fleet the check fails as usual.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet_floor(mut self, share: f64) -> Self {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to [0, 1000] first"
+        )]
+        let per_mille = (share.clamp(0.0, 1.0) * 1000.0).round() as u16;
+        self.fleet_floor = Some(per_mille.max(1));
         self
     }
 

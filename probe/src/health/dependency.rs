@@ -6,6 +6,14 @@ use std::time::Duration;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 
+/// How the fleet sees a dependency, for `/dependencies`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FleetView {
+    pub(crate) replicas: usize,
+    pub(crate) open: usize,
+    pub(crate) required: usize,
+}
+
 /// One outbound dependency and the defences around it.
 ///
 /// ```
@@ -109,14 +117,22 @@ impl Dependency {
         problems
     }
 
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self, fleet: Option<FleetView>) -> serde_json::Value {
         let breaker = self.breaker.as_ref().map(|b| {
             let s = b.snapshot();
-            serde_json::json!({
+            let mut json = serde_json::json!({
                 "state": b.state().as_str(),
                 "trips": b.config().describe(),
                 "window": {"calls": s.calls, "failures": s.failures, "slow": s.slow},
-            })
+            });
+            if let Some(v) = fleet {
+                json["fleet"] = serde_json::json!({
+                    "replicas": v.replicas,
+                    "peersOpen": v.open,
+                    "quorum": v.required,
+                });
+            }
+            json
         });
         let bulkhead = self.bulkhead.as_ref().map(|b| {
             serde_json::json!({

@@ -94,7 +94,12 @@ async fn startupz_one(
 }
 
 async fn dependencies(State(h): State<Health>) -> Response {
-    let edges: Vec<serde_json::Value> = h.inner.dependencies.iter().map(|d| d.to_json()).collect();
+    let edges: Vec<serde_json::Value> = h
+        .inner
+        .dependencies
+        .iter()
+        .map(|d| d.to_json(h.inner.fleet_view(&d.name)))
+        .collect();
     let flagged = h
         .inner
         .dependencies

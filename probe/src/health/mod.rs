@@ -118,6 +118,8 @@ struct Inner {
     drain_delay: Duration,
     drain_deadline: Duration,
     target: ProbeTarget,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::shared::Fleet>,
     /// Unknown `?exclude=` names already logged (bounded).
     unknown_excludes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -126,6 +128,24 @@ struct Inner {
 const LOGGED_UNKNOWN_EXCLUDES: usize = 32;
 
 impl Inner {
+    /// How the fleet sees the shared dependency `name`, if any.
+    #[allow(
+        clippy::unused_self,
+        unused_variables,
+        reason = "without the fleet there is none"
+    )]
+    fn fleet_view(&self, name: &str) -> Option<dependency::FleetView> {
+        #[cfg(feature = "redis")]
+        if let Some(v) = self.fleet.as_ref().and_then(|f| f.view(name)) {
+            return Some(dependency::FleetView {
+                replicas: v.replicas,
+                open: v.open,
+                required: v.required,
+            });
+        }
+        None
+    }
+
     /// Whether `name` is an unknown exclude not logged before (and there
     /// is room to remember it).
     fn note_unknown_exclude(&self, name: &str) -> bool {
@@ -156,6 +176,8 @@ pub struct HealthBuilder {
     jitter: f64,
     seed: Option<u64>,
     target: ProbeTarget,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::shared::Fleet>,
 }
 
 impl std::fmt::Debug for HealthBuilder {
@@ -189,6 +211,8 @@ impl Default for HealthBuilder {
             jitter: 0.1,
             seed: None,
             target: ProbeTarget::default(),
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
     }
 }
@@ -319,6 +343,20 @@ impl HealthBuilder {
         self
     }
 
+    /// The fleet this replica shares breaker state with: `/readyz` gains
+    /// the non-critical line `shared` (degraded while Redis is
+    /// unreachable and every breaker decides alone), breaker lines and
+    /// `/dependencies` show how many live replicas report each shared
+    /// dependency open, and readiness checks with a
+    /// [fleet floor](CheckOptions::fleet_floor) publish their state to the
+    /// fleet.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet(mut self, fleet: crate::shared::Fleet) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
     /// Where the kubelet reaches the probes, for
     /// [`Health::recommended_probes`] (default: HTTP on port 8080).
     pub fn probe_target(mut self, target: ProbeTarget) -> Self {
@@ -365,6 +403,10 @@ impl HealthBuilder {
                     exit: thresholds.exit,
                 });
             }
+        }
+        #[cfg(feature = "redis")]
+        if self.fleet.is_some() {
+            claim("shared")?;
         }
         for reserved in ["watchdog", "startup", "shutdown"] {
             claim(reserved)?;
@@ -430,6 +472,8 @@ impl HealthBuilder {
             drain_delay: self.drain_delay,
             drain_deadline: self.drain_deadline,
             target: self.target,
+            #[cfg(feature = "redis")]
+            fleet: self.fleet,
             unknown_excludes: std::sync::Mutex::default(),
         });
         let mut rng = match self.seed {

@@ -208,13 +208,28 @@ pub(crate) fn evaluate(
                 let state = breaker.state();
                 let open = state.is_open() || state == crate::breaker::State::HalfOpen;
                 let failed = dep.critical && open;
+                #[allow(unused_mut, reason = "only the fleet adds to it")]
+                let mut detail = state.as_str().to_owned();
+                #[cfg(feature = "redis")]
+                if let Some(view) = inner.fleet.as_ref().and_then(|f| f.view(&dep.name)) {
+                    detail.push_str(&format!(
+                        "; {} of {} peers open, quorum {}",
+                        view.open,
+                        view.replicas - 1,
+                        view.required
+                    ));
+                }
                 checks.push(CheckReport {
-                    detail: Some(state.as_str().to_owned()),
+                    detail: Some(detail),
                     ..line(
                         &format!("breaker:{}", dep.name),
                         failed.then(|| format!("circuit {}", state.as_str())),
                     )
                 });
+            }
+            #[cfg(feature = "redis")]
+            if let Some(fleet) = &inner.fleet {
+                checks.push(shared_line(fleet));
             }
             let phase = *inner.phase.borrow();
             checks.push(line(
@@ -281,11 +296,28 @@ fn background(inner: &Inner, scope: Scope, now: Instant, out: &mut Vec<CheckRepo
                 _ => None,
             },
         };
-        let status = match (&failure, c.options.criticality) {
+        #[allow(unused_mut, reason = "only the fleet floor changes them")]
+        let mut status = match (&failure, c.options.criticality) {
             (None, _) => CheckStatus::Ok,
             (Some(_), Criticality::Critical) => CheckStatus::Failed,
             (Some(_), Criticality::NonCritical) => CheckStatus::Degraded,
         };
+        #[allow(unused_mut, reason = "only the fleet floor changes them")]
+        let mut failure = failure;
+        #[cfg(feature = "redis")]
+        if status == CheckStatus::Failed
+            && scope == Scope::Readiness
+            && state.status == Status::Failing
+            && let (Some(floor), Some(fleet)) = (c.options.fleet_floor, &inner.fleet)
+            && let Some((failing, replicas)) = shared_failure(fleet, &c.name, floor)
+        {
+            status = CheckStatus::Degraded;
+            failure = failure.map(|reason| {
+                format!(
+                    "{reason}; failing on {failing} of {replicas} replicas: shared outage, kept in rotation"
+                )
+            });
+        }
         out.push(CheckReport {
             name: c.name.clone(),
             status,
@@ -296,4 +328,43 @@ fn background(inner: &Inner, scope: Scope, now: Instant, out: &mut Vec<CheckRepo
             consecutive_failures: state.consecutive_failures,
         });
     }
+}
+
+/// The `shared` line: whether breaker state is being shared.
+#[cfg(feature = "redis")]
+fn shared_line(fleet: &crate::shared::Fleet) -> CheckReport {
+    use crate::shared::Link;
+    let (status, reason) = match fleet.link() {
+        Link::Up => (CheckStatus::Ok, None),
+        Link::Connecting => (
+            CheckStatus::Degraded,
+            Some("connecting to redis; breakers decide alone".to_owned()),
+        ),
+        Link::Down(why) => (
+            CheckStatus::Degraded,
+            Some(format!("redis unreachable, breakers decide alone: {why}")),
+        ),
+    };
+    CheckReport {
+        name: "shared".to_owned(),
+        status,
+        reason,
+        detail: Some(format!("{} replicas live", fleet.replicas())),
+        age: None,
+        duration: None,
+        consecutive_failures: 0,
+    }
+}
+
+/// When at least `floor` thousandths of the live replicas (this failing one
+/// included, and at least two) fail check `name`: how many fail, of how many.
+#[cfg(feature = "redis")]
+fn shared_failure(fleet: &crate::shared::Fleet, name: &str, floor: u16) -> Option<(usize, usize)> {
+    if fleet.link() != crate::shared::Link::Up {
+        return None;
+    }
+    let (failing_peers, live_peers) = fleet.failing(name);
+    let (failing, replicas) = (failing_peers + 1, live_peers + 1);
+    (live_peers >= 1 && failing * 1000 >= usize::from(floor) * replicas)
+        .then_some((failing, replicas))
 }

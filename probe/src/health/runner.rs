@@ -80,6 +80,12 @@ pub(crate) async fn run_check(inner: Weak<Inner>, index: usize, mut jitter: Jitt
                 duration: done.saturating_duration_since(started),
                 failure: failure.clone(),
             });
+            #[cfg(feature = "redis")]
+            if let Some(fleet) = &health.fleet
+                && reg.options.fleet_floor.is_some()
+            {
+                fleet.set_failing(&reg.name, state.status == Status::Failing);
+            }
             (
                 transition,
                 reg.scope == Scope::Startup && state.ever_succeeded,
