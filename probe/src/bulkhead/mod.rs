@@ -20,15 +20,23 @@
 //! A `Bulkhead` is a [`crate::health::Saturation`] source:
 //! register it with the health registry and a full bulkhead makes the pod
 //! unready, with hysteresis.
+//!
+//! [`Bulkhead::adaptive`] sizes itself from the dependency's latency
+//! instead of a hand-picked number ([`AdaptiveLimit`]).
 
+mod adaptive;
 mod layer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+pub use adaptive::AdaptiveLimit;
 pub use layer::{BulkheadLayer, BulkheadService};
+
+use adaptive::Adaptive;
 
 use crate::health::{Load, Saturation};
 
@@ -44,16 +52,60 @@ pub struct Full {
 /// the slots.
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
-    semaphore: Arc<Semaphore>,
-    max_concurrent: u32,
+    kind: Kind,
     max_wait: Duration,
 }
 
+#[derive(Debug, Clone)]
+enum Kind {
+    Fixed {
+        semaphore: Arc<Semaphore>,
+        max_concurrent: u32,
+    },
+    Adaptive(Arc<Adaptive>),
+}
+
 /// A slot; dropping it frees the slot, also when the future holding it is
-/// cancelled.
+/// cancelled. For an adaptive bulkhead, the time it was held is the call's
+/// latency.
 #[derive(Debug)]
 pub struct BulkheadPermit {
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Fixed(#[allow(dead_code, reason = "held for its drop")] OwnedSemaphorePermit),
+    Adaptive {
+        shared: Arc<Adaptive>,
+        started: Instant,
+        inflight: u32,
+        dropped: bool,
+    },
+}
+
+impl BulkheadPermit {
+    /// The call was dropped by the dependency or timed out: an adaptive
+    /// bulkhead cuts its limit. No effect on a fixed one.
+    pub fn dropped(mut self) {
+        if let Slot::Adaptive { dropped, .. } = &mut self.slot {
+            *dropped = true;
+        }
+    }
+}
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        if let Slot::Adaptive {
+            shared,
+            started,
+            inflight,
+            dropped,
+        } = &self.slot
+        {
+            shared.release(*started, *inflight, *dropped);
+        }
+    }
 }
 
 impl Bulkhead {
@@ -62,8 +114,32 @@ impl Bulkhead {
     pub fn new(max_concurrent: u32, max_wait: Duration) -> Self {
         let max_concurrent = max_concurrent.max(1);
         Self {
-            semaphore: Arc::new(Semaphore::new(max_concurrent as usize)),
-            max_concurrent,
+            kind: Kind::Fixed {
+                semaphore: Arc::new(Semaphore::new(max_concurrent as usize)),
+                max_concurrent,
+            },
+            max_wait,
+        }
+    }
+
+    /// A bulkhead whose size follows the dependency's latency between the
+    /// limit's floor and ceiling; a caller waits up to `max_wait` for a slot.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use probity_probe::bulkhead::{AdaptiveLimit, Bulkhead};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let payments = Bulkhead::adaptive(AdaptiveLimit::new(4, 64).initial(16), Duration::ZERO);
+    /// let slot = payments.acquire().await.expect("below the limit");
+    /// assert_eq!(payments.max_concurrent(), 16);
+    /// drop(slot); // its latency feeds the limit
+    /// # }
+    /// ```
+    pub fn adaptive(limit: AdaptiveLimit, max_wait: Duration) -> Self {
+        Self {
+            kind: Kind::Adaptive(Arc::new(Adaptive::new(limit))),
             max_wait,
         }
     }
@@ -78,40 +154,91 @@ impl Bulkhead {
             return Ok(permit);
         }
         let full = Full {
-            max_concurrent: self.max_concurrent,
+            max_concurrent: self.max_concurrent(),
         };
         if self.max_wait.is_zero() {
             return Err(full);
         }
-        match tokio::time::timeout(self.max_wait, Arc::clone(&self.semaphore).acquire_owned()).await
-        {
-            Ok(Ok(permit)) => Ok(BulkheadPermit { _permit: permit }),
-            _ => Err(full),
+        match &self.kind {
+            Kind::Fixed { semaphore, .. } => {
+                match tokio::time::timeout(self.max_wait, Arc::clone(semaphore).acquire_owned())
+                    .await
+                {
+                    Ok(Ok(permit)) => Ok(BulkheadPermit {
+                        slot: Slot::Fixed(permit),
+                    }),
+                    _ => Err(full),
+                }
+            }
+            Kind::Adaptive(shared) => {
+                let deadline = crate::deadline::saturating_add(Instant::now(), self.max_wait);
+                loop {
+                    let released = shared.released.notified();
+                    if let Some(permit) = self.try_acquire() {
+                        return Ok(permit);
+                    }
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return self.try_acquire().ok_or(Full {
+                            max_concurrent: self.max_concurrent(),
+                        });
+                    }
+                }
+            }
         }
     }
 
     /// Takes a slot if one is free now.
     pub fn try_acquire(&self) -> Option<BulkheadPermit> {
-        Arc::clone(&self.semaphore)
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| BulkheadPermit { _permit: permit })
+        match &self.kind {
+            Kind::Fixed { semaphore, .. } => {
+                Arc::clone(semaphore)
+                    .try_acquire_owned()
+                    .ok()
+                    .map(|permit| BulkheadPermit {
+                        slot: Slot::Fixed(permit),
+                    })
+            }
+            Kind::Adaptive(shared) => shared.try_take().map(|inflight| BulkheadPermit {
+                slot: Slot::Adaptive {
+                    shared: Arc::clone(shared),
+                    started: Instant::now(),
+                    inflight,
+                    dropped: false,
+                },
+            }),
+        }
     }
 
     /// Slots in use.
     pub fn in_use(&self) -> u32 {
-        let free = u32::try_from(self.semaphore.available_permits()).unwrap_or(u32::MAX);
-        self.max_concurrent.saturating_sub(free)
+        match &self.kind {
+            Kind::Fixed {
+                semaphore,
+                max_concurrent,
+            } => {
+                let free = u32::try_from(semaphore.available_permits()).unwrap_or(u32::MAX);
+                max_concurrent.saturating_sub(free)
+            }
+            Kind::Adaptive(shared) => shared.inflight.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     /// Whether every slot is taken.
     pub fn is_full(&self) -> bool {
-        self.semaphore.available_permits() == 0
+        self.in_use() >= self.max_concurrent()
     }
 
-    /// The bulkhead's size.
+    /// The bulkhead's size now (an adaptive bulkhead's current limit).
     pub fn max_concurrent(&self) -> u32 {
-        self.max_concurrent
+        match &self.kind {
+            Kind::Fixed { max_concurrent, .. } => *max_concurrent,
+            Kind::Adaptive(shared) => shared.limit.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// Whether the size follows latency.
+    pub fn is_adaptive(&self) -> bool {
+        matches!(self.kind, Kind::Adaptive(_))
     }
 
     /// How long a caller may wait for a slot.
@@ -124,7 +251,7 @@ impl Saturation for Bulkhead {
     fn load(&self) -> Load {
         Load {
             in_use: u64::from(self.in_use()),
-            capacity: u64::from(self.max_concurrent),
+            capacity: u64::from(self.max_concurrent()),
         }
     }
 }
@@ -150,6 +277,46 @@ mod tests {
         drop(held);
         assert_eq!(waiter.await.expect("join"), Ok(()));
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adaptive_bulkhead_admits_up_to_its_limit_and_follows_latency() {
+        let b = Bulkhead::adaptive(
+            AdaptiveLimit::new(2, 64)
+                .initial(8)
+                .window(Duration::from_millis(100), 8),
+            Duration::from_millis(50),
+        );
+        assert!(b.is_adaptive());
+        let held: Vec<_> = (0..8).map(|_| b.try_acquire().expect("below 8")).collect();
+        assert!(b.is_full());
+        assert_eq!(
+            b.load(),
+            Load {
+                in_use: 8,
+                capacity: 8
+            }
+        );
+        // A waiter gets the slot a finished call frees.
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move { b2.acquire().await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(held);
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+        // Calls eight times slower than the first window: the limit falls.
+        for latency in [10, 80, 80, 80] {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let slots: Vec<_> = (0..8).filter_map(|_| b.try_acquire()).collect();
+            tokio::time::advance(Duration::from_millis(latency)).await;
+            drop(slots);
+        }
+        assert!(b.max_concurrent() < 8, "{}", b.max_concurrent());
+        assert_eq!(b.in_use(), 0);
+        let err = {
+            let _all: Vec<_> = (0..64).filter_map(|_| b.try_acquire()).collect();
+            b.acquire().await.expect_err("full")
+        };
+        assert_eq!(err.max_concurrent, b.max_concurrent());
     }
 
     #[tokio::test]

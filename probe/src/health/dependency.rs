@@ -137,6 +137,7 @@ impl Dependency {
         let bulkhead = self.bulkhead.as_ref().map(|b| {
             serde_json::json!({
                 "maxConcurrent": b.max_concurrent(),
+                "adaptive": b.is_adaptive(),
                 "inUse": b.in_use(),
                 "maxWaitSeconds": b.max_wait().as_secs_f64(),
             })
