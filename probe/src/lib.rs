@@ -21,6 +21,8 @@
 //! - `chaos` (feature `chaos`): fault injection for game days.
 //! - `shared` (feature `redis`): breaker state shared across replicas
 //!   through Redis, with a quorum and one trial per open period.
+//! - `queue` (feature `queue`): a durable queue on Redis Streams for the
+//!   "accept now, do later" fallback, and its consumer.
 //!
 //! ```
 //! use std::time::Duration;
@@ -52,6 +54,9 @@ pub mod bulkhead;
 pub mod chaos;
 pub mod deadline;
 pub mod health;
+#[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
+#[cfg(feature = "queue")]
+pub mod queue;
 mod refuse;
 pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -45,7 +45,7 @@
 //! `probity:<service>:fleet`, so services can share one Redis.
 
 mod peers;
-mod task;
+pub(crate) mod task;
 pub(crate) mod wire;
 
 use std::collections::BTreeSet;
