@@ -58,8 +58,8 @@ bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (c
 bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000 and 10,000 Deployments
 	$(CARGO) bench --locked --bench operator_convergence
 
-lab-cascade: ## The cascade lab: a dependency slows to 8 s under four configurations, plus a retry storm (~10 min; writes docs/cascade/)
-	$(CARGO) bench --locked -p probity-probe --features chaos --bench cascade
+lab-cascade: redis ## The cascade lab: a dependency slows to 8 s under five configurations, a retry storm, and three replicas sharing breakers and a charge queue through Redis (~20 min; writes docs/cascade/)
+	$(CARGO) bench --locked -p probity-probe --features chaos,queue --bench cascade
 
 registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
 	@hack/registry.sh install

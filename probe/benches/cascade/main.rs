@@ -17,6 +17,7 @@
     reason = "the lab measures wall time"
 )]
 
+mod fleet;
 mod http;
 mod plot;
 mod report;
@@ -110,6 +111,7 @@ fn lab(full: bool) -> Result<(), BoxError> {
         (20, Duration::from_secs(1))
     };
     let storms = storm::run_all(rps, length)?;
+    let fleets = fleets(full, &scenario)?;
 
     let png = out.join("catalog.png");
     plot::draw(&png, &summaries, &scenario)?;
@@ -127,6 +129,10 @@ fn lab(full: bool) -> Result<(), BoxError> {
         length.as_secs()
     ));
     md.push_str(&storm::markdown(&storms));
+    if let Some(fleets) = &fleets {
+        md.push_str("\n## A fleet: shared breakers and the charge queue\n\n");
+        md.push_str(&fleet::markdown(fleets, &scenario));
+    }
     let results = out.join("results.md");
     std::fs::write(&results, md).map_err(|e| format!("writing {}: {e}", results.display()))?;
     eprintln!(
@@ -140,6 +146,48 @@ fn lab(full: bool) -> Result<(), BoxError> {
         std::fs::remove_dir_all(&out).ok();
     }
     Ok(())
+}
+
+/// The fleet scenario, both configurations, on a Redis of the lab's own;
+/// `None` when Redis is missing and the run may skip it.
+fn fleets(full: bool, scenario: &Scenario) -> Result<Option<Vec<fleet::FleetRun>>, BoxError> {
+    let Some(redis) = probity_testenv::redis::Redis::start_or_skip(Default::default()) else {
+        eprintln!("[lab] no redis-server: the fleet scenario is left out (make redis)");
+        return Ok(None);
+    };
+    let url = redis.url();
+    let runs = if full {
+        let mut runs = Vec::new();
+        for sharing in fleet::Sharing::ALL {
+            eprintln!(
+                "[lab] fleet: {sharing:?} ({} s of timeline)",
+                scenario.total().as_secs()
+            );
+            runs.push(fleet::run(sharing, scenario, &url)?);
+        }
+        runs
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = fleet::Sharing::ALL
+                .map(|sharing| {
+                    let url = url.as_str();
+                    s.spawn(move || fleet::run(sharing, scenario, url))
+                })
+                .into_iter()
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| BoxError::from("a fleet run panicked"))?
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?
+    };
+    for run in &runs {
+        fleet::check(run)?;
+    }
+    Ok(Some(runs))
 }
 
 /// Every scheduled request was answered or timed out, and recorded once.

@@ -42,6 +42,10 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sample {
     pub(crate) endpoint: Endpoint,
+    /// Which replica it was sent to (0 with one).
+    pub(crate) replica: usize,
+    /// The request's number; a checkout's order id is `order-<n>`.
+    pub(crate) n: u64,
     pub(crate) due: Duration,
     pub(crate) latency: Duration,
     pub(crate) outcome: Outcome,
@@ -76,8 +80,8 @@ pub(crate) fn run(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxE
 async fn timeline(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxError> {
     let chaos = Chaos::new("payments").seed(42);
     chaos.set(healthy_fault(scenario));
-    let payments = services::payments(&chaos).await?;
-    let orders = services::orders(config, scenario, payments).await?;
+    let (payments, _ledger) = services::payments(&chaos).await?;
+    let orders = services::orders(config, scenario, payments, None).await?;
     let client = HttpClient::new();
     // Let the readiness check pass before the clock starts.
     wait_ready(&client, orders.addr).await?;
@@ -95,7 +99,7 @@ async fn timeline(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxE
             start,
             scenario.clone(),
             client.clone(),
-            orders.addr,
+            vec![orders.addr],
             Arc::clone(&samples),
         ));
     }
@@ -160,7 +164,7 @@ fn healthy_fault(scenario: &Scenario) -> Fault {
     Fault::latency(scenario.fast).with_jitter(scenario.jitter)
 }
 
-async fn wait_ready(client: &HttpClient, addr: SocketAddr) -> Result<(), BoxError> {
+pub(crate) async fn wait_ready(client: &HttpClient, addr: SocketAddr) -> Result<(), BoxError> {
     for _ in 0..100 {
         if probe(client, addr, "/readyz").await == Some(200) {
             return Ok(());
@@ -182,14 +186,15 @@ async fn probe(client: &HttpClient, addr: SocketAddr, path: &str) -> Option<u16>
 }
 
 /// The open model: request `i` is due at `start + i / rps` and is sent
-/// then, whether or not earlier ones have returned.
-async fn drive(
+/// then, whether or not earlier ones have returned; round robin over
+/// `addrs`. Checkouts carry the order id `order-<i>`.
+pub(crate) async fn drive(
     endpoint: Endpoint,
     rps: u32,
     start: Instant,
     scenario: Scenario,
     client: HttpClient,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     samples: Arc<Mutex<Vec<Sample>>>,
 ) {
     let total = scenario.total();
@@ -198,17 +203,21 @@ async fn drive(
         Endpoint::Catalog => (http::Method::GET, "/catalog"),
         Endpoint::Checkout => (http::Method::POST, "/checkout"),
     };
-    let uri = format!("http://{addr}{path}");
+    let uris: Vec<String> = addrs.iter().map(|a| format!("http://{a}{path}")).collect();
     let budget = scenario.client_timeout.as_millis().to_string();
     let mut inflight = JoinSet::new();
     for i in 0..count {
         let due = Duration::from_secs_f64(i as f64 / f64::from(rps));
         tokio::time::sleep_until(start + due).await;
-        let req = http::Request::builder()
+        let replica = (i as usize) % uris.len().max(1);
+        let mut req = http::Request::builder()
             .method(method.clone())
-            .uri(uri.as_str())
-            .header(ENVOY_TIMEOUT_MS, budget.as_str())
-            .body(String::new());
+            .uri(uris[replica].as_str())
+            .header(ENVOY_TIMEOUT_MS, budget.as_str());
+        if endpoint == Endpoint::Checkout {
+            req = req.header(services::ORDER_ID, format!("order-{i}"));
+        }
+        let req = req.body(String::new());
         let (client, samples) = (client.clone(), Arc::clone(&samples));
         let timeout = scenario.client_timeout;
         inflight.spawn(async move {
@@ -227,6 +236,8 @@ async fn drive(
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Sample {
                     endpoint,
+                    replica,
+                    n: i,
                     due,
                     latency,
                     outcome,

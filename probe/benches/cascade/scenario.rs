@@ -39,14 +39,17 @@ pub(crate) enum Config {
     Probity,
     /// The same without the payments bulkhead.
     ProbityNoBulkhead,
+    /// The same with an adaptive bulkhead instead of the hand-picked size.
+    ProbityAdaptive,
 }
 
 impl Config {
-    pub(crate) const ALL: [Config; 4] = [
+    pub(crate) const ALL: [Config; 5] = [
         Config::Naive,
         Config::TimeoutOnly,
         Config::Probity,
         Config::ProbityNoBulkhead,
+        Config::ProbityAdaptive,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -55,11 +58,15 @@ impl Config {
             Config::TimeoutOnly => "timeout only",
             Config::Probity => "probity",
             Config::ProbityNoBulkhead => "probity without bulkhead",
+            Config::ProbityAdaptive => "probity, adaptive bulkhead",
         }
     }
 
     pub(crate) fn is_probity(self) -> bool {
-        matches!(self, Config::Probity | Config::ProbityNoBulkhead)
+        matches!(
+            self,
+            Config::Probity | Config::ProbityNoBulkhead | Config::ProbityAdaptive
+        )
     }
 }
 
@@ -92,6 +99,8 @@ pub(crate) struct Scenario {
     pub(crate) call_timeout: Duration,
     /// probity: the payments bulkhead.
     pub(crate) bulkhead: u32,
+    /// The adaptive bulkhead's floor and ceiling.
+    pub(crate) adaptive: (u32, u32),
 }
 
 impl Scenario {
@@ -111,6 +120,7 @@ impl Scenario {
             timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(1),
             bulkhead: 20,
+            adaptive: (4, 100),
         }
     }
 

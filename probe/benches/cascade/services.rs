@@ -1,9 +1,10 @@
 //! The two services: `payments` (slowed by fault injection) and `orders`
 //! in one of the four configurations.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,21 +14,73 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use probity_probe::breaker::{CircuitBreaker, HalfOpen, Verdict};
-use probity_probe::bulkhead::Bulkhead;
+use probity_probe::bulkhead::{AdaptiveLimit, Bulkhead};
 use probity_probe::chaos::Chaos;
 use probity_probe::deadline::{self, DeadlineLayer};
 use probity_probe::health::{CheckOptions, Dependency, Health, TcpCheck};
+use probity_probe::queue::{Consumer, Enqueued, RedisQueue};
+use probity_probe::shared::{Fleet, Quorum};
 use probity_probe::shed::LoadShedLayer;
 
 use crate::http::{BoxError, HttpClient, serve};
 use crate::scenario::{Config, Phase, Scenario};
 
-/// `payments`: `POST /charge` answers "charged" after the fault's delay.
-pub(crate) async fn payments(chaos: &Chaos) -> std::io::Result<SocketAddr> {
+/// The header carrying an order's id: the idempotency key of its charge.
+pub(crate) const ORDER_ID: &str = "idempotency-key";
+
+/// What payments saw: charges per idempotency key, and calls arriving in
+/// each phase.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    charges: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+    pub(crate) calls: [AtomicU64; 3],
+    pub(crate) phase: AtomicUsize,
+}
+
+impl Ledger {
+    /// Times each key was charged, and when it was first.
+    pub(crate) fn charges(&self) -> HashMap<String, (u32, tokio::time::Instant)> {
+        self.charges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// `payments`: `POST /charge` answers "charged" after the fault's delay,
+/// and records the charge under its idempotency key.
+pub(crate) async fn payments(chaos: &Chaos) -> std::io::Result<(SocketAddr, Arc<Ledger>)> {
+    let ledger = Arc::new(Ledger::default());
+    let counted = Arc::clone(&ledger);
     let app = Router::new()
-        .route("/charge", post(|| async { "charged" }))
-        .layer(chaos.layer());
-    serve(app).await
+        .route(
+            "/charge",
+            post(
+                |State(ledger): State<Arc<Ledger>>, headers: HeaderMap| async move {
+                    if let Some(key) = headers.get(ORDER_ID).and_then(|v| v.to_str().ok()) {
+                        ledger
+                            .charges
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(key.to_owned())
+                            .or_insert((0, tokio::time::Instant::now()))
+                            .0 += 1;
+                    }
+                    "charged"
+                },
+            ),
+        )
+        .with_state(Arc::clone(&ledger))
+        .layer(chaos.layer())
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let ledger = Arc::clone(&counted);
+            async move {
+                let phase = ledger.phase.load(Ordering::Acquire).min(2);
+                ledger.calls[phase].fetch_add(1, Ordering::AcqRel);
+                next.run(req).await
+            }
+        }));
+    Ok((serve(app).await?, ledger))
 }
 
 /// Outbound calls to payments in flight, and the peak of each phase.
@@ -59,11 +112,24 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// What a replica of a fleet adds: Redis for shared breaker state (when
+/// `share`) and the queue its fallback writes charges to.
+#[derive(Clone)]
+pub(crate) struct Extras {
+    pub(crate) redis: String,
+    pub(crate) replica: String,
+    pub(crate) share: bool,
+    pub(crate) queue: RedisQueue,
+}
+
 /// One running `orders` and what the run observes of it.
 pub(crate) struct Orders {
     pub(crate) addr: SocketAddr,
     pub(crate) breaker: Option<CircuitBreaker>,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Kept for as long as the replica runs.
+    pub(crate) _fleet: Option<Fleet>,
+    pub(crate) consumer: Option<probity_probe::queue::Backlog>,
 }
 
 #[derive(Clone)]
@@ -77,15 +143,18 @@ struct Edge {
     timeout: Duration,
     call_timeout: Duration,
     catalog_work: Duration,
+    queue: Option<RedisQueue>,
 }
 
 const HEADROOM: Duration = Duration::from_millis(50);
 
-/// Starts `orders` in `config` in front of payments at `payments`.
+/// Starts `orders` in `config` in front of payments at `payments`; as a
+/// replica of a fleet with `extras`.
 pub(crate) async fn orders(
     config: Config,
     scenario: &Scenario,
     payments: SocketAddr,
+    extras: Option<&Extras>,
 ) -> Result<Orders, BoxError> {
     // The server's capacity: a fixed pool of workers, requests queue for
     // one (first come, first served) as they would for a thread pool.
@@ -106,9 +175,24 @@ pub(crate) async fn orders(
     } else {
         None
     };
-    let bulkhead =
-        (config == Config::Probity).then(|| Bulkhead::new(scenario.bulkhead, Duration::ZERO));
+    let bulkhead = match config {
+        Config::Probity => Some(Bulkhead::new(scenario.bulkhead, Duration::ZERO)),
+        Config::ProbityAdaptive => Some(Bulkhead::adaptive(
+            AdaptiveLimit::new(scenario.adaptive.0, scenario.adaptive.1).initial(scenario.bulkhead),
+            Duration::ZERO,
+        )),
+        _ => None,
+    };
     let in_flight = Arc::new(InFlight::default());
+    let fleet = match (extras, &breaker) {
+        (Some(x), Some(b)) if x.share => Some(
+            Fleet::builder(&x.redis, "lab-orders")
+                .replica(&x.replica)
+                .breaker("payments", b, Quorum::Share(0.5))
+                .build()?,
+        ),
+        _ => None,
+    };
 
     let mut health = Health::builder()
         .readiness_with(
@@ -120,6 +204,9 @@ pub(crate) async fn orders(
                 .debounce(2, 2),
         )
         .drain(Duration::from_secs(1), Duration::from_secs(2));
+    if let Some(fleet) = &fleet {
+        health = health.fleet(fleet.clone());
+    }
     if let Some(breaker) = &breaker {
         let mut dependency = Dependency::new("payments")
             .timeout(scenario.call_timeout)
@@ -144,7 +231,13 @@ pub(crate) async fn orders(
         timeout: scenario.timeout,
         call_timeout: scenario.call_timeout,
         catalog_work: scenario.catalog_work,
+        queue: extras.map(|x| x.queue.clone()),
     };
+    let consumer = match (extras, &breaker) {
+        (Some(x), Some(b)) => Some(start_consumer(&edge, x, b.clone())?),
+        _ => None,
+    };
+
     let mut api = Router::new()
         .route("/catalog", get(catalog))
         .route("/checkout", post(checkout))
@@ -169,7 +262,47 @@ pub(crate) async fn orders(
         addr,
         breaker,
         in_flight,
+        _fleet: fleet,
+        consumer,
     })
+}
+
+/// The replica's consumer of the charge queue: charges under the
+/// payments breaker with the order id as the idempotency key.
+fn start_consumer(
+    edge: &Edge,
+    extras: &Extras,
+    breaker: CircuitBreaker,
+) -> Result<probity_probe::queue::Backlog, BoxError> {
+    let builder = Consumer::builder(extras.queue.clone(), extras.replica.clone())
+        .breaker(breaker)
+        .deadline(edge.call_timeout)
+        .attempts(20)
+        .backoff(Duration::from_millis(500), Duration::from_secs(4))
+        .visibility(edge.call_timeout * 5)
+        .batch(16, Duration::from_millis(200));
+    let backlog = builder.backlog(10_000);
+    let consumer = builder.build()?;
+    let edge = edge.clone();
+    tokio::spawn(async move {
+        consumer
+            .run(move |d| {
+                let edge = edge.clone();
+                async move {
+                    let mut headers = HeaderMap::new();
+                    if let Ok(v) = http::HeaderValue::from_str(&d.key) {
+                        headers.insert(ORDER_ID, v);
+                    }
+                    match charge(&edge, headers).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("payments refused".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .await;
+    });
+    Ok(backlog)
 }
 
 /// Runs the request on a worker: waits for one in arrival order, and keeps
@@ -206,33 +339,68 @@ fn pending(why: &'static str) -> Response {
         .into_response()
 }
 
-async fn checkout(State(edge): State<Edge>) -> Response {
+/// The order's id as the charge's idempotency key.
+fn order_headers(inbound: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = inbound.get(ORDER_ID) {
+        headers.insert(ORDER_ID, id.clone());
+    }
+    headers
+}
+
+async fn checkout(State(edge): State<Edge>, inbound: HeaderMap) -> Response {
     match edge.config {
-        Config::Naive => match charge(&edge, HeaderMap::new()).await {
+        Config::Naive => match charge(&edge, order_headers(&inbound)).await {
             Ok(true) => (StatusCode::OK, "charged\n").into_response(),
             _ => (StatusCode::BAD_GATEWAY, "payments failed\n").into_response(),
         },
         Config::TimeoutOnly => {
-            match tokio::time::timeout(edge.timeout, charge(&edge, HeaderMap::new())).await {
+            match tokio::time::timeout(edge.timeout, charge(&edge, order_headers(&inbound))).await {
                 Ok(Ok(true)) => (StatusCode::OK, "charged\n").into_response(),
                 Ok(_) => (StatusCode::BAD_GATEWAY, "payments failed\n").into_response(),
                 Err(_) => (StatusCode::GATEWAY_TIMEOUT, "payments timed out\n").into_response(),
             }
         }
-        Config::Probity | Config::ProbityNoBulkhead => guarded_checkout(&edge).await,
+        Config::Probity | Config::ProbityNoBulkhead | Config::ProbityAdaptive => {
+            let response = guarded_checkout(&edge, &inbound).await;
+            match (response.status(), &edge.queue) {
+                (StatusCode::ACCEPTED, Some(queue)) => enqueue(queue, &inbound).await,
+                _ => response,
+            }
+        }
+    }
+}
+
+/// The fallback made good: the charge goes to the queue, and the order is
+/// accepted only once it is there.
+async fn enqueue(queue: &RedisQueue, inbound: &HeaderMap) -> Response {
+    let Some(key) = inbound.get(ORDER_ID).and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::BAD_REQUEST, "no order id\n").into_response();
+    };
+    match queue.enqueue(key, b"{}").await {
+        Ok(Enqueued::Accepted(_) | Enqueued::Duplicate(_)) => (
+            StatusCode::ACCEPTED,
+            "order accepted, payment pending (queued)\n",
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot queue the charge: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
 /// The probity configurations: budget, bulkhead, breaker, then the call
 /// with the remaining budget (at most its share); every refusal or failure
 /// falls back to accepting the order with the payment pending.
-async fn guarded_checkout(edge: &Edge) -> Response {
-    let mut headers = HeaderMap::new();
+async fn guarded_checkout(edge: &Edge, inbound: &HeaderMap) -> Response {
+    let mut headers = order_headers(inbound);
     let timeout = match deadline::propagate(&mut headers, HEADROOM) {
         Ok(budget) => budget.map_or(edge.call_timeout, |b| b.min(edge.call_timeout)),
         Err(_) => return pending("budget spent"),
     };
-    let _slot = match &edge.bulkhead {
+    let slot = match &edge.bulkhead {
         Some(bulkhead) => match bulkhead.try_acquire() {
             Some(slot) => Some(slot),
             None => return pending("bulkhead full"),
@@ -256,6 +424,9 @@ async fn guarded_checkout(edge: &Edge) -> Response {
         }
         Err(_) => {
             permit.record(Verdict::Failure);
+            if let Some(slot) = slot {
+                slot.dropped();
+            }
             pending("payments timed out")
         }
     }

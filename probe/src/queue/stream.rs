@@ -491,11 +491,7 @@ impl RedisQueue {
         Ok(())
     }
 
-    fn deliveries(
-        &self,
-        good: Vec<Entry>,
-        attempt: impl Fn(&str) -> u32,
-    ) -> Vec<Delivery> {
+    fn deliveries(&self, good: Vec<Entry>, attempt: impl Fn(&str) -> u32) -> Vec<Delivery> {
         good.into_iter()
             .map(|(id, key, payload)| Delivery {
                 attempt: attempt(&id),
