@@ -186,6 +186,7 @@ async fn a_consumer_killed_mid_batch_leaves_its_messages_to_another() {
     let visibility = Duration::from_millis(1500);
     let build = |name: &str| {
         Consumer::builder(q.clone(), name)
+            .concurrency(1)
             .visibility(visibility)
             .deadline(Duration::from_secs(1))
             .batch(10, Duration::from_millis(50))

@@ -280,7 +280,8 @@ fn start_consumer(
         .attempts(20)
         .backoff(Duration::from_millis(500), Duration::from_secs(4))
         .visibility(edge.call_timeout * 5)
-        .batch(16, Duration::from_millis(200));
+        .batch(32, Duration::from_millis(200))
+        .concurrency(32);
     let backlog = builder.backlog(10_000);
     let consumer = builder.build()?;
     let edge = edge.clone();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::time::Instant;
 
 use super::{Broker, Delivery, Depth, Redelivery};
@@ -107,6 +107,7 @@ pub struct ConsumerBuilder<B> {
     attempts: u32,
     redelivery: Redelivery,
     batch: usize,
+    concurrency: usize,
     wait: Duration,
     breaker: Option<CircuitBreaker>,
     heartbeat: Option<Heartbeat>,
@@ -122,6 +123,7 @@ pub struct Consumer<B> {
     attempts: u32,
     redelivery: Redelivery,
     batch: usize,
+    concurrency: usize,
     wait: Duration,
     breaker: Option<CircuitBreaker>,
     heartbeat: Option<Heartbeat>,
@@ -175,6 +177,12 @@ impl<B: Broker> ConsumerBuilder<B> {
         self
     }
 
+    /// Handler runs at once (default 8), within a batch.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
     /// The dependency's breaker: while it is open the consumer takes
     /// nothing, and each handler run is one call through it.
     pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
@@ -198,8 +206,15 @@ impl<B: Broker> ConsumerBuilder<B> {
     /// take over messages still being handled), or an empty or overlong
     /// consumer name.
     pub fn build(self) -> Result<Consumer<B>, String> {
-        if self.attempts == 0 || self.batch == 0 || self.wait.is_zero() || self.deadline.is_zero() {
-            return Err("attempts, batch, wait and deadline must be above zero".to_owned());
+        if self.attempts == 0
+            || self.batch == 0
+            || self.concurrency == 0
+            || self.wait.is_zero()
+            || self.deadline.is_zero()
+        {
+            return Err(
+                "attempts, batch, concurrency, wait and deadline must be above zero".to_owned(),
+            );
         }
         if self.redelivery.visibility <= self.deadline {
             return Err(format!(
@@ -220,6 +235,7 @@ impl<B: Broker> ConsumerBuilder<B> {
             attempts: self.attempts,
             redelivery: self.redelivery,
             batch: self.batch,
+            concurrency: self.concurrency,
             wait: self.wait,
             breaker: self.breaker,
             heartbeat: self.heartbeat,
@@ -243,6 +259,7 @@ impl<B: Broker> Consumer<B> {
                 visibility: Duration::from_secs(30),
             },
             batch: 16,
+            concurrency: 8,
             wait: Duration::from_secs(1),
             breaker: None,
             heartbeat: None,
@@ -331,43 +348,50 @@ impl<B: Broker> Consumer<B> {
                     continue;
                 }
             };
-            let mut batch = batch.into_iter();
-            while let Some(delivery) = batch.next() {
-                self.beat();
-                let permit = match &self.breaker {
-                    Some(b) => match b.try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            // Open now: give this one and the rest back.
-                            for d in std::iter::once(delivery).chain(batch.by_ref()) {
-                                if let Err(e) = self.broker.release(&self.name, &d).await {
-                                    self.broker_error("release", &e);
-                                }
-                            }
-                            break;
-                        }
-                    },
-                    None => None,
-                };
-                let run = crate::deadline::scope(
-                    self.deadline,
-                    AssertUnwindSafe(handler(delivery.clone())).catch_unwind(),
-                );
-                let handled = match tokio::time::timeout(self.deadline, run).await {
-                    Ok(Ok(r)) => r.into(),
-                    Ok(Err(_panic)) => Handled::Retry("handler panicked".to_owned()),
-                    Err(_) => Handled::Retry(format!("deadline of {:?} passed", self.deadline)),
-                };
-                if let Some(p) = permit {
-                    p.record(match handled {
-                        Handled::Done => Verdict::Success,
-                        Handled::Retry(_) => Verdict::Failure,
-                        Handled::Reject(_) => Verdict::Ignore,
-                    });
-                }
-                self.settle(&delivery, handled).await;
-            }
+            futures_util::stream::iter(batch)
+                .for_each_concurrent(self.concurrency, |d| self.handle(d, &handler))
+                .await;
         }
+    }
+
+    /// One delivery: through the breaker (open: given back, no attempt
+    /// spent), under the deadline, then settled.
+    async fn handle<H, Fut, R>(&self, delivery: Delivery, handler: &H)
+    where
+        H: Fn(Delivery) -> Fut,
+        Fut: Future<Output = R>,
+        R: Into<Handled>,
+    {
+        self.beat();
+        let permit = match &self.breaker {
+            Some(b) => match b.try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if let Err(e) = self.broker.release(&self.name, &delivery).await {
+                        self.broker_error("release", &e);
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
+        let run = crate::deadline::scope(
+            self.deadline,
+            AssertUnwindSafe(handler(delivery.clone())).catch_unwind(),
+        );
+        let handled = match tokio::time::timeout(self.deadline, run).await {
+            Ok(Ok(r)) => r.into(),
+            Ok(Err(_panic)) => Handled::Retry("handler panicked".to_owned()),
+            Err(_) => Handled::Retry(format!("deadline of {:?} passed", self.deadline)),
+        };
+        if let Some(p) = permit {
+            p.record(match handled {
+                Handled::Done => Verdict::Success,
+                Handled::Retry(_) => Verdict::Failure,
+                Handled::Reject(_) => Verdict::Ignore,
+            });
+        }
+        self.settle(&delivery, handled).await;
     }
 
     /// Redeliveries first, then new messages.
