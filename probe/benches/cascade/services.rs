@@ -412,6 +412,9 @@ async fn guarded_checkout(edge: &Edge, inbound: &HeaderMap) -> Response {
         return pending("no breaker");
     };
     let Ok(permit) = breaker.try_acquire() else {
+        if let Some(slot) = slot {
+            slot.unused();
+        }
         return pending("breaker open");
     };
     match tokio::time::timeout(timeout, charge(edge, headers)).await {

@@ -221,8 +221,14 @@ impl Adaptive {
         }
     }
 
-    pub(crate) fn release(&self, started: Instant, inflight: u32, dropped: bool) {
+    /// Frees a slot; `sample` is the call's start, the count in flight then
+    /// and whether it was dropped, or `None` for a slot used for no call.
+    pub(crate) fn release(&self, sample: Option<(Instant, u32, bool)>) {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
+        let Some((started, inflight, dropped)) = sample else {
+            self.released.notify_one();
+            return;
+        };
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
         let next = self

@@ -81,6 +81,7 @@ enum Slot {
         started: Instant,
         inflight: u32,
         dropped: bool,
+        unused: bool,
     },
 }
 
@@ -92,6 +93,16 @@ impl BulkheadPermit {
             *dropped = true;
         }
     }
+
+    /// The slot was given back without a call to the dependency (a breaker
+    /// refused it, say): an adaptive bulkhead takes no latency sample from
+    /// it, since a refusal in microseconds is not the dependency getting
+    /// faster. No effect on a fixed one.
+    pub fn unused(mut self) {
+        if let Slot::Adaptive { unused, .. } = &mut self.slot {
+            *unused = true;
+        }
+    }
 }
 
 impl Drop for BulkheadPermit {
@@ -101,9 +112,11 @@ impl Drop for BulkheadPermit {
             started,
             inflight,
             dropped,
+            unused,
         } = &self.slot
         {
-            shared.release(*started, *inflight, *dropped);
+            let sample = (!*unused).then_some((*started, *inflight, *dropped));
+            shared.release(sample);
         }
     }
 }
@@ -204,6 +217,7 @@ impl Bulkhead {
                     started: Instant::now(),
                     inflight,
                     dropped: false,
+                    unused: false,
                 },
             }),
         }
@@ -312,6 +326,34 @@ mod tests {
         }
         assert!(b.max_concurrent() < 8, "{}", b.max_concurrent());
         assert_eq!(b.in_use(), 0);
+        // Slots given back unused (refused before the call) say nothing:
+        // a thousand of them in microseconds do not lower the baseline.
+        let limit = b.max_concurrent();
+        for _ in 0..1000 {
+            b.try_acquire().expect("slot").unused();
+        }
+        tokio::time::advance(Duration::from_millis(200)).await;
+        for _ in 0..20 {
+            b.try_acquire().expect("slot").unused();
+        }
+        assert_eq!(
+            b.max_concurrent(),
+            limit,
+            "no window closed on unused slots"
+        );
+        // Calls at the first window's latency again: the limit holds or
+        // grows, as it would not had the unused slots set the minimum.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let slots: Vec<_> = (0..64).filter_map(|_| b.try_acquire()).collect();
+            tokio::time::advance(Duration::from_millis(10)).await;
+            drop(slots);
+        }
+        assert!(
+            b.max_concurrent() >= limit,
+            "{} < {limit}",
+            b.max_concurrent()
+        );
         let err = {
             let _all: Vec<_> = (0..64).filter_map(|_| b.try_acquire()).collect();
             b.acquire().await.expect_err("full")
