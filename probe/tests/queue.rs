@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use probity_probe::breaker::{CircuitBreaker, State, Verdict};
 use probity_probe::health::{CheckStatus, Health, Probe};
-use probity_probe::queue::{Consumer, Enqueued, Error, Handled, RedisQueue};
+use probity_probe::queue::{Consumer, Delivery, Enqueued, Error, Handled, RedisQueue};
 use probity_testenv::redis::{Options, Redis};
 
 fn queue(redis: &Redis, stream: &str) -> RedisQueue {
@@ -36,6 +36,23 @@ async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A handler that records each call and succeeds.
+fn recording(
+    calls: &Calls,
+) -> impl Fn(Delivery) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
++ use<> {
+    let calls = Arc::clone(calls);
+    move |d: Delivery| {
+        calls
+            .lock()
+            .expect("calls")
+            .entry(d.key)
+            .or_default()
+            .push((d.attempt, Instant::now()));
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -197,7 +214,7 @@ async fn a_consumer_killed_mid_batch_leaves_its_messages_to_another() {
     let shared = Arc::clone(&calls);
     let handler = move |who: &'static str, hang_after: Option<usize>| {
         let calls = Arc::clone(&shared);
-        move |d: probity_probe::queue::Delivery| {
+        move |d: Delivery| {
             let calls = Arc::clone(&calls);
             async move {
                 let n = {
@@ -290,19 +307,7 @@ async fn an_open_breaker_holds_the_consumer_back() {
     let backlog = consumer.backlog(100);
     let opened = Instant::now();
     let task = tokio::spawn(async move {
-        consumer
-            .run(move |d| {
-                let seen = Arc::clone(&seen);
-                async move {
-                    seen.lock()
-                        .expect("calls")
-                        .entry(d.key)
-                        .or_default()
-                        .push((d.attempt, Instant::now()));
-                    Ok::<(), String>(())
-                }
-            })
-            .await;
+        consumer.run(recording(&seen)).await;
     });
     eventually(
         "drained after the breaker closed",
@@ -358,19 +363,7 @@ async fn accepted_messages_survive_a_redis_kill_and_restart() {
         .expect("valid");
     let backlog = consumer.backlog(1000);
     let task = tokio::spawn(async move {
-        consumer
-            .run(move |d| {
-                let seen = Arc::clone(&seen);
-                async move {
-                    seen.lock()
-                        .expect("calls")
-                        .entry(d.key)
-                        .or_default()
-                        .push((d.attempt, Instant::now()));
-                    Ok::<(), String>(())
-                }
-            })
-            .await;
+        consumer.run(recording(&seen)).await;
     });
     eventually("all 200 drained", Duration::from_secs(10), || {
         backlog.done() == 200

@@ -106,6 +106,29 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A tool the harness runs: the path in `$env` when set (it must exist),
+/// else `relative` under the cache root (`~/.cache/probity`), where the
+/// `hack/` scripts put it.
+pub(crate) fn locate_tool(env: &str, relative: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(env).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{env}={} does not exist", path.display()))
+        };
+    }
+    let cache = default_cache_dir()
+        .and_then(|k8s| k8s.parent().and_then(|p| p.parent()).map(PathBuf::from))
+        .ok_or("no cache directory ($HOME unset)")?;
+    let path = cache.join(relative);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found", path.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

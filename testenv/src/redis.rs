@@ -52,23 +52,7 @@ pub struct Redis {
 }
 
 fn locate() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os(REDIS_BIN_ENV).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("{REDIS_BIN_ENV}={} does not exist", path.display()))
-        };
-    }
-    let cache = crate::default_cache_dir()
-        .and_then(|k8s| k8s.parent().and_then(|p| p.parent()).map(PathBuf::from))
-        .ok_or("no cache directory ($HOME unset)")?;
-    let path = cache.join("tools/redis/redis-server");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("{} not found", path.display()))
-    }
+    crate::binaries::locate_tool(REDIS_BIN_ENV, "tools/redis/redis-server")
 }
 
 /// The binary, or `None` (after saying so) when it is missing and tests may

@@ -59,26 +59,7 @@ pub fn locate_or_skip() -> Option<PathBuf> {
 }
 
 fn locate() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os(REGISTRY_BIN_ENV).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "{REGISTRY_BIN_ENV}={} does not exist",
-                path.display()
-            ))
-        };
-    }
-    let cache = crate::default_cache_dir()
-        .and_then(|k8s| k8s.parent().and_then(|p| p.parent()).map(PathBuf::from))
-        .ok_or("no cache directory ($HOME unset)")?;
-    let path = cache.join("tools/docker-registry/docker-registry");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("{} not found", path.display()))
-    }
+    crate::binaries::locate_tool(REGISTRY_BIN_ENV, "tools/docker-registry/docker-registry")
 }
 
 impl Registry {

@@ -12,19 +12,17 @@ use std::time::Duration;
 use probity_probe::breaker::State;
 use probity_probe::chaos::{Chaos, Fault};
 use probity_probe::queue::RedisQueue;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::http::{BoxError, HttpClient};
 use crate::report::CatalogStats;
-use crate::run::{Endpoint, Outcome, Sample, drive, wait_ready};
+use crate::run::{
+    Endpoint, Outcome, Sample, Transitions, record_transitions, start_load, wait_ready,
+};
 use crate::scenario::{Config, Phase, Scenario};
 use crate::services::{self, Extras};
 
 pub(crate) const REPLICAS: usize = 3;
-
-/// One replica's breaker transitions: when, and the new state.
-type Transitions = Arc<Mutex<Vec<(Duration, State)>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sharing {
@@ -122,41 +120,13 @@ async fn timeline(
     }
     let start = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let mut load = JoinSet::new();
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
     // Three replicas take what one did: the same arrival rates, spread.
-    for (endpoint, rps) in [
-        (Endpoint::Catalog, scenario.catalog_rps),
-        (Endpoint::Checkout, scenario.checkout_rps),
-    ] {
-        load.spawn(drive(
-            endpoint,
-            rps,
-            start,
-            scenario.clone(),
-            client.clone(),
-            addrs.clone(),
-            Arc::clone(&samples),
-        ));
-    }
-    let transitions: Vec<Transitions> = (0..REPLICAS).map(|_| Arc::default()).collect();
-    for (r, seen) in replicas.iter().zip(&transitions) {
-        let Some(b) = &r.breaker else { continue };
-        let mut events = b.subscribe();
-        let seen = Arc::clone(seen);
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(t) => seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((start.elapsed(), t.to)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-    }
+    let mut load = start_load(start, scenario, &client, &addrs, &samples);
+    let transitions: Vec<Transitions> = replicas
+        .iter()
+        .map(|r| record_transitions(r.breaker.as_ref(), start))
+        .collect();
     let set_phase = |phase: Phase| {
         ledger.phase.store(phase.index(), Ordering::Release);
         for r in &replicas {

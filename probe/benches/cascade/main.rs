@@ -79,20 +79,7 @@ fn lab(full: bool) -> Result<(), BoxError> {
         }
         runs
     } else {
-        let scenario = &scenario;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = Config::ALL
-                .map(|config| s.spawn(move || run::run(config, scenario)))
-                .into_iter()
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| BoxError::from("a configuration's run panicked"))?
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })?
+        side_by_side(&Config::ALL, |config| run::run(config, &scenario))?
     };
     let summaries: Vec<Summary> = runs.iter().map(|r| Summary::of(r, &scenario)).collect();
     for (run, summary) in runs.iter().zip(&summaries) {
@@ -167,27 +154,29 @@ fn fleets(full: bool, scenario: &Scenario) -> Result<Option<Vec<fleet::FleetRun>
         }
         runs
     } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = fleet::Sharing::ALL
-                .map(|sharing| {
-                    let url = url.as_str();
-                    s.spawn(move || fleet::run(sharing, scenario, url))
-                })
-                .into_iter()
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| BoxError::from("a fleet run panicked"))?
-                })
-                .collect::<Result<Vec<_>, _>>()
+        side_by_side(&fleet::Sharing::ALL, |sharing| {
+            fleet::run(sharing, scenario, &url)
         })?
     };
     for run in &runs {
         fleet::check(run)?;
     }
     Ok(Some(runs))
+}
+
+/// `run` for each of `items` at once, one thread each (the smoke run).
+fn side_by_side<I: Copy + Send + Sync, T: Send>(
+    items: &[I],
+    run: impl Fn(I) -> Result<T, BoxError> + Sync,
+) -> Result<Vec<T>, BoxError> {
+    std::thread::scope(|s| {
+        let run = &run;
+        let handles: Vec<_> = items.iter().map(|&i| s.spawn(move || run(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| BoxError::from("a run panicked"))?)
+            .collect()
+    })
 }
 
 /// Every scheduled request was answered or timed out, and recorded once.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use probity_probe::breaker::State;
+use probity_probe::breaker::{CircuitBreaker, State};
 use probity_probe::chaos::{Chaos, Fault};
 use probity_probe::deadline::ENVOY_TIMEOUT_MS;
 use tokio::task::JoinSet;
@@ -88,38 +88,8 @@ async fn timeline(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxE
 
     let start = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let mut load = JoinSet::new();
-    for (endpoint, rps) in [
-        (Endpoint::Catalog, scenario.catalog_rps),
-        (Endpoint::Checkout, scenario.checkout_rps),
-    ] {
-        load.spawn(drive(
-            endpoint,
-            rps,
-            start,
-            scenario.clone(),
-            client.clone(),
-            vec![orders.addr],
-            Arc::clone(&samples),
-        ));
-    }
-    let breaker = Arc::new(Mutex::new(Vec::new()));
-    if let Some(b) = &orders.breaker {
-        let mut events = b.subscribe();
-        let seen = Arc::clone(&breaker);
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(t) => seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((start.elapsed(), t.to)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-    }
+    let mut load = start_load(start, scenario, &client, &[orders.addr], &samples);
+    let breaker = record_transitions(orders.breaker.as_ref(), start);
     let end = start + scenario.total();
     let readiness = tokio::spawn(watch_readiness(client.clone(), orders.addr, start, end));
     let livez = tokio::spawn(watch_livez(
@@ -158,6 +128,57 @@ async fn timeline(config: Config, scenario: &Scenario) -> Result<ConfigRun, BoxE
         readiness,
         livez,
     })
+}
+
+/// Both endpoints' open-model load from `start`, round robin over `addrs`.
+pub(crate) fn start_load(
+    start: Instant,
+    scenario: &Scenario,
+    client: &HttpClient,
+    addrs: &[SocketAddr],
+    samples: &Arc<Mutex<Vec<Sample>>>,
+) -> JoinSet<()> {
+    let mut load = JoinSet::new();
+    for (endpoint, rps) in [
+        (Endpoint::Catalog, scenario.catalog_rps),
+        (Endpoint::Checkout, scenario.checkout_rps),
+    ] {
+        load.spawn(drive(
+            endpoint,
+            rps,
+            start,
+            scenario.clone(),
+            client.clone(),
+            addrs.to_vec(),
+            Arc::clone(samples),
+        ));
+    }
+    load
+}
+
+/// A breaker's transitions: when (since `start`), and the new state.
+pub(crate) type Transitions = Arc<Mutex<Vec<(Duration, State)>>>;
+
+/// Records `breaker`'s transitions from now on (nothing without one).
+pub(crate) fn record_transitions(breaker: Option<&CircuitBreaker>, start: Instant) -> Transitions {
+    let seen = Transitions::default();
+    if let Some(b) = breaker {
+        let mut events = b.subscribe();
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(t) => seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((start.elapsed(), t.to)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+    seen
 }
 
 fn healthy_fault(scenario: &Scenario) -> Fault {

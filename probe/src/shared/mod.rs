@@ -402,15 +402,17 @@ impl Fleet {
         self.handle.state.link.subscribe()
     }
 
-    /// Live replicas, this one included (1 while Redis is unreachable).
-    pub fn replicas(&self) -> usize {
-        let peers = self
-            .handle
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.handle
             .state
             .peers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        peers.live_count(Instant::now()) + 1
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Live replicas, this one included (1 while Redis is unreachable).
+    pub fn replicas(&self) -> usize {
+        self.peers().live_count(Instant::now()) + 1
     }
 
     /// The fleet's view of a shared dependency; `None` when `dependency` is
@@ -418,8 +420,7 @@ impl Fleet {
     pub fn view(&self, dependency: &str) -> Option<FleetView> {
         let state = &self.handle.state;
         let shared = state.breakers.iter().find(|b| b.name == dependency)?;
-        let peers = state.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        let reports = peers.reports(dependency, Instant::now());
+        let reports = self.peers().reports(dependency, Instant::now());
         Some(FleetView {
             replicas: reports.live + 1,
             open: reports.open.len(),
@@ -430,13 +431,7 @@ impl Fleet {
     /// Live peers (this replica not counted), and how many of them report
     /// the readiness check `name` failing.
     pub(crate) fn failing(&self, name: &str) -> (usize, usize) {
-        let peers = self
-            .handle
-            .state
-            .peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        peers.failing(name, Instant::now())
+        self.peers().failing(name, Instant::now())
     }
 
     /// Publishes whether the fleet-floored check `name` fails here.
