@@ -498,6 +498,10 @@ state = "{d}/state"
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
+# NRI's socket defaults to the machine's /var/run/nri: keep it in the run's
+# directory, or a socket left by a killed containerd fails the next start.
+[plugins.'io.containerd.nri.v1.nri']
+  socket_path = "{d}/nri.sock"
 [plugins.'io.containerd.cri.v1.runtime']
   # runc cannot lower oom_score_adj without CAP_SYS_RESOURCE.
   restrict_oom_score_adj = true
