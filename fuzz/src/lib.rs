@@ -43,11 +43,15 @@ pub fn admission(data: &[u8]) {
 }
 
 /// The manifest reader and the whole lint pipeline: any UTF-8 text gives
-/// findings, notes or located errors.
+/// findings, notes or located errors, and wherever the fast reader takes a
+/// document it reads it exactly as saphyr does.
 pub fn manifest(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Err(disagreement) = probity::manifest::yaml::cross_check(text) {
+        panic!("{disagreement}");
+    }
     let inputs = [Input {
         name: "fuzz.yaml".to_owned(),
         text: text.to_owned(),

@@ -2,6 +2,7 @@
 //! position-keeping YAML reader shared by `probity lint`, `probity pin` and
 //! the command that prints the backstop.
 
+mod fast;
 pub mod input;
 pub mod yaml;
 

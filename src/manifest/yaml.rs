@@ -8,9 +8,10 @@
 //! bounded, merge keys (`<<`) are honoured, and plain scalars are typed by
 //! the YAML 1.2 core schema.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting accepted.
@@ -35,7 +36,7 @@ pub struct Document {
     /// The content.
     pub value: Value,
     /// JSON pointer of every node, with its position, in document order.
-    positions: Vec<(String, Pos)>,
+    pointers: Pointers,
 }
 
 impl Document {
@@ -43,8 +44,8 @@ impl Document {
     pub fn locate(&self, pointer: &str) -> Pos {
         let mut p = pointer;
         loop {
-            if let Some((_, pos)) = self.positions.iter().find(|(ptr, _)| ptr == p) {
-                return *pos;
+            if let Some(pos) = self.pointers.find(p) {
+                return pos;
             }
             match p.rfind('/') {
                 Some(i) => p = &p[..i],
@@ -68,12 +69,36 @@ pub struct SyntaxError {
 /// document, not the stream. Empty documents (only comments) are skipped;
 /// a broken one yields an error in its place.
 pub fn read_stream(text: &str) -> impl Iterator<Item = Result<Document, SyntaxError>> + '_ {
+    chunks(text).into_iter().filter_map(|chunk| chunk.read())
+}
+
+/// The text of one document of a stream, not yet read: a stream's chunks
+/// can be read in any order, or in parallel.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// The 0-based line of the stream it starts at.
+    first_line: usize,
+    text: &'a str,
+}
+
+impl Chunk<'_> {
+    /// The document, `None` for one that is empty (comments only, or
+    /// `---` followed by nothing), or the error that stopped it.
+    pub fn read(&self) -> Option<Result<Document, SyntaxError>> {
+        match read_document(self.text, self.first_line) {
+            Ok(Some(doc)) if doc.value.is_null() => None,
+            other => other.transpose(),
+        }
+    }
+}
+
+/// Splits `text` into its documents' chunks, in order.
+pub fn chunks(text: &str) -> Vec<Chunk<'_>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     split_documents(text)
         .into_iter()
-        .filter_map(|(first_line, chunk)| read_document(chunk, first_line).transpose())
-        // An empty document (`---` followed by nothing) is no manifest.
-        .filter(|doc| !matches!(doc, Ok(d) if d.value.is_null()))
+        .map(|(first_line, text)| Chunk { first_line, text })
+        .collect()
 }
 
 /// Splits at lines that start a (`---`) or end (`...`) a document, keeping
@@ -119,13 +144,70 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     chunks
 }
 
+/// Pointers of a document's nodes, concatenated in one buffer: a pointer
+/// per node would be an allocation per node.
+#[derive(Debug, Clone, Default)]
+struct Pointers {
+    text: String,
+    /// Each node's pointer (a range of `text`) and position.
+    nodes: Vec<(u32, u32, Pos)>,
+}
+
+impl Pointers {
+    fn push(&mut self, range: (u32, u32), pos: Pos) {
+        self.nodes.push((range.0, range.1, pos));
+    }
+
+    fn find(&self, pointer: &str) -> Option<Pos> {
+        self.nodes
+            .iter()
+            .find(|(start, end, _)| self.text.get(*start as usize..*end as usize) == Some(pointer))
+            .map(|(_, _, pos)| *pos)
+    }
+
+    /// Appends `parent` followed by `/` and `segment` (escaped), returning
+    /// the new pointer's range.
+    fn child(&mut self, parent: (u32, u32), segment: Segment<'_>) -> (u32, u32) {
+        let start = self.text.len();
+        self.text
+            .extend_from_within(parent.0 as usize..parent.1 as usize);
+        self.text.push('/');
+        match segment {
+            Segment::Index(i) => {
+                let _ = std::fmt::Write::write_fmt(&mut self.text, format_args!("{i}"));
+            }
+            Segment::Key(k) if !k.contains(['~', '/']) => self.text.push_str(k),
+            Segment::Key(k) => {
+                for c in k.chars() {
+                    match c {
+                        '~' => self.text.push_str("~0"),
+                        '/' => self.text.push_str("~1"),
+                        c => self.text.push(c),
+                    }
+                }
+            }
+        }
+        // Documents are far below 4 GiB of pointers: the builder counts
+        // nodes and the input is bounded.
+        (
+            u32::try_from(start).unwrap_or(u32::MAX),
+            u32::try_from(self.text.len()).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+enum Segment<'a> {
+    Index(usize),
+    Key(&'a str),
+}
+
 enum Frame {
     Seq {
-        pointer: String,
+        pointer: (u32, u32),
         items: Vec<Value>,
     },
     Map {
-        pointer: String,
+        pointer: (u32, u32),
         map: Map<String, Value>,
         /// The key awaiting its value, with its position.
         key: Option<(String, Pos)>,
@@ -134,13 +216,14 @@ enum Frame {
     },
 }
 
-struct Builder {
-    line_offset: usize,
+/// Builds a [`Document`] from parser events. Positions are absolute (the
+/// chunk's line offset already added).
+pub(super) struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Value>,
     /// Anchor ids of the open collections, innermost last.
     open_anchors: Vec<usize>,
-    positions: Vec<(String, Pos)>,
+    pointers: Pointers,
     nodes: usize,
     root: Option<(Value, Pos)>,
     root_pos: Option<Pos>,
@@ -154,69 +237,133 @@ fn count_nodes(v: &Value) -> usize {
     }
 }
 
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// Reads one chunk of [`split_documents`]: the fast reader when it can,
+/// saphyr for everything it declines (so every error comes from saphyr).
+fn read_document(chunk: &str, first_line: usize) -> Result<Option<Document>, SyntaxError> {
+    if let Some(doc) = super::fast::read(chunk, first_line) {
+        return Ok(doc);
+    }
+    read_document_full(chunk, first_line)
 }
 
-fn read_document(chunk: &str, first_line: usize) -> Result<Option<Document>, SyntaxError> {
-    let mut b = Builder {
-        line_offset: first_line,
-        stack: Vec::new(),
-        anchors: HashMap::new(),
-        open_anchors: Vec::new(),
-        positions: Vec::new(),
-        nodes: 0,
-        root: None,
-        root_pos: None,
+/// Reads one chunk with saphyr, the complete YAML 1.2 parser.
+fn read_document_full(chunk: &str, first_line: usize) -> Result<Option<Document>, SyntaxError> {
+    let mut b = Builder::new();
+    let pos = |span: Span| Pos {
+        line: span.start.line() + first_line,
+        col: span.start.col() + 1,
     };
     for event in Parser::new_from_str(chunk) {
-        let (event, span) = event.map_err(|e| b.scan_error(&e))?;
-        b.on_event(event, span)?;
-    }
-    Ok(b.root.map(|(value, pos)| Document {
-        pos,
-        value,
-        positions: b.positions,
-    }))
-}
-
-impl Builder {
-    fn pos(&self, span: Span) -> Pos {
-        Pos {
-            line: span.start.line() + self.line_offset,
-            col: span.start.col() + 1,
-        }
-    }
-
-    fn scan_error(&self, e: &ScanError) -> SyntaxError {
-        SyntaxError {
+        let (event, span) = event.map_err(|e| SyntaxError {
             pos: Pos {
-                line: e.marker().line() + self.line_offset,
+                line: e.marker().line() + first_line,
                 col: e.marker().col() + 1,
             },
             message: format!("invalid YAML: {}", e.info()),
+        })?;
+        let at = pos(span);
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                b.scalar(
+                    text,
+                    style == ScalarStyle::Plain && !explicit_str,
+                    anchor,
+                    at,
+                )?;
+            }
+            Event::Alias(id) => b.alias(id, at)?,
+            Event::SequenceStart(anchor, _) => b.start(true, anchor, at)?,
+            Event::MappingStart(anchor, _) => b.start(false, anchor, at)?,
+            Event::SequenceEnd | Event::MappingEnd => b.end(at)?,
+            Event::DocumentStart(_) => b.document_start(at)?,
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+        }
+    }
+    Ok(b.finish())
+}
+
+/// Whether the fast reader and saphyr agree on `text`: the same documents,
+/// values and positions, wherever the fast reader accepts a chunk. Returns
+/// the first disagreement. For tests and fuzzing.
+#[doc(hidden)]
+pub fn cross_check(text: &str) -> Result<usize, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut accepted = 0;
+    for (first_line, chunk) in split_documents(text) {
+        let Some(fast) = super::fast::read(chunk, first_line) else {
+            continue;
+        };
+        accepted += 1;
+        let full = read_document_full(chunk, first_line)
+            .map_err(|e| format!("fast reader accepted a chunk saphyr refuses ({e}):\n{chunk}"))?;
+        /// A document as compared: its position, value and every node's
+        /// pointer and position.
+        type View<'d> = Option<(Pos, Value, Vec<(&'d str, Pos)>)>;
+        fn view(d: &Option<Document>) -> View<'_> {
+            d.as_ref().map(|d| {
+                let nodes: Vec<(&str, Pos)> = d
+                    .pointers
+                    .nodes
+                    .iter()
+                    .map(|(s, e, p)| (&d.pointers.text[*s as usize..*e as usize], *p))
+                    .collect();
+                (d.pos, d.value.clone(), nodes)
+            })
+        }
+        if view(&fast) != view(&full) {
+            return Err(format!(
+                "fast reader and saphyr disagree on:\n{chunk}\nfast: {:?}\nsaphyr: {:?}",
+                view(&fast),
+                view(&full)
+            ));
+        }
+    }
+    Ok(accepted)
+}
+
+fn error(pos: Pos, message: impl Into<String>) -> SyntaxError {
+    SyntaxError {
+        pos,
+        message: message.into(),
+    }
+}
+
+impl Builder {
+    pub(super) fn new() -> Self {
+        Self {
+            stack: Vec::new(),
+            anchors: HashMap::new(),
+            open_anchors: Vec::new(),
+            pointers: Pointers::default(),
+            nodes: 0,
+            root: None,
+            root_pos: None,
         }
     }
 
-    fn error(&self, span: Span, message: impl Into<String>) -> SyntaxError {
-        SyntaxError {
-            pos: self.pos(span),
-            message: message.into(),
-        }
+    pub(super) fn finish(self) -> Option<Document> {
+        self.root.map(|(value, pos)| Document {
+            pos,
+            value,
+            pointers: self.pointers,
+        })
     }
 
     /// The pointer the next node gets, or `None` when the next node is a
     /// mapping key.
-    fn next_pointer(&self) -> Option<String> {
+    fn next_pointer(&mut self) -> Option<(u32, u32)> {
         match self.stack.last() {
-            None => Some(String::new()),
-            Some(Frame::Seq { pointer, items }) => Some(format!("{pointer}/{}", items.len())),
+            None => Some((0, 0)),
+            Some(Frame::Seq { pointer, items }) => {
+                Some(self.pointers.child(*pointer, Segment::Index(items.len())))
+            }
             Some(Frame::Map { key: None, .. }) => None,
             Some(Frame::Map {
                 pointer,
                 key: Some((k, _)),
                 ..
-            }) => Some(format!("{pointer}/{}", escape(k))),
+            }) => Some(self.pointers.child(*pointer, Segment::Key(k))),
         }
     }
 
@@ -231,112 +378,122 @@ impl Builder {
         }
     }
 
-    fn count(&mut self, n: usize, span: Span) -> Result<(), SyntaxError> {
+    fn count(&mut self, n: usize, pos: Pos) -> Result<(), SyntaxError> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > MAX_NODES {
-            return Err(self.error(
-                span,
+            return Err(error(
+                pos,
                 format!("document expands to more than {MAX_NODES} nodes (alias expansion?)"),
             ));
         }
         Ok(())
     }
 
-    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
-        match event {
-            Event::Scalar(text, style, anchor, tag) => {
-                let Some(pointer) = self.next_pointer() else {
-                    // A mapping key.
-                    let pos = self.pos(span);
-                    if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                        *key = Some((text.into_owned(), pos));
-                    }
-                    return Ok(());
-                };
-                self.count(1, span)?;
-                let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let value = if style == ScalarStyle::Plain && !explicit_str {
-                    plain_scalar(&text)
-                } else {
-                    Value::String(text.into_owned())
-                };
-                if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
-                }
-                let pos = self.pos(span);
-                self.positions.push((pointer, pos));
-                self.attach(value, pos, span)
-            }
-            Event::Alias(id) => {
-                let Some(pointer) = self.next_pointer() else {
-                    return Err(self.error(span, "aliases as mapping keys are not supported"));
-                };
-                let Some(value) = self.anchors.get(&id).cloned() else {
-                    return Err(self.error(span, "alias to an unknown anchor"));
-                };
-                self.count(count_nodes(&value), span)?;
-                let pos = self.pos(span);
-                self.positions.push((pointer, pos));
-                self.attach(value, pos, span)
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                let is_seq = matches!(event, Event::SequenceStart(..));
-                let Some(pointer) = self.next_pointer() else {
-                    return Err(
-                        self.error(span, "complex (collection) mapping keys are not supported")
-                    );
-                };
-                if self.stack.len() >= MAX_DEPTH {
-                    return Err(self.error(span, format!("nesting deeper than {MAX_DEPTH} levels")));
-                }
-                self.count(1, span)?;
-                let pos = self.key_pos().unwrap_or_else(|| self.pos(span));
-                if self.stack.is_empty() {
-                    self.root_pos = Some(pos);
-                }
-                self.positions.push((pointer.clone(), pos));
-                self.open_anchors.push(anchor);
-                self.stack.push(if is_seq {
-                    Frame::Seq {
-                        pointer,
-                        items: Vec::new(),
-                    }
-                } else {
-                    Frame::Map {
-                        pointer,
-                        map: Map::new(),
-                        key: None,
-                        merged: Vec::new(),
-                    }
-                });
-                Ok(())
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let anchor = self.open_anchors.pop().unwrap_or(0);
-                let value = match self.stack.pop() {
-                    Some(Frame::Seq { items, .. }) => Value::Array(items),
-                    Some(Frame::Map { map, .. }) => Value::Object(map),
-                    None => return Err(self.error(span, "unbalanced end of collection")),
-                };
-                if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
-                }
-                let pos = self.root_pos.unwrap_or_else(|| self.pos(span));
-                self.attach(value, pos, span)
-            }
-            Event::DocumentStart(_) if self.root.is_some() => {
-                Err(self.error(span, "a second document without a `---` line before it"))
-            }
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart(_)
-            | Event::DocumentEnd
-            | Event::Nothing => Ok(()),
+    /// A scalar; `typed` for a plain one without `!!str` (typed by the core
+    /// schema), `anchor` 0 for none.
+    pub(super) fn scalar(
+        &mut self,
+        text: Cow<'_, str>,
+        typed: bool,
+        anchor: usize,
+        pos: Pos,
+    ) -> Result<(), SyntaxError> {
+        if let Some(Frame::Map {
+            key: key @ None, ..
+        }) = self.stack.last_mut()
+        {
+            *key = Some((text.into_owned(), pos));
+            return Ok(());
         }
+        let pointer = self.next_pointer().unwrap_or_default();
+        self.count(1, pos)?;
+        let value = if typed {
+            plain_scalar(text)
+        } else {
+            Value::String(text.into_owned())
+        };
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        self.pointers.push(pointer, pos);
+        self.attach(value, pos)
+    }
+
+    pub(super) fn alias(&mut self, id: usize, pos: Pos) -> Result<(), SyntaxError> {
+        let Some(pointer) = self.next_pointer() else {
+            return Err(error(pos, "aliases as mapping keys are not supported"));
+        };
+        let Some(value) = self.anchors.get(&id).cloned() else {
+            return Err(error(pos, "alias to an unknown anchor"));
+        };
+        self.count(count_nodes(&value), pos)?;
+        self.pointers.push(pointer, pos);
+        self.attach(value, pos)
+    }
+
+    /// The start of a sequence (`seq`) or mapping.
+    pub(super) fn start(&mut self, seq: bool, anchor: usize, pos: Pos) -> Result<(), SyntaxError> {
+        let Some(pointer) = self.next_pointer() else {
+            return Err(error(
+                pos,
+                "complex (collection) mapping keys are not supported",
+            ));
+        };
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(error(
+                pos,
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        self.count(1, pos)?;
+        let pos = self.key_pos().unwrap_or(pos);
+        if self.stack.is_empty() {
+            self.root_pos = Some(pos);
+        }
+        self.pointers.push(pointer, pos);
+        self.open_anchors.push(anchor);
+        self.stack.push(if seq {
+            Frame::Seq {
+                pointer,
+                items: Vec::new(),
+            }
+        } else {
+            Frame::Map {
+                pointer,
+                map: Map::new(),
+                key: None,
+                merged: Vec::new(),
+            }
+        });
+        Ok(())
+    }
+
+    pub(super) fn end(&mut self, pos: Pos) -> Result<(), SyntaxError> {
+        let anchor = self.open_anchors.pop().unwrap_or(0);
+        let value = match self.stack.pop() {
+            Some(Frame::Seq { items, .. }) => Value::Array(items),
+            Some(Frame::Map { map, .. }) => Value::Object(map),
+            None => return Err(error(pos, "unbalanced end of collection")),
+        };
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        let pos = self.root_pos.unwrap_or(pos);
+        self.attach(value, pos)
+    }
+
+    pub(super) fn document_start(&mut self, pos: Pos) -> Result<(), SyntaxError> {
+        if self.root.is_some() {
+            return Err(error(
+                pos,
+                "a second document without a `---` line before it",
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a finished node to its parent (or makes it the root).
-    fn attach(&mut self, value: Value, pos: Pos, span: Span) -> Result<(), SyntaxError> {
+    fn attach(&mut self, value: Value, pos: Pos) -> Result<(), SyntaxError> {
         match self.stack.last_mut() {
             None => {
                 self.root = Some((value, self.root_pos.unwrap_or(pos)));
@@ -350,7 +507,7 @@ impl Builder {
                 map, key, merged, ..
             }) => {
                 let Some((k, key_pos)) = key.take() else {
-                    return Err(self.error(span, "mapping value without a key"));
+                    return Err(error(pos, "mapping value without a key"));
                 };
                 if k == "<<" {
                     // Merge key: copy entries the mapping does not set itself.
@@ -391,14 +548,14 @@ impl Builder {
 }
 
 /// Types a plain scalar by the YAML 1.2 core schema.
-fn plain_scalar(text: &str) -> Value {
-    match text {
+fn plain_scalar(text: Cow<'_, str>) -> Value {
+    match &*text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
         _ => {}
     }
-    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(&text);
     if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(n) = text.parse::<i64>() {
             return Value::Number(n.into());
@@ -427,7 +584,7 @@ fn plain_scalar(text: &str) -> Value {
     if looks_float && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
         return Value::Number(n);
     }
-    Value::String(text.to_owned())
+    Value::String(text.into_owned())
 }
 
 #[cfg(test)]
