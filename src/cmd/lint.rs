@@ -21,7 +21,16 @@ pub(super) fn run(args: &LintArgs) -> Exit {
         }
     };
     let (inputs, unreadable) = manifest::collect(&args.paths);
-    let mut result = lint::lint(&inputs, &policies);
+    let mut out = Output::stdout();
+    // Text is printed as it is found; the other formats are one document.
+    let mut result = match args.format {
+        report::Format::Text => {
+            lint::lint_rendered(&inputs, &policies, &report::render_text, &mut |text| {
+                out.print(text);
+            })
+        }
+        _ => lint::lint(&inputs, &policies),
+    };
     let unreadable = unreadable.into_iter().map(|u| Problem {
         file: u.name,
         pos: None,
@@ -33,10 +42,11 @@ pub(super) fn run(args: &LintArgs) -> Exit {
         Outcome::Violations => Exit::Findings,
         Outcome::Errors => Exit::Error,
     };
-    let mut out = Output::stdout();
     let mut err = std::io::stderr().lock();
-    // A failed write is reported by `finish`.
-    let _ = report::write(&result, args.format, args.quiet, &mut out, &mut err);
+    let _ = match args.format {
+        report::Format::Text => report::text_end(&result, args.quiet, &mut out, &mut err),
+        format => report::write(&result, format, args.quiet, &mut out, &mut err),
+    };
     out.finish(exit)
 }
 

@@ -5,12 +5,13 @@ use std::io::{self, Write};
 
 use super::Exit;
 
-/// Locked standard output. After a broken pipe, writes are discarded and
+/// Locked, buffered standard output (a line-buffered stdout would make a
+/// system call per finding). After a broken pipe, writes are discarded and
 /// succeed; any other error fails the write and is reported by
 /// [`Output::finish`].
 #[derive(Debug)]
 pub(crate) struct Output {
-    out: io::StdoutLock<'static>,
+    out: io::BufWriter<io::StdoutLock<'static>>,
     closed: bool,
     failed: Option<io::Error>,
 }
@@ -20,7 +21,7 @@ pub(crate) struct Output {
 impl Output {
     pub(crate) fn stdout() -> Self {
         Self {
-            out: io::stdout().lock(),
+            out: io::BufWriter::with_capacity(64 * 1024, io::stdout().lock()),
             closed: false,
             failed: None,
         }

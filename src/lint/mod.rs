@@ -72,15 +72,34 @@ pub struct Report {
     pub errors: Vec<Problem>,
     /// Documents skipped, and why.
     pub notes: Vec<Problem>,
+    /// Every finding counted, also those [`lint_rendered`] wrote out.
+    pub tally: Tally,
+}
+
+/// Findings counted by whether they are exempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Findings that are not exempt.
+    pub violations: usize,
+    /// Findings the workload exempts itself from.
+    pub exempt: usize,
+}
+
+impl Tally {
+    fn add(&mut self, findings: &[Located]) {
+        let exempt = findings
+            .iter()
+            .filter(|f| f.finding.exempt.is_some())
+            .count();
+        self.exempt += exempt;
+        self.violations += findings.len() - exempt;
+    }
 }
 
 impl Report {
     /// Findings that are not exempt.
     pub fn violations(&self) -> usize {
-        self.findings
-            .iter()
-            .filter(|f| f.finding.exempt.is_none())
-            .count()
+        self.tally.violations
     }
 
     /// What the run amounts to: input errors outrank violations.
@@ -106,64 +125,109 @@ pub enum Outcome {
     Errors,
 }
 
-/// Lints `inputs` against `policies`.
+/// Lints `inputs` against `policies`. Documents are read and judged in
+/// parallel, a batch at a time; the report lists everything in input order.
 pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
+    let mut findings = Vec::new();
+    let mut keep = |found: Vec<Located>| findings.extend(found);
+    let mut report = run(inputs, policies, Emit::Keep(&mut keep));
+    report.findings = findings;
+    report
+}
+
+/// Renders findings as output text, one document's at a time, on the core
+/// that found them.
+pub type Render = dyn Fn(&[Located], &mut String) + Sync;
+
+/// Like [`lint`], but writes the findings as `render` makes them, in input
+/// order, as they are found, instead of keeping them: memory does not grow
+/// with the findings, and rendering runs on every core. The report's
+/// `findings` stays empty; its [`Tally`] counts them.
+pub fn lint_rendered(
+    inputs: &[Input],
+    policies: &[Policy],
+    render: &Render,
+    write: &mut dyn FnMut(&str),
+) -> Report {
+    run(inputs, policies, Emit::Render(render, write))
+}
+
+/// Where findings go.
+enum Emit<'e> {
+    Keep(&'e mut dyn FnMut(Vec<Located>)),
+    Render(&'e Render, &'e mut dyn FnMut(&str)),
+}
+
+/// A document's input and position: the order output follows.
+type DocKey = (usize, Pos);
+
+fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
+    let chunks: Vec<(usize, yaml::Chunk<'_>)> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, input)| yaml::chunks(&input.text).into_iter().map(move |c| (i, c)))
+        .collect();
     let namespaces = if policies.iter().any(|p| p.namespace_selector.is_some()) {
-        namespace_labels(inputs)
+        namespace_labels(&chunks)
     } else {
         BTreeMap::new()
+    };
+    let render = match &emit {
+        Emit::Keep(_) => None,
+        Emit::Render(render, _) => Some(*render),
     };
     let mut report = Report {
         files: inputs.len(),
         ..Report::default()
     };
     let mut owners = Owners::default();
-    let mut deferred: Vec<(usize, yaml::Document, Vec<String>)> = Vec::new();
-    for (file_index, input) in inputs.iter().enumerate() {
-        for doc in yaml::read_stream(&input.text) {
-            let doc = match doc {
-                Ok(doc) => doc,
-                Err(e) => {
-                    report.errors.push(Problem {
-                        file: input.name.clone(),
-                        pos: Some(e.pos),
-                        message: e.message,
-                    });
-                    continue;
-                }
-            };
-            let mut controlled = Vec::new();
-            for (prefix, object) in workload::objects(&doc.value) {
-                let Some(workload) = classify(&input.name, &doc, &prefix, object, &mut report)
-                else {
-                    continue;
-                };
-                owners.record(&workload, object);
-                if workload.controller.is_some() {
-                    controlled.push(prefix);
-                } else {
-                    judge(
-                        &input.name,
-                        &doc,
-                        &prefix,
-                        &workload,
-                        policies,
-                        &namespaces,
-                        &mut report,
-                    );
-                }
+    let mut deferred = Vec::new();
+    // From the first document that waits for its owner on, findings are
+    // held back, so the ones judged late can be put in their place.
+    let mut holding = false;
+    let mut held: Vec<Located> = Vec::new();
+    let mut held_text: Vec<(DocKey, String)> = Vec::new();
+    in_parallel(
+        &chunks,
+        |batch| {
+            let mut part = Part::default();
+            for (file_index, chunk) in batch {
+                part.read(inputs, *file_index, chunk, policies, &namespaces);
             }
-            if !controlled.is_empty() {
-                deferred.push((file_index, doc, controlled));
+            part.finish(render);
+            part
+        },
+        |part| {
+            report.workloads += part.report.workloads;
+            report.tally.violations += part.report.tally.violations;
+            report.tally.exempt += part.report.tally.exempt;
+            report.errors.extend(part.report.errors);
+            report.notes.extend(part.report.notes);
+            owners.0.extend(part.owners);
+            holding |= !part.deferred.is_empty();
+            deferred.extend(part.deferred);
+            match &mut emit {
+                Emit::Keep(_) if holding => held.extend(part.report.findings),
+                Emit::Keep(each) => each(part.report.findings),
+                Emit::Render(..) if holding => {
+                    let starts = part.text_docs.iter().map(|(_, start)| *start);
+                    let ends = starts.skip(1).chain([part.text.len()]);
+                    for ((key, start), end) in part.text_docs.iter().zip(ends) {
+                        held_text.push((*key, part.text[*start..end].to_owned()));
+                    }
+                }
+                Emit::Render(_, write) => write(&part.text),
             }
-        }
-    }
+        },
+    );
     // Objects that name a controller are judged through it only when the
     // inputs hold that owner (with the same UID, and for a Pod the same
     // containers); otherwise on their own.
-    let mut judged_late = false;
+    let mut late = Report::default();
+    let mut late_docs: Vec<(DocKey, usize)> = Vec::new();
     for (file_index, doc, prefixes) in &deferred {
         let file = &inputs[*file_index].name;
+        late_docs.push(((*file_index, doc.pos), late.findings.len()));
         for prefix in prefixes {
             let Some(object) = doc.value.pointer(prefix) else {
                 continue;
@@ -185,42 +249,216 @@ pub fn lint(inputs: &[Input], policies: &[Policy]) -> Report {
                         workload.name
                     ),
                 }),
-                None => {
-                    judged_late = true;
-                    judge(
-                        file,
-                        doc,
-                        prefix,
-                        &workload,
-                        policies,
-                        &namespaces,
-                        &mut report,
-                    );
-                }
+                None => judge(
+                    file,
+                    doc,
+                    prefix,
+                    &workload,
+                    policies,
+                    &namespaces,
+                    &mut late,
+                ),
             }
         }
     }
-    if judged_late {
-        let order: BTreeMap<&str, usize> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| (input.name.as_str(), i))
-            .collect();
-        report
-            .findings
-            .sort_by_key(|f| (order.get(f.file.as_str()).copied(), f.pos));
+    report.workloads += late.workloads;
+    report.tally.add(&late.findings);
+    if !holding {
+        return report;
+    }
+    match emit {
+        Emit::Keep(each) => {
+            if !late.findings.is_empty() {
+                held.extend(late.findings);
+                let order: BTreeMap<&str, usize> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| (input.name.as_str(), i))
+                    .collect();
+                held.sort_by_key(|f| (order.get(f.file.as_str()).copied(), f.pos));
+            }
+            each(held);
+        }
+        Emit::Render(render, write) => {
+            for (i, (key, start)) in late_docs.iter().enumerate() {
+                let end = late_docs.get(i + 1).map_or(late.findings.len(), |d| d.1);
+                if *start < end {
+                    let mut text = String::new();
+                    render(&late.findings[*start..end], &mut text);
+                    held_text.push((*key, text));
+                }
+            }
+            held_text.sort_by_key(|(key, _)| *key);
+            for (_, text) in &held_text {
+                write(text);
+            }
+        }
     }
     report
+}
+
+/// What one batch of documents found before the owners among all the
+/// inputs are known.
+#[derive(Debug, Default)]
+struct Part {
+    report: Report,
+    owners: Vec<(OwnerKey, OwnerFacts)>,
+    /// Documents with objects that name a controller, judged once the
+    /// owners are known: the input, the document, the objects' pointers.
+    deferred: Vec<(usize, yaml::Document, Vec<String>)>,
+    /// Each document read, and where its findings start in
+    /// `report.findings`.
+    docs: Vec<(DocKey, usize)>,
+    /// When rendering: the findings as text (`report.findings` is then
+    /// emptied on the thread that made them), and where each document's
+    /// text starts.
+    text: String,
+    text_docs: Vec<(DocKey, usize)>,
+}
+
+impl Part {
+    fn read(
+        &mut self,
+        inputs: &[Input],
+        file_index: usize,
+        chunk: &yaml::Chunk<'_>,
+        policies: &[Policy],
+        namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    ) {
+        let file = &inputs[file_index].name;
+        let doc = match chunk.read() {
+            None => return,
+            Some(Ok(doc)) => doc,
+            Some(Err(e)) => {
+                self.report.errors.push(Problem {
+                    file: file.clone(),
+                    pos: Some(e.pos),
+                    message: e.message,
+                });
+                return;
+            }
+        };
+        self.docs
+            .push(((file_index, doc.pos), self.report.findings.len()));
+        let mut controlled = Vec::new();
+        for (prefix, object) in workload::objects(&doc.value) {
+            let Some(workload) = classify(file, &doc, &prefix, object, &mut self.report) else {
+                continue;
+            };
+            self.owners.extend(Owners::entry(&workload, object));
+            if workload.controller.is_some() {
+                controlled.push(prefix);
+            } else {
+                judge(
+                    file,
+                    &doc,
+                    &prefix,
+                    &workload,
+                    policies,
+                    namespaces,
+                    &mut self.report,
+                );
+            }
+        }
+        if !controlled.is_empty() {
+            self.deferred.push((file_index, doc, controlled));
+        }
+    }
+
+    /// Counts the batch's findings and, when rendering, turns them into
+    /// text here, so they are freed on the thread that allocated them.
+    fn finish(&mut self, render: Option<&Render>) {
+        self.report.tally.add(&self.report.findings);
+        let Some(render) = render else {
+            return;
+        };
+        let findings = std::mem::take(&mut self.report.findings);
+        for (i, (key, start)) in self.docs.iter().enumerate() {
+            let end = self.docs.get(i + 1).map_or(findings.len(), |d| d.1);
+            if *start < end {
+                self.text_docs.push((*key, self.text.len()));
+                render(&findings[*start..end], &mut self.text);
+            }
+        }
+    }
+}
+
+/// Documents per unit of work: small enough to spread a file over the
+/// cores, large enough that taking work costs nothing.
+const BATCH: usize = 16;
+
+/// `work` over `items` a batch at a time on every core (this thread one of
+/// them), handing each batch's result to `consume` on this thread, in
+/// order, as soon as it and the ones before it are done. Runs on this
+/// thread alone when no other can be started.
+fn in_parallel<'a, T: Sync, R: Send>(
+    items: &'a [T],
+    work: impl Fn(&'a [T]) -> R + Sync,
+    mut consume: impl FnMut(R),
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, PoisonError};
+    let batches: Vec<&'a [T]> = items.chunks(BATCH).collect();
+    let done: Vec<Mutex<Option<R>>> = batches.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let take = |i: usize| {
+        done.get(i)
+            .and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).take())
+    };
+    // Works one batch; false once there are none left.
+    let step = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(batch) = batches.get(i) else {
+            return false;
+        };
+        let result = work(batch);
+        *done[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        true
+    };
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..cores.min(batches.len()))
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("probity-lint".to_owned())
+                    .spawn_scoped(s, move || while step() {})
+                    .ok()
+            })
+            .collect();
+        let mut handed = 0;
+        loop {
+            let more = step();
+            while let Some(result) = take(handed) {
+                consume(result);
+                handed += 1;
+            }
+            if !more {
+                break;
+            }
+        }
+        for helper in helpers {
+            if let Err(panic) = helper.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        while let Some(result) = take(handed) {
+            consume(result);
+            handed += 1;
+        }
+    });
 }
 
 /// The workloads among the inputs that can own others, by kind, namespace
 /// and name: their UID when the manifest has one, and the fingerprint of
 /// their pod template's containers (`Workload::fingerprint`).
 #[derive(Debug, Default)]
-struct Owners(BTreeMap<OwnerKey, (Option<String>, Option<u64>)>);
+struct Owners(BTreeMap<OwnerKey, OwnerFacts>);
 
 /// Kind, namespace (empty when the manifest sets none) and name.
 type OwnerKey = (&'static str, String, String);
+
+/// An owner's UID and its pod template's fingerprint.
+type OwnerFacts = (Option<String>, Option<u64>);
 
 impl Owners {
     fn key(kind: &str, namespace: Option<&String>, name: &str) -> Option<OwnerKey> {
@@ -232,23 +470,22 @@ impl Owners {
         ))
     }
 
-    fn record(&mut self, workload: &Workload, object: &Value) {
+    /// The key and facts `workload` (`object`) records, unless it is a
+    /// Pod, which owns nothing.
+    fn entry(workload: &Workload, object: &Value) -> Option<(OwnerKey, OwnerFacts)> {
         if workload.kind == crate::policy::WorkloadKind::Pod {
-            return;
+            return None;
         }
-        let Some(key) = Self::key(
+        let key = Self::key(
             workload.kind.as_str(),
             workload.namespace.as_ref(),
             &workload.name,
-        ) else {
-            return;
-        };
+        )?;
         let uid = object
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let template = workload.fingerprint();
-        self.0.insert(key, (uid, template));
+        Some((key, (uid, workload.fingerprint())))
     }
 
     /// Whether `owner`, named by `workload`, is among the inputs and may
@@ -343,33 +580,43 @@ fn judge(
     report.findings.extend(found);
 }
 
-/// Labels of the Namespace objects among the inputs.
-fn namespace_labels(inputs: &[Input]) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for input in inputs {
-        for doc in yaml::read_stream(&input.text).flatten() {
-            for (_, object) in workload::objects(&doc.value) {
-                if object.get("kind").and_then(Value::as_str) != Some("Namespace") {
-                    continue;
+/// Labels of the Namespace objects among the inputs (the last one of a
+/// name wins).
+fn namespace_labels(
+    chunks: &[(usize, yaml::Chunk<'_>)],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    in_parallel(
+        chunks,
+        |batch| {
+            let mut out = Vec::new();
+            for doc in batch.iter().filter_map(|(_, c)| c.read()?.ok()) {
+                for (_, object) in workload::objects(&doc.value) {
+                    if object.get("kind").and_then(Value::as_str) != Some("Namespace") {
+                        continue;
+                    }
+                    let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
+                    else {
+                        continue;
+                    };
+                    let mut labels: BTreeMap<String, String> = object
+                        .pointer("/metadata/labels")
+                        .and_then(Value::as_object)
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+                    out.push((name.to_owned(), labels));
                 }
-                let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str) else {
-                    continue;
-                };
-                let mut labels: BTreeMap<String, String> = object
-                    .pointer("/metadata/labels")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-                out.insert(name.to_owned(), labels);
             }
-        }
-    }
-    out
+            out
+        },
+        |found| all.extend(found),
+    );
+    all
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub fn write(
     match format {
         Format::Text => text(report, quiet, out, err),
         Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, &to_json(report))?;
+            serde_json::to_writer_pretty(&mut *out, &JsonReport::of(report))?;
             writeln!(out)?;
             problems(report, true, err)
         }
@@ -49,26 +49,46 @@ pub fn write(
 }
 
 fn text(report: &Report, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<()> {
-    for l in &report.findings {
+    let mut findings = String::new();
+    render_text(&report.findings, &mut findings);
+    out.write_all(findings.as_bytes())?;
+    text_end(report, quiet, out, err)
+}
+
+/// Findings in the text format (the renderer [`super::lint_rendered`]
+/// takes).
+pub fn render_text(findings: &[super::Located], out: &mut String) {
+    use std::fmt::Write as _;
+    for l in findings {
         let f = &l.finding;
-        let exempt = f
-            .exempt
-            .as_ref()
-            .map(|r| format!(" (exempt: {r})"))
-            .unwrap_or_default();
-        writeln!(
+        let _ = write!(
             out,
-            "{}:{}:{}: {} [{}] {}{exempt}",
+            "{}:{}:{}: {} [{}] {}",
             l.file, l.pos.line, l.pos.col, f.rule.id, f.rule.name, f.message
-        )?;
-        if f.exempt.is_none() {
-            writeln!(out, "  help: {}", f.rule.help)?;
-        }
+        );
+        let _ = match &f.exempt {
+            Some(reason) => writeln!(out, " (exempt: {reason})"),
+            None => writeln!(out, "\n  help: {}", f.rule.help),
+        };
     }
+}
+
+/// What the text format prints after the findings: notes and errors, and
+/// the summary unless `quiet`.
+///
+/// # Errors
+///
+/// When writing fails.
+pub fn text_end(
+    report: &Report,
+    quiet: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<()> {
     out.flush()?;
     problems(report, quiet, err)?;
     if !quiet {
-        let exempt = report.findings.len() - report.violations();
+        let exempt = report.tally.exempt;
         let exempt = if exempt > 0 {
             format!(" ({exempt} exempt)")
         } else {
@@ -109,55 +129,111 @@ fn problems(report: &Report, quiet: bool, err: &mut dyn Write) -> io::Result<()>
 
 /// The JSON format (stable: fields are only ever added).
 pub fn to_json(report: &Report) -> Value {
-    let findings: Vec<Value> = report
-        .findings
-        .iter()
-        .map(|l| {
-            json!({
-                "rule": l.finding.rule.id,
-                "name": l.finding.rule.name,
-                "message": l.finding.message,
-                "help": l.finding.rule.help,
-                "file": l.file,
-                "line": l.pos.line,
-                "column": l.pos.col,
-                "pointer": l.finding.pointer,
-                "object": {
-                    "kind": l.object.kind,
-                    "name": l.object.name,
-                    "namespace": l.object.namespace,
-                },
-                "container": l.finding.container,
-                "policy": l.policy,
-                "exempt": l.finding.exempt,
-            })
-        })
-        .collect();
-    let problems = |list: &[super::Problem]| -> Vec<Value> {
-        list.iter()
-            .map(|p| {
-                json!({
-                    "file": p.file,
-                    "line": p.pos.map(|p| p.line),
-                    "column": p.pos.map(|p| p.col),
-                    "message": p.message,
+    serde_json::to_value(JsonReport::of(report)).unwrap_or(Value::Null)
+}
+
+// The JSON format's shape, serialized straight from the report (no tree
+// in between). Fields are in alphabetical order, as the format has always
+// printed them.
+
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    errors: Vec<JsonProblem<'a>>,
+    findings: Vec<JsonFinding<'a>>,
+    notes: Vec<JsonProblem<'a>>,
+    summary: JsonSummary,
+    version: u32,
+}
+
+#[derive(serde::Serialize)]
+struct JsonFinding<'a> {
+    column: usize,
+    container: Option<&'a str>,
+    exempt: Option<&'a str>,
+    file: &'a str,
+    help: &'a str,
+    line: usize,
+    message: &'a str,
+    name: &'a str,
+    object: JsonObject<'a>,
+    pointer: &'a str,
+    policy: &'a str,
+    rule: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct JsonObject<'a> {
+    kind: &'a str,
+    name: &'a str,
+    namespace: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonProblem<'a> {
+    column: Option<usize>,
+    file: &'a str,
+    line: Option<usize>,
+    message: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct JsonSummary {
+    errors: usize,
+    exempt: usize,
+    files: usize,
+    violations: usize,
+    workloads: usize,
+}
+
+impl<'a> JsonReport<'a> {
+    fn of(report: &'a Report) -> Self {
+        let problems = |list: &'a [super::Problem]| -> Vec<JsonProblem<'a>> {
+            list.iter()
+                .map(|p| JsonProblem {
+                    column: p.pos.map(|p| p.col),
+                    file: &p.file,
+                    line: p.pos.map(|p| p.line),
+                    message: &p.message,
                 })
+                .collect()
+        };
+        let findings = report
+            .findings
+            .iter()
+            .map(|l| JsonFinding {
+                column: l.pos.col,
+                container: l.finding.container.as_deref(),
+                exempt: l.finding.exempt.as_deref(),
+                file: &l.file,
+                help: l.finding.rule.help,
+                line: l.pos.line,
+                message: &l.finding.message,
+                name: l.finding.rule.name,
+                object: JsonObject {
+                    kind: l.object.kind,
+                    name: &l.object.name,
+                    namespace: l.object.namespace.as_deref(),
+                },
+                pointer: &l.finding.pointer,
+                policy: &l.policy,
+                rule: l.finding.rule.id,
             })
-            .collect()
-    };
-    json!({
-        "version": 1,
-        "findings": findings,
-        "errors": problems(&report.errors),
-        "notes": problems(&report.notes),
-        "summary": {
-            "files": report.files,
-            "workloads": report.workloads,
-            "violations": report.violations(),
-            "exempt": report.findings.len() - report.violations(),
-            "errors": report.errors.len(),
-        },
-    })
+            .collect();
+        let violations = report.violations();
+        JsonReport {
+            errors: problems(&report.errors),
+            findings,
+            notes: problems(&report.notes),
+            summary: JsonSummary {
+                errors: report.errors.len(),
+                exempt: report.tally.exempt,
+                files: report.files,
+                violations,
+                workloads: report.workloads,
+            },
+            version: 1,
+        }
+    }
 }
 
 /// SARIF 2.1.0: one run, every rule described, one result per finding,
