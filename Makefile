@@ -45,11 +45,11 @@ fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300): libFuzzer, release bui
 fuzz-long: ## Fuzz each target for an hour on both cores (a nightly job's length)
 	@FUZZ_JOBS=2 hack/fuzz.sh 3600
 
-bench-lint: ## Lint throughput and peak memory against kube-score (installed with go install)
+bench-lint: ## Lint throughput and peak memory against kube-score (go install) and kube-linter (when in the tools cache)
 	@test -x $(TOOLS_DIR)/bin/kube-score || { echo "[bench] go install kube-score@$(KUBE_SCORE_VERSION)"; \
 	  GOBIN=$(TOOLS_DIR)/bin go install github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION); }
 	@test -x $(TOOLS_DIR)/bin/kube-linter || GOBIN=$(TOOLS_DIR)/bin go install golang.stackrox.io/kube-linter/cmd/kube-linter@v0.7.6 \
-	  || echo "[bench] kube-linter could not be installed; benchmarking without it"
+	  || echo "[bench] kube-linter could not be installed; put a kube-linter binary in $(TOOLS_DIR)/bin to compare with it"
 	PROBITY_BENCH_TOOLS=$(TOOLS_DIR)/bin $(CARGO) bench --locked --bench lint_throughput
 
 bench-probe: ## Breaker vs recloser and failsafe, bulkhead vs tokio Semaphore (criterion)

@@ -1,5 +1,7 @@
 //! Lint throughput of `probity lint` against kube-score and kube-linter on
-//! one generated corpus, in one run, as ratios.
+//! one generated corpus, in one run, as ratios. The corpus is written both
+//! as one file and as a directory of ten (kube-linter finds no objects in
+//! one 10 MiB file); each peer is compared with probity on the same input.
 //!
 //! `cargo bench --bench lint_throughput` (or `make bench-lint`, which also
 //! installs the peers with `go install`). Under `cargo test` it runs a small
@@ -30,7 +32,29 @@ struct Sample {
     max_rss_kib: i64,
     code: i32,
     out_lines: usize,
+    /// It said it found no objects to lint (kube-linter's way of passing a
+    /// file it could not read).
+    found_nothing: bool,
 }
+
+/// The corpus as one file or as a directory of files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    File,
+    Dir,
+}
+
+impl Input {
+    fn label(self) -> &'static str {
+        match self {
+            Input::File => "1 file",
+            Input::Dir => "10 files",
+        }
+    }
+}
+
+/// Files the directory form of the corpus is split into.
+const FILES: usize = 10;
 
 fn main() {
     if std::env::var_os("PROBITY_BENCH_MEASURE").is_some() {
@@ -55,18 +79,28 @@ fn main() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-lint");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let corpus = dir.join(format!("corpus-{docs}.yaml"));
-    let (bytes, services) = generate(&corpus, docs);
+    let split = dir.join(format!("corpus-{docs}"));
+    let (bytes, services) = generate(&corpus, &split, docs);
+    let documents = docs + services;
     eprintln!(
-        "corpus: {docs} workload documents + {services} Services, {:.1} MiB ({})",
+        "corpus: {docs} workload documents + {services} Services, {:.1} MiB ({}, and as {FILES} files in {})",
         bytes as f64 / 1048576.0,
-        corpus.display()
+        corpus.display(),
+        split.display()
     );
+    let input_path = |input: Input| match input {
+        Input::File => path(&corpus),
+        Input::Dir => path(&split),
+    };
 
-    let mut tools: Vec<(String, Vec<String>, PathBuf)> = vec![(
-        "probity".to_owned(),
-        vec!["lint".into(), "-q".into(), path(&corpus)],
-        PathBuf::from(env!("CARGO_BIN_EXE_probity")),
-    )];
+    let probity = PathBuf::from(env!("CARGO_BIN_EXE_probity"));
+    let mut tools: Vec<(String, Input, Vec<String>, PathBuf)> = [Input::File, Input::Dir]
+        .into_iter()
+        .map(|input| {
+            let args = vec!["lint".into(), "-q".into(), input_path(input)];
+            ("probity".to_owned(), input, args, probity.clone())
+        })
+        .collect();
     if full {
         let tools_dir = std::env::var_os("PROBITY_BENCH_TOOLS").map(PathBuf::from);
         let find = |name: &str| {
@@ -77,7 +111,12 @@ fn main() {
                 .or_else(|| which(name))
         };
         match find("kube-score") {
-            Some(bin) => tools.push(("kube-score".to_owned(), kube_score_args(&bin, &corpus), bin)),
+            Some(bin) => tools.push((
+                "kube-score".to_owned(),
+                Input::File,
+                kube_score_args(&bin, &corpus),
+                bin,
+            )),
             None => eprintln!("kube-score: not installed (make bench-lint installs it)"),
         }
         match find("kube-linter") {
@@ -92,20 +131,23 @@ fn main() {
                     "lint".into(),
                     "--config".into(),
                     path(&config),
-                    path(&corpus),
+                    input_path(Input::Dir),
                 ];
-                tools.push(("kube-linter".to_owned(), args, bin));
+                tools.push(("kube-linter".to_owned(), Input::Dir, args, bin));
             }
-            None => eprintln!("kube-linter: not installed (make bench-lint tries to install it)"),
+            None => eprintln!(
+                "kube-linter: not in PROBITY_BENCH_TOOLS or PATH (build it from its source and put it there to compare)"
+            ),
         }
     }
 
     let mut rows = Vec::new();
-    for (name, args, bin) in &tools {
+    for (name, input, args, bin) in &tools {
         let warmup = measure(bin, args);
         assert!(
-            warmup.out_lines > 0,
-            "{name} printed no findings on a corpus full of violations (exit {})",
+            warmup.out_lines > 0 && !warmup.found_nothing,
+            "{name} found nothing on {} of a corpus full of violations (exit {}): the comparison would be meaningless",
+            input.label(),
             warmup.code
         );
         let mut samples: Vec<Sample> = (0..runs).map(|_| measure(bin, args)).collect();
@@ -113,33 +155,50 @@ fn main() {
         let median = samples[samples.len() / 2];
         let peak = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
         eprintln!(
-            "{name}: median {:.3}s wall, {:.3}s cpu, peak {:.1} MiB, {} output lines",
+            "{name} ({}): median {:.3}s wall, {:.3}s cpu, peak {:.1} MiB, {} output lines",
+            input.label(),
             median.wall,
             median.cpu,
             peak as f64 / 1024.0,
             median.out_lines
         );
-        rows.push((name.clone(), median, peak));
+        rows.push((name.clone(), *input, median, peak));
     }
 
     if !full {
-        let probity = &rows[0].1;
-        assert_eq!(probity.code, 1, "probity lint exits 1 on violations");
+        for (_, input, sample, _) in &rows {
+            assert_eq!(
+                sample.code,
+                1,
+                "probity lint exits 1 on violations ({})",
+                input.label()
+            );
+        }
         return;
     }
-    let (base_wall, base_rss) = (rows[0].1.wall, rows[0].2 as f64);
+    let baseline = |input: Input| {
+        rows.iter()
+            .find(|(name, i, _, _)| name == "probity" && *i == input)
+            .map(|(_, _, s, peak)| (s.wall, *peak as f64))
+            .unwrap_or((f64::NAN, f64::NAN))
+    };
+    let mib = bytes as f64 / 1048576.0;
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| tool | median wall | docs/s | peak RSS | time vs probity | memory vs probity |"
+        "| tool | input | median wall | CPU | docs/s | MiB/s | peak RSS | time vs probity | memory vs probity |"
     );
-    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|");
-    for (name, median, peak) in &rows {
+    let _ = writeln!(table, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, input, median, peak) in &rows {
+        let (base_wall, base_rss) = baseline(*input);
         let _ = writeln!(
             table,
-            "| {name} | {:.3} s | {:.0} | {:.1} MiB | {:.1}x | {:.1}x |",
+            "| {name} | {} | {:.3} s | {:.3} s | {:.0} | {:.1} | {:.1} MiB | {:.1}x | {:.1}x |",
+            input.label(),
             median.wall,
-            docs as f64 / median.wall,
+            median.cpu,
+            documents as f64 / median.wall,
+            mib / median.wall,
             *peak as f64 / 1024.0,
             median.wall / base_wall,
             *peak as f64 / base_rss
@@ -203,13 +262,14 @@ fn measure(bin: &Path, args: &[String]) -> Sample {
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
-    assert_eq!(f.len(), 5, "measurement output: {text:?}");
+    assert_eq!(f.len(), 6, "measurement output: {text:?}");
     Sample {
         wall: f[0],
         cpu: f[1],
         max_rss_kib: f[2] as i64,
         code: f[3] as i32,
         out_lines: f[4] as usize,
+        found_nothing: f[5] != 0.0,
     }
 }
 
@@ -218,28 +278,29 @@ fn measure_child() {
     let mut argv = std::env::args().skip(1);
     let bin = argv.next().expect("tool");
     let start = Instant::now();
-    let out = Command::new(&bin)
-        .args(argv)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run tool");
+    let out = Command::new(&bin).args(argv).output().expect("run tool");
     let wall = start.elapsed().as_secs_f64();
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let cpu = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    let said = |text: &[u8]| String::from_utf8_lossy(text).contains("no valid objects found");
+    let found_nothing = said(&out.stdout) || said(&out.stderr);
     println!(
-        "{wall} {} {} {} {lines}",
+        "{wall} {} {} {} {lines} {}",
         cpu(usage.user_time()) + cpu(usage.system_time()),
         usage.max_rss(),
-        out.status.code().unwrap_or(-1)
+        out.status.code().unwrap_or(-1),
+        u8::from(found_nothing)
     );
 }
 
 /// Writes `docs` workload documents (a deterministic mix of kinds, images
 /// and probe set-ups, most with some violation) plus a Service for each
 /// Deployment and StatefulSet, as kube-score only judges readiness for
-/// pods a Service targets. Returns the size and the Service count.
-fn generate(path: &Path, docs: usize) -> (usize, usize) {
+/// pods a Service targets. Writes it to `path`, and split at document
+/// boundaries into [`FILES`] files of about equal size under `dir`.
+/// Returns the size and the Service count.
+fn generate(path: &Path, dir: &Path, docs: usize) -> (usize, usize) {
     let mut out = String::with_capacity(docs * 1200);
     let mut services = 0;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -307,5 +368,20 @@ fn generate(path: &Path, docs: usize) -> (usize, usize) {
         }
     }
     std::fs::write(path, &out).expect("write corpus");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("corpus dir");
+    let mut rest = out.as_str();
+    for n in 0..FILES {
+        let target = rest.len() / (FILES - n);
+        let cut = if n + 1 == FILES {
+            rest.len()
+        } else {
+            rest[target..]
+                .find("\n---\n")
+                .map_or(rest.len(), |i| target + i + 1)
+        };
+        std::fs::write(dir.join(format!("part-{n:02}.yaml")), &rest[..cut]).expect("write part");
+        rest = &rest[cut..];
+    }
     (out.len(), services)
 }
