@@ -1,5 +1,6 @@
-//! Closed-path circuit breaker overhead against recloser and failsafe, and
-//! bulkhead acquire/release against a raw tokio semaphore, in one run.
+//! Closed-path circuit breaker overhead against recloser and failsafe (as
+//! closures) and tower-resilience (as tower layers), and bulkhead
+//! acquire/release against a raw tokio semaphore, in one run.
 //!
 //! `cargo bench -p probity-probe --bench resilience` (or `make bench-probe`).
 
@@ -9,13 +10,17 @@
     reason = "benchmarks measure wall time"
 )]
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use tower::{Layer as _, Service, ServiceExt as _};
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
-use probity_probe::breaker::{CircuitBreaker, Verdict};
+use probity_probe::breaker::{CircuitBreaker, CircuitBreakerLayer, Verdict};
 use probity_probe::bulkhead::Bulkhead;
 
 fn probity() -> CircuitBreaker {
@@ -28,7 +33,10 @@ fn breaker_single(c: &mut Criterion) {
         b.iter(|| black_box(Ok::<u64, ()>(black_box(1))))
     });
     let ours = probity();
-    g.bench_function("probity", |b| {
+    g.bench_function("probity call", |b| {
+        b.iter(|| ours.call(|| black_box(Ok::<u64, ()>(black_box(1)))))
+    });
+    g.bench_function("probity permit", |b| {
         b.iter(|| {
             let permit = ours.try_acquire().expect("closed");
             let r = black_box(Ok::<u64, ()>(black_box(1)));
@@ -77,7 +85,16 @@ where
 fn breaker_contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("breaker closed path, 2 threads");
     let ours = probity();
-    g.bench_function("probity", |b| {
+    g.bench_function("probity call", |b| {
+        let ours = ours.clone();
+        b.iter_custom(move |iters| {
+            let ours = ours.clone();
+            contended(iters, move || {
+                let _ = ours.call(|| black_box(Ok::<u64, ()>(1)));
+            })
+        })
+    });
+    g.bench_function("probity permit", |b| {
         let ours = ours.clone();
         b.iter_custom(move |iters| {
             let ours = ours.clone();
@@ -109,6 +126,91 @@ fn breaker_contended(c: &mut Criterion) {
     g.finish();
 }
 
+/// The service every layer wraps: answers at once.
+type Answer = fn(u64) -> Ready<Result<u64, Infallible>>;
+
+fn echo() -> tower::util::ServiceFn<Answer> {
+    fn answer(x: u64) -> Ready<Result<u64, Infallible>> {
+        ready(Ok(x))
+    }
+    tower::service_fn(answer as Answer)
+}
+
+/// Runs `f` to completion on this thread, polling again while it waits
+/// (a breaker behind a lock may wait for the other thread).
+fn drive<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// One request through `svc`: readiness, then the call.
+fn one<S: Service<u64>>(svc: &mut S) {
+    let ready = drive(svc.ready()).is_ok();
+    let r = drive(svc.call(black_box(1)));
+    black_box((ready, r.is_ok()));
+}
+
+/// Two threads, each with its own clone of one service (as two
+/// connections would have); time per request per thread.
+fn contended_service<S>(iters: u64, svc: &S) -> Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut svc, barrier) = (svc.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    one(&mut svc);
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("bench thread"))
+        .max()
+        .unwrap_or_default()
+}
+
+fn tower_layers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("breaker as a tower layer, closed path");
+    let theirs = || {
+        tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+            .build()
+            .expect("tower-resilience config")
+            .layer(echo())
+    };
+    let ours = || CircuitBreakerLayer::new(probity()).layer(echo());
+    let mut bare = echo();
+    g.bench_function("bare service (baseline), 1 thread", |b| {
+        b.iter(|| one(&mut bare))
+    });
+    let mut svc = ours();
+    g.bench_function("probity, 1 thread", |b| b.iter(|| one(&mut svc)));
+    let mut svc = theirs();
+    g.bench_function("tower-resilience, 1 thread", |b| b.iter(|| one(&mut svc)));
+    let svc = ours();
+    g.bench_function("probity, 2 threads", |b| {
+        b.iter_custom(|iters| contended_service(iters, &svc))
+    });
+    let svc = theirs();
+    g.bench_function("tower-resilience, 2 threads", |b| {
+        b.iter_custom(|iters| contended_service(iters, &svc))
+    });
+    g.finish();
+}
+
 fn bulkhead(c: &mut Criterion) {
     let mut g = c.benchmark_group("bulkhead acquire + release");
     let ours = Bulkhead::new(64, Duration::ZERO);
@@ -125,6 +227,6 @@ fn bulkhead(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = breaker_single, breaker_contended, bulkhead
+    targets = breaker_single, breaker_contended, tower_layers, bulkhead
 }
 criterion_main!(benches);

@@ -97,6 +97,7 @@ impl Builder {
                 own_evidence: AtomicBool::new(false),
                 gate: AtomicU8::new(Gate::Local as u8),
                 gate_patience_ms: AtomicU64::new(0),
+                untimed_count: config.slow_call.is_none() && matches!(window, Windowed::Count(_)),
                 window,
                 slow: Mutex::new(SlowPath {
                     consecutive_openings: 0,

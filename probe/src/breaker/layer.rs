@@ -118,7 +118,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.try_acquire_owned() {
+        match self.breaker.admit_owned() {
             Ok(permit) => ResponseFuture {
                 future: Some(self.inner.call(req)),
                 permit: Some(permit),

@@ -89,6 +89,9 @@ struct Shared {
     /// verdict before it sends a trial of its own, in ms.
     gate_patience_ms: AtomicU64,
     window: Windowed,
+    /// A count window and no slow-call timing: a closed call needs no
+    /// clock, only the window.
+    untimed_count: bool,
     slow: Mutex<SlowPath>,
     events: broadcast::Sender<Transition>,
     current: watch::Sender<State>,
@@ -263,22 +266,132 @@ impl CircuitBreaker {
         self.shared.manual(State::Closed);
     }
 
-    /// Runs `call` under the breaker, classifying its result with
-    /// `classify`.
+    /// Runs `call` under the breaker; an `Err` counts as a failure.
+    ///
+    /// ```
+    /// # use probity_probe::breaker::{CircuitBreaker, Rejected};
+    /// let breaker = CircuitBreaker::builder().build().expect("valid");
+    /// let n: Result<u32, Rejected<std::num::ParseIntError>> = breaker.call(|| "7".parse());
+    /// assert_eq!(n.ok(), Some(7));
+    /// ```
+    ///
+    /// On the closed path this is one state check before the call and one
+    /// window write after it, with no permit to carry.
     ///
     /// # Errors
     ///
     /// `Err(Rejected::Open)` without running `call` when the breaker is
     /// open; otherwise the call's own error as `Rejected::Inner`.
-    pub async fn call<F, T, E, C>(&self, classify: C, call: F) -> Result<T, Rejected<E>>
-    where
-        F: std::future::Future<Output = Result<T, E>>,
-        C: FnOnce(&Result<T, E>) -> Verdict,
-    {
+    #[inline]
+    pub fn call<T, E>(&self, call: impl FnOnce() -> Result<T, E>) -> Result<T, Rejected<E>> {
+        self.call_with(err_is_failure, call)
+    }
+
+    /// Like [`CircuitBreaker::call`], counting the result as `classify`
+    /// says.
+    ///
+    /// # Errors
+    ///
+    /// As [`CircuitBreaker::call`].
+    #[inline]
+    pub fn call_with<T, E>(
+        &self,
+        classify: impl FnOnce(&Result<T, E>) -> Verdict,
+        call: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, Rejected<E>> {
+        // The closed path on its own, so its permit is never merged with
+        // one from `try_acquire` and stays in registers.
+        if self.closed_untimed() {
+            let permit = Permit::closed_untimed(SharedRef::Borrowed(&self.shared));
+            let result = call();
+            permit.record(classify(&result));
+            return result.map_err(Rejected::Inner);
+        }
+        self.call_acquired(classify, call)
+    }
+
+    fn call_acquired<T, E>(
+        &self,
+        classify: impl FnOnce(&Result<T, E>) -> Verdict,
+        call: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, Rejected<E>> {
         let permit = self.try_acquire().map_err(Rejected::Open)?;
-        let result = call.await;
+        let result = call();
         permit.record(classify(&result));
         result.map_err(Rejected::Inner)
+    }
+
+    /// Runs the future `call` makes under the breaker; an `Err` counts as
+    /// a failure, and dropping the future before it finishes counts as the
+    /// breaker's [`OnCancel`].
+    ///
+    /// # Errors
+    ///
+    /// `Err(Rejected::Open)` without calling `call` when the breaker is
+    /// open; otherwise the call's own error as `Rejected::Inner`.
+    pub async fn call_async<F, Fut, T, E>(&self, call: F) -> Result<T, Rejected<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.call_async_with(err_is_failure, call).await
+    }
+
+    /// Like [`CircuitBreaker::call_async`], counting the result as
+    /// `classify` says.
+    ///
+    /// # Errors
+    ///
+    /// As [`CircuitBreaker::call_async`].
+    pub async fn call_async_with<F, Fut, T, E, C>(
+        &self,
+        classify: C,
+        call: F,
+    ) -> Result<T, Rejected<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Verdict,
+    {
+        let permit = self.admit().map_err(Rejected::Open)?;
+        let result = call().await;
+        permit.record(classify(&result));
+        result.map_err(Rejected::Inner)
+    }
+
+    /// Admission with the closed, untimed case first: one load of the
+    /// state, no clock.
+    #[inline(always)]
+    fn admit(&self) -> Result<Permit<'_>, Open> {
+        if self.closed_untimed() {
+            return Ok(Permit::closed_untimed(SharedRef::Borrowed(&self.shared)));
+        }
+        self.try_acquire()
+    }
+
+    /// [`CircuitBreaker::admit`] with a permit that owns a reference to the
+    /// breaker (the tower layer's).
+    #[inline]
+    pub(crate) fn admit_owned(&self) -> Result<OwnedPermit, Open> {
+        if self.closed_untimed() {
+            return Ok(Permit::closed_untimed(SharedRef::Owned(Arc::clone(
+                &self.shared,
+            ))));
+        }
+        self.try_acquire_owned()
+    }
+
+    #[inline(always)]
+    fn closed_untimed(&self) -> bool {
+        let s = &self.shared;
+        s.untimed_count && s.state.load(Ordering::Acquire) == State::Closed.code()
+    }
+}
+
+fn err_is_failure<T, E>(result: &Result<T, E>) -> Verdict {
+    match result {
+        Ok(_) => Verdict::Success,
+        Err(_) => Verdict::Failure,
     }
 }
 

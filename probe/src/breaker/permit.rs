@@ -59,12 +59,28 @@ pub(super) fn permit(shared: SharedRef<'_>, kind: PermitKind) -> Permit<'_> {
     }
 }
 
+impl<'a> Permit<'a> {
+    /// A closed-path permit of a breaker with a count window and no
+    /// slow-call timing.
+    #[inline(always)]
+    pub(super) fn closed_untimed(shared: SharedRef<'a>) -> Self {
+        Permit {
+            generation: shared.generation.load(Ordering::Acquire),
+            shared,
+            started: None,
+            kind: PermitKind::Closed,
+            done: false,
+        }
+    }
+}
+
 impl Permit<'_> {
     /// Records how the call went.
-    #[inline]
+    #[inline(always)]
     pub fn record(mut self, verdict: Verdict) {
         self.done = true;
-        // The closed path's common case: one success, no timing.
+        // The closed path's common case: one success, no timing. Inlined
+        // into the caller, so the permit stays in registers.
         if verdict == Verdict::Success
             && self.kind == PermitKind::Closed
             && self.started.is_none()
@@ -74,10 +90,14 @@ impl Permit<'_> {
             w.record(Outcome::Success);
             return;
         }
+        self.record_slow(verdict);
+    }
+
+    #[inline(never)]
+    fn record_slow(self, verdict: Verdict) {
         self.finish(Some(verdict));
     }
 
-    #[inline]
     fn finish(&self, verdict: Option<Verdict>) {
         let s = &self.shared;
         let verdict = match verdict {
@@ -133,8 +153,16 @@ impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
         if !self.done {
-            self.done = true;
-            self.finish(None);
+            self.cancelled();
         }
+    }
+}
+
+impl Permit<'_> {
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&mut self) {
+        self.done = true;
+        self.finish(None);
     }
 }

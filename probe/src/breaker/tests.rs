@@ -247,17 +247,58 @@ fn configuration_is_validated() {
 #[tokio::test(start_paused = true)]
 async fn call_runs_only_when_closed() {
     let b = breaker().minimum_calls(1).build().expect("valid");
-    let r: Result<(), Rejected<&str>> = b.call(|_| Verdict::Failure, async { Err("boom") }).await;
+    let r: Result<(), Rejected<&str>> = b.call_async(|| async { Err("boom") }).await;
     assert!(matches!(r, Err(Rejected::Inner("boom"))));
     let ran = std::cell::Cell::new(false);
     let r: Result<(), Rejected<&str>> = b
-        .call(|_| Verdict::Success, async {
+        .call_async(|| async {
             ran.set(true);
             Ok(())
         })
         .await;
     assert!(matches!(r, Err(Rejected::Open(_))));
+    let r: Result<(), Rejected<&str>> = b.call(|| {
+        ran.set(true);
+        Ok(())
+    });
+    assert!(matches!(r, Err(Rejected::Open(_))));
     assert!(!ran.get());
+}
+
+#[tokio::test(start_paused = true)]
+async fn closure_calls_count_like_permits() {
+    // The untimed closed path (count window) and the timed one (slow-call
+    // timing) both count results and trip the breaker.
+    for timed in [false, true] {
+        let mut builder = breaker()
+            .count_window(10)
+            .minimum_calls(4)
+            .failure_rate(0.5);
+        if timed {
+            builder = builder.slow_call(secs(1), 1.0);
+        }
+        let b = builder.build().expect("valid");
+        for _ in 0..2 {
+            assert_eq!(b.call(|| Ok::<_, ()>(1)).ok(), Some(1));
+        }
+        let ignored = b.call_with(|_| Verdict::Ignore, || Err::<(), _>("not counted"));
+        assert!(matches!(ignored, Err(Rejected::Inner(_))));
+        assert_eq!(b.snapshot().calls, 2, "timed: {timed}");
+        let _ = b.call(|| Err::<(), _>("down"));
+        assert_eq!(b.state(), State::Closed);
+        let _ = b.call_async(|| async { Err::<(), _>("down") }).await;
+        assert_eq!(b.state(), State::Open, "timed: {timed}");
+        assert_eq!(b.snapshot().failures, 2);
+    }
+    // A dropped future counts as the breaker's cancellation policy says.
+    let b = breaker()
+        .minimum_calls(1)
+        .on_cancel(OnCancel::Failure)
+        .build()
+        .expect("valid");
+    let pending = b.call_async(std::future::pending::<Result<(), ()>>);
+    let _ = tokio::time::timeout(secs(1), pending).await;
+    assert_eq!(b.state(), State::Open);
 }
 
 #[tokio::test(start_paused = true)]
