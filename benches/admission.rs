@@ -6,8 +6,14 @@
 //!    and, interleaved in the same run, for a JSON tree built first.
 //!    `--in-process` stops after this part.
 //! 2. End to end through a real kube-apiserver: p50/p99 latency of
-//!    Deployment creates at 50 concurrent clients, in a namespace the
-//!    webhook covers and in one it does not, alternating rounds.
+//!    Deployment creates one at a time and at 10 and 50 concurrent
+//!    clients, in a namespace the webhook covers and in one it does not,
+//!    alternating rounds; and where the added time goes, per phase: the
+//!    API server's own timing of the webhook call
+//!    (`apiserver_admission_webhook_admission_duration_seconds`), the
+//!    operator's time from request to answer
+//!    (`probity_admission_duration_seconds`), and the TLS connections the
+//!    API server opened (`probity_webhook_connections_total`).
 //!
 //! `make bench-admission`. Under `cargo test` (no `--bench`) a short smoke
 //! run checks the measurement, not speed.
@@ -189,10 +195,120 @@ async fn creates(
     Ok(samples)
 }
 
-/// p50/p99 with the webhook, then without, per concurrency level.
-type Latencies = Vec<(usize, [(Duration, Duration); 2])>;
+/// One concurrency level: p50/p99 with the webhook and without, and the
+/// phases of the reviews made meanwhile.
+struct Level {
+    concurrency: usize,
+    with: (Duration, Duration),
+    without: (Duration, Duration),
+    phases: Phases,
+}
 
-async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::Result<Latencies> {
+/// Counters read from both sides' metrics; the difference of two readings
+/// covers the reviews made between them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    /// The API server's time calling the webhook, summed, and the calls.
+    apiserver_sum: f64,
+    apiserver_count: f64,
+    /// The operator's time from request to answer, summed, and the reviews.
+    operator_sum: f64,
+    operator_count: f64,
+    /// TLS connections the operator accepted, by protocol.
+    h2: f64,
+    http1: f64,
+}
+
+impl std::ops::Sub for Phases {
+    type Output = Phases;
+    fn sub(self, o: Phases) -> Phases {
+        Phases {
+            apiserver_sum: self.apiserver_sum - o.apiserver_sum,
+            apiserver_count: self.apiserver_count - o.apiserver_count,
+            operator_sum: self.operator_sum - o.operator_sum,
+            operator_count: self.operator_count - o.operator_count,
+            h2: self.h2 - o.h2,
+            http1: self.http1 - o.http1,
+        }
+    }
+}
+
+/// Sums the samples of `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Both sides' counters now.
+async fn phases(client: &Client, admin_port: u16) -> anyhow::Result<Phases> {
+    let apiserver = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let operator = http_get(admin_port, "/metrics").await?;
+    let webhook = ["name=\"validate.probity.dev\""];
+    let validate = ["webhook=\"validate\""];
+    Ok(Phases {
+        apiserver_sum: metric(
+            &apiserver,
+            "apiserver_admission_webhook_admission_duration_seconds_sum",
+            &webhook,
+        ),
+        apiserver_count: metric(
+            &apiserver,
+            "apiserver_admission_webhook_admission_duration_seconds_count",
+            &webhook,
+        ),
+        operator_sum: metric(
+            &operator,
+            "probity_admission_duration_seconds_sum",
+            &validate,
+        ),
+        operator_count: metric(
+            &operator,
+            "probity_admission_duration_seconds_count",
+            &validate,
+        ),
+        h2: metric(
+            &operator,
+            "probity_webhook_connections_total",
+            &["protocol=\"h2\""],
+        ),
+        http1: metric(
+            &operator,
+            "probity_webhook_connections_total",
+            &["protocol=\"http/1.1\""],
+        ),
+    })
+}
+
+/// The body of a plain HTTP GET on loopback.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await??;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::Result<Vec<Level>> {
     let client: Client = env.client()?;
     probity::controller::install_crds(&client, Duration::from_secs(60)).await?;
     let system = env.namespace(&client, "bench-system").await?;
@@ -273,23 +389,32 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
     creates(&with, "warm", 50, 50).await?;
     creates(&without, "warm", 50, 50).await?;
     let mut out = Vec::new();
-    for concurrency in [1, 50] {
+    for concurrency in [1, 10, 50] {
         let mut a = Vec::new();
         let mut b = Vec::new();
+        let mut phases_with = Phases::default();
         for round in 0..rounds {
             let prefix = format!("c{concurrency}-r{round}");
             b.extend(creates(&without, &prefix, per_round, concurrency).await?);
+            let before = phases(&client, admin_port).await?;
             a.extend(creates(&with, &prefix, per_round, concurrency).await?);
+            let after = phases(&client, admin_port).await?;
+            let d = after - before;
+            phases_with.apiserver_sum += d.apiserver_sum;
+            phases_with.apiserver_count += d.apiserver_count;
+            phases_with.operator_sum += d.operator_sum;
+            phases_with.operator_count += d.operator_count;
+            phases_with.h2 += d.h2;
+            phases_with.http1 += d.http1;
         }
         a.sort();
         b.sort();
-        out.push((
+        out.push(Level {
             concurrency,
-            [
-                (percentile(&a, 50.0), percentile(&a, 99.0)),
-                (percentile(&b, 50.0), percentile(&b, 99.0)),
-            ],
-        ));
+            with: (percentile(&a, 50.0), percentile(&a, 99.0)),
+            without: (percentile(&b, 50.0), percentile(&b, 99.0)),
+            phases: phases_with,
+        });
     }
     Ok(out)
 }
@@ -345,15 +470,36 @@ async fn main() -> anyhow::Result<()> {
         "| concurrency | without webhook p50 / p99 | with probity webhook p50 / p99 | added p50 / p99 |"
     );
     println!("|---:|---:|---:|---:|");
-    for (concurrency, [(w50, w99), (b50, b99)]) in results {
+    for l in &results {
+        let ((w50, w99), (b50, b99)) = (l.with, l.without);
         println!(
-            "| {concurrency} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:+.2} / {:+.2} ms |",
+            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:+.2} / {:+.2} ms |",
+            l.concurrency,
             ms(b50),
             ms(b99),
             ms(w50),
             ms(w99),
             ms(w50) - ms(b50),
             ms(w99) - ms(b99)
+        );
+    }
+    println!("\nwhere the added time goes (means over the same reviews, from both sides' metrics)");
+    println!(
+        "| concurrency | API server's webhook call | operator, request to answer | TLS, HTTP and the API server's encoding (difference) | TLS connections opened (h2 / http/1.1) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for l in &results {
+        let p = l.phases;
+        let call = p.apiserver_sum / p.apiserver_count.max(1.0) * 1e3;
+        let served = p.operator_sum / p.operator_count.max(1.0) * 1e3;
+        println!(
+            "| {} | {call:.3} ms ({} calls) | {served:.3} ms ({} reviews) | {:.3} ms | {} / {} |",
+            l.concurrency,
+            p.apiserver_count,
+            p.operator_count,
+            call - served,
+            p.h2,
+            p.http1
         );
     }
     tokio::task::spawn_blocking(move || drop(env)).await?;

@@ -109,6 +109,11 @@ impl Outcome {
 /// Observes every review (webhook name, outcome, time taken).
 pub type Observer = Arc<dyn Fn(&'static str, Outcome, Duration) + Send + Sync>;
 
+/// Observes every connection that completes its TLS handshake, with the
+/// protocol it negotiated (`h2` or `http/1.1`): how often the API server
+/// opens a new connection shows whether it reuses them.
+pub type ConnectionObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// The webhooks' shared state.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -417,13 +422,14 @@ async fn mutate_handler(
 }
 
 /// Serves `app` over TLS on `listener` until `stop` resolves, then lets
-/// in-flight requests finish (for at most 10 s).
+/// in-flight requests finish (for at most `deadline`).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     stop: impl Future<Output = ()> + Send,
     deadline: Duration,
+    on_connection: Option<ConnectionObserver>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -471,6 +477,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
+        let on_connection = on_connection.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -484,6 +491,12 @@ pub async fn serve(
                     return;
                 }
             };
+            if let Some(observe) = &on_connection {
+                observe(match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => "h2",
+                    _ => "http/1.1",
+                });
+            }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
@@ -768,6 +781,7 @@ mod tests {
                 let _ = stopped.await;
             },
             Duration::from_secs(10),
+            None,
         ));
         let served = get(port, &ca, Some(&client_pair)).await;
         assert_eq!(

@@ -48,6 +48,12 @@ pub(crate) struct WebhookLabel {
     pub(crate) webhook: String,
 }
 
+/// Labels naming a negotiated protocol.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProtocolLabel {
+    pub(crate) protocol: String,
+}
+
 /// Every metric the operator exports, and the registry holding them.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -61,6 +67,7 @@ pub(crate) struct Metrics {
     pub(crate) leader: Gauge,
     pub(crate) admission: Family<AdmissionLabels, Counter>,
     pub(crate) admission_duration: Family<WebhookLabel, Histogram>,
+    pub(crate) webhook_connections: Family<ProtocolLabel, Counter>,
 }
 
 impl Metrics {
@@ -126,10 +133,17 @@ impl Metrics {
             "Time to answer an admission review, registry calls included",
             admission_duration.clone(),
         );
+        let webhook_connections = Family::<ProtocolLabel, Counter>::default();
+        registry.register(
+            "probity_webhook_connections",
+            "TLS connections accepted by the webhook server, by negotiated protocol (h2, http/1.1)",
+            webhook_connections.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             admission,
             admission_duration,
+            webhook_connections,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::metrics::{AdmissionLabels, Metrics, WebhookLabel};
+use super::metrics::{AdmissionLabels, Metrics, ProtocolLabel, WebhookLabel};
 use super::reconcile::PolicyObject as _;
 use super::{Context, Error, Stop};
 use crate::admission::certs::{self, SelfManaged};
@@ -174,9 +174,26 @@ pub(crate) async fn start(
         mutate_budget: options.budget,
         observer: Some(observer(&ctx.metrics)),
     };
+    let metrics = Arc::clone(&ctx.metrics);
+    let connections: server::ConnectionObserver = Arc::new(move |protocol: &'static str| {
+        metrics
+            .webhook_connections
+            .get_or_create(&ProtocolLabel {
+                protocol: protocol.to_owned(),
+            })
+            .inc();
+    });
     tracing::info!(%addr, "admission webhooks listening (/validate /mutate)");
     Ok(tokio::spawn(async move {
-        server::serve(listener, config, server::router(webhooks), stop, deadline).await;
+        server::serve(
+            listener,
+            config,
+            server::router(webhooks),
+            stop,
+            deadline,
+            Some(connections),
+        )
+        .await;
         maintainer.abort();
     }))
 }

@@ -351,6 +351,17 @@ async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() ->
         metrics.contains("probity_admission_reviews_total{webhook=\"validate\",result=\"denied\"}"),
         "{metrics}"
     );
+    // The API server's connections, counted by protocol; it keeps them
+    // open, so hundreds of reviews took a handful.
+    let connections: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("probity_webhook_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        connections >= 1.0 && connections < f64::from(admitted) / 2.0,
+        "{connections} connections for {admitted} reviews:\n{metrics}"
+    );
     Ok(())
 }
 
