@@ -55,21 +55,18 @@ fn breaker_single(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two threads hammering one shared breaker; time per call per thread.
-fn contended<F>(iters: u64, call: F) -> Duration
-where
-    F: Fn() + Send + Sync + 'static,
-{
-    let call = Arc::new(call);
+/// Two threads, each with its own clone of `state`, calling `each` on it
+/// `iters` times; the slower thread's time.
+fn on_two_threads<S: Clone + Send + 'static>(iters: u64, state: &S, each: fn(&mut S)) -> Duration {
     let barrier = Arc::new(Barrier::new(2));
     let threads: Vec<_> = (0..2)
         .map(|_| {
-            let (call, barrier) = (Arc::clone(&call), Arc::clone(&barrier));
+            let (mut state, barrier) = (state.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
                 let start = Instant::now();
                 for _ in 0..iters {
-                    call();
+                    each(&mut state);
                 }
                 start.elapsed()
             })
@@ -80,6 +77,14 @@ where
         .map(|t| t.join().expect("bench thread"))
         .max()
         .unwrap_or_default()
+}
+
+/// Two threads hammering one shared breaker; time per call per thread.
+fn contended<F>(iters: u64, call: F) -> Duration
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    on_two_threads(iters, &Arc::new(call), |call| call())
 }
 
 fn breaker_contended(c: &mut Criterion) {
@@ -162,25 +167,7 @@ fn contended_service<S>(iters: u64, svc: &S) -> Duration
 where
     S: Service<u64> + Clone + Send + 'static,
 {
-    let barrier = Arc::new(Barrier::new(2));
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let (mut svc, barrier) = (svc.clone(), Arc::clone(&barrier));
-            std::thread::spawn(move || {
-                barrier.wait();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    one(&mut svc);
-                }
-                start.elapsed()
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("bench thread"))
-        .max()
-        .unwrap_or_default()
+    on_two_threads(iters, svc, one)
 }
 
 fn tower_layers(c: &mut Criterion) {

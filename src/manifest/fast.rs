@@ -338,51 +338,31 @@ impl<'a> Reader<'a> {
         let line = self.line()?;
         let pos = self.pos(col);
         match line.get(col)? {
-            b'{' => {
-                self.b.start(false, 0, pos).ok()?;
+            open @ (b'{' | b'[') => {
+                let seq = *open == b'[';
+                let close = if seq { b']' } else { b'}' };
+                self.b.start(seq, 0, pos).ok()?;
                 let mut i = skip_spaces(line, col + 1);
-                if line.get(i) == Some(&b'}') {
+                if line.get(i) == Some(&close) {
                     self.b.end(pos).ok()?;
                     return Some(i + 1);
                 }
                 loop {
-                    i = self.flow_key(i)?;
-                    i = skip_spaces(line, i);
-                    i = self.flow_node(i)?;
-                    i = skip_spaces(line, i);
-                    match line.get(i)? {
-                        b',' => {
-                            i = skip_spaces(line, i + 1);
-                            if matches!(line.get(i), Some(b'}' | b']' | b',')) {
-                                return None;
-                            }
-                        }
-                        b'}' => {
-                            self.b.end(pos).ok()?;
-                            return Some(i + 1);
-                        }
-                        _ => return None,
+                    if !seq {
+                        i = self.flow_key(i)?;
+                        i = skip_spaces(line, i);
                     }
-                }
-            }
-            b'[' => {
-                self.b.start(true, 0, pos).ok()?;
-                let mut i = skip_spaces(line, col + 1);
-                if line.get(i) == Some(&b']') {
-                    self.b.end(pos).ok()?;
-                    return Some(i + 1);
-                }
-                loop {
                     i = self.flow_node(i)?;
                     i = skip_spaces(line, i);
                     match line.get(i)? {
                         b',' => {
+                            // No trailing commas, no empty entries.
                             i = skip_spaces(line, i + 1);
                             if matches!(line.get(i), Some(b'}' | b']' | b',')) {
                                 return None;
                             }
                         }
-                        b']' => {
+                        c if *c == close => {
                             self.b.end(pos).ok()?;
                             return Some(i + 1);
                         }
