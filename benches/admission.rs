@@ -202,6 +202,8 @@ struct Level {
     with: (Duration, Duration),
     without: (Duration, Duration),
     phases: Phases,
+    /// CPU per create (per review for the operator).
+    cpu_per_create: Cpu,
 }
 
 /// Counters read from both sides' metrics; the difference of two readings
@@ -388,16 +390,25 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
     // Warm both paths, then alternate rounds so drift affects both alike.
     creates(&with, "warm", 50, 50).await?;
     creates(&without, "warm", 50, 50).await?;
+    let control_plane = env.pids();
+    let operator = child.pid();
+    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let mut out = Vec::new();
     for concurrency in [1, 10, 50] {
         let mut a = Vec::new();
         let mut b = Vec::new();
         let mut phases_with = Phases::default();
+        let mut cpu = Cpu::default();
         for round in 0..rounds {
             let prefix = format!("c{concurrency}-r{round}");
+            let started = cpu_of(&control_plane);
             b.extend(creates(&without, &prefix, per_round, concurrency).await?);
+            cpu.control_plane_without += cpu_of(&control_plane) - started;
             let before = phases(&client, admin_port).await?;
+            let (cp, op) = (cpu_of(&control_plane), cpu_of(&[operator]));
             a.extend(creates(&with, &prefix, per_round, concurrency).await?);
+            cpu.control_plane_with += cpu_of(&control_plane) - cp;
+            cpu.operator += cpu_of(&[operator]) - op;
             let after = phases(&client, admin_port).await?;
             let d = after - before;
             phases_with.apiserver_sum += d.apiserver_sum;
@@ -414,9 +425,43 @@ async fn end_to_end(env: &TestEnv, rounds: usize, per_round: usize) -> anyhow::R
             with: (percentile(&a, 50.0), percentile(&a, 99.0)),
             without: (percentile(&b, 50.0), percentile(&b, 99.0)),
             phases: phases_with,
+            cpu_per_create: Cpu {
+                control_plane_without: cpu.control_plane_without / b.len().max(1) as f64,
+                control_plane_with: cpu.control_plane_with / a.len().max(1) as f64,
+                operator: cpu.operator / a.len().max(1) as f64,
+            },
         });
     }
     Ok(out)
+}
+
+/// CPU seconds: etcd and the API server without the webhook and with it,
+/// and the operator.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    control_plane_without: f64,
+    control_plane_with: f64,
+    operator: f64,
+}
+
+/// User + system CPU time of `pid` so far, in seconds (0 when unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), from field 3:
+    // utime and stime are fields 14 and 15, in USER_HZ (100 on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn us(d: Duration) -> f64 {
@@ -500,6 +545,22 @@ async fn main() -> anyhow::Result<()> {
             call - served,
             p.h2,
             p.http1
+        );
+    }
+    println!("\nCPU per create (etcd + kube-apiserver) and per review (operator)");
+    println!(
+        "| concurrency | control plane without webhook | control plane with webhook | added to the control plane | operator |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for l in &results {
+        let c = l.cpu_per_create;
+        println!(
+            "| {} | {:.3} ms | {:.3} ms | {:+.3} ms | {:.3} ms |",
+            l.concurrency,
+            c.control_plane_without * 1e3,
+            c.control_plane_with * 1e3,
+            (c.control_plane_with - c.control_plane_without) * 1e3,
+            c.operator * 1e3
         );
     }
     tokio::task::spawn_blocking(move || drop(env)).await?;
