@@ -158,8 +158,21 @@ enum Emit<'e> {
     Render(&'e Render, &'e mut dyn FnMut(&str)),
 }
 
-/// A document's input and position: the order output follows.
-type DocKey = (usize, Pos);
+/// An object's input and position: the order output follows.
+type ObjectKey = (usize, Pos);
+
+/// The pieces of a list that `marks` starts (each mark: a key and where
+/// its piece starts), up to `len`.
+fn pieces(
+    marks: &[(ObjectKey, usize)],
+    len: usize,
+) -> impl Iterator<Item = (ObjectKey, std::ops::Range<usize>)> + '_ {
+    let ends = marks.iter().skip(1).map(|(_, start)| *start).chain([len]);
+    marks
+        .iter()
+        .zip(ends)
+        .map(|((key, start), end)| (*key, *start..end))
+}
 
 fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
     let chunks: Vec<(usize, yaml::Chunk<'_>)> = inputs
@@ -186,7 +199,7 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
     // held back, so the ones judged late can be put in their place.
     let mut holding = false;
     let mut held: Vec<Located> = Vec::new();
-    let mut held_text: Vec<(DocKey, String)> = Vec::new();
+    let mut held_text: Vec<(ObjectKey, String)> = Vec::new();
     in_parallel(
         &chunks,
         |batch| {
@@ -210,10 +223,8 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
                 Emit::Keep(_) if holding => held.extend(part.report.findings),
                 Emit::Keep(each) => each(part.report.findings),
                 Emit::Render(..) if holding => {
-                    let starts = part.text_docs.iter().map(|(_, start)| *start);
-                    let ends = starts.skip(1).chain([part.text.len()]);
-                    for ((key, start), end) in part.text_docs.iter().zip(ends) {
-                        held_text.push((*key, part.text[*start..end].to_owned()));
+                    for (key, range) in pieces(&part.text_objects, part.text.len()) {
+                        held_text.push((key, part.text[range].to_owned()));
                     }
                 }
                 Emit::Render(_, write) => write(&part.text),
@@ -224,10 +235,9 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
     // inputs hold that owner (with the same UID, and for a Pod the same
     // containers); otherwise on their own.
     let mut late = Report::default();
-    let mut late_docs: Vec<(DocKey, usize)> = Vec::new();
+    let mut late_objects: Vec<(ObjectKey, usize)> = Vec::new();
     for (file_index, doc, prefixes) in &deferred {
         let file = &inputs[*file_index].name;
-        late_docs.push(((*file_index, doc.pos), late.findings.len()));
         for prefix in prefixes {
             let Some(object) = doc.value.pointer(prefix) else {
                 continue;
@@ -249,15 +259,18 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
                         workload.name
                     ),
                 }),
-                None => judge(
-                    file,
-                    doc,
-                    prefix,
-                    &workload,
-                    policies,
-                    &namespaces,
-                    &mut late,
-                ),
+                None => {
+                    late_objects.push(((*file_index, doc.locate(prefix)), late.findings.len()));
+                    judge(
+                        file,
+                        doc,
+                        prefix,
+                        &workload,
+                        policies,
+                        &namespaces,
+                        &mut late,
+                    );
+                }
             }
         }
     }
@@ -280,12 +293,11 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
             each(held);
         }
         Emit::Render(render, write) => {
-            for (i, (key, start)) in late_docs.iter().enumerate() {
-                let end = late_docs.get(i + 1).map_or(late.findings.len(), |d| d.1);
-                if *start < end {
+            for (key, range) in pieces(&late_objects, late.findings.len()) {
+                if !range.is_empty() {
                     let mut text = String::new();
-                    render(&late.findings[*start..end], &mut text);
-                    held_text.push((*key, text));
+                    render(&late.findings[range], &mut text);
+                    held_text.push((key, text));
                 }
             }
             held_text.sort_by_key(|(key, _)| *key);
@@ -306,14 +318,14 @@ struct Part {
     /// Documents with objects that name a controller, judged once the
     /// owners are known: the input, the document, the objects' pointers.
     deferred: Vec<(usize, yaml::Document, Vec<String>)>,
-    /// Each document read, and where its findings start in
+    /// Each object judged, and where its findings start in
     /// `report.findings`.
-    docs: Vec<(DocKey, usize)>,
+    objects: Vec<(ObjectKey, usize)>,
     /// When rendering: the findings as text (`report.findings` is then
-    /// emptied on the thread that made them), and where each document's
+    /// emptied on the thread that made them), and where each object's
     /// text starts.
     text: String,
-    text_docs: Vec<(DocKey, usize)>,
+    text_objects: Vec<(ObjectKey, usize)>,
 }
 
 impl Part {
@@ -338,8 +350,6 @@ impl Part {
                 return;
             }
         };
-        self.docs
-            .push(((file_index, doc.pos), self.report.findings.len()));
         let mut controlled = Vec::new();
         for (prefix, object) in workload::objects(&doc.value) {
             let Some(workload) = classify(file, &doc, &prefix, object, &mut self.report) else {
@@ -349,6 +359,10 @@ impl Part {
             if workload.controller.is_some() {
                 controlled.push(prefix);
             } else {
+                self.objects.push((
+                    (file_index, doc.locate(&prefix)),
+                    self.report.findings.len(),
+                ));
                 judge(
                     file,
                     &doc,
@@ -373,11 +387,10 @@ impl Part {
             return;
         };
         let findings = std::mem::take(&mut self.report.findings);
-        for (i, (key, start)) in self.docs.iter().enumerate() {
-            let end = self.docs.get(i + 1).map_or(findings.len(), |d| d.1);
-            if *start < end {
-                self.text_docs.push((*key, self.text.len()));
-                render(&findings[*start..end], &mut self.text);
+        for (key, range) in pieces(&self.objects, findings.len()) {
+            if !range.is_empty() {
+                self.text_objects.push((key, self.text.len()));
+                render(&findings[range], &mut self.text);
             }
         }
     }
@@ -729,6 +742,53 @@ spec:
             pod("ReplicationController", "v1", "rs-1", "nginx:latest")
         ));
         assert_eq!(judged_pods(&report), 0, "{:?}", report.findings);
+    }
+
+    /// Text written as it is found is the text of the kept report, also
+    /// when a List holds an object judged late before one judged at once.
+    #[test]
+    fn rendered_output_follows_the_kept_order() {
+        let owned = pod("ReplicaSet", "apps/v1", "gone", "nginx:latest");
+        let owned: Value = serde_json::from_str(
+            &serde_json::to_string(
+                &yaml::read_stream(&owned)
+                    .next()
+                    .expect("doc")
+                    .expect("pod")
+                    .value,
+            )
+            .expect("json"),
+        )
+        .expect("value");
+        let list = serde_json::json!({
+            "apiVersion": "v1", "kind": "List",
+            "items": [owned, serde_json::from_str::<Value>(
+                r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                    "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:latest"}]}}}}"#,
+            ).expect("deployment")],
+        });
+        let text = format!(
+            "{RS}---\n{}\n---\n{}",
+            serde_json::to_string_pretty(&list).expect("list"),
+            pod("ReplicaSet", "apps/v1", "rs-1", "other:latest")
+        );
+        let inputs = [Input {
+            name: "m.yaml".to_owned(),
+            text,
+            path: None,
+        }];
+        let policies = [Policy::builtin()];
+        let kept = lint(&inputs, &policies);
+        let mut expected = String::new();
+        report::render_text(&kept.findings, &mut expected);
+        let mut written = String::new();
+        let streamed = lint_rendered(&inputs, &policies, &report::render_text, &mut |t| {
+            written.push_str(t)
+        });
+        assert!(judged_pods(&kept) > 0, "{:?}", kept.findings);
+        assert_eq!(written, expected);
+        assert_eq!(streamed.tally, kept.tally);
+        assert_eq!(streamed.workloads, kept.workloads);
     }
 
     #[test]
