@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::review::{Object, Operation, Request, Response};
 use crate::policy::Policy;
 use crate::policy::{
-    Classified, ExistingViolations, Finding, Mode, Workload, WorkloadKind, evaluate,
+    Classified, ExistingViolations, Finding, Mode, Severity, Workload, WorkloadKind, evaluate,
 };
 
 /// Kubernetes shows at most this many characters of one warning.
@@ -165,6 +165,7 @@ pub fn validate(
                 continue;
             }
             let blocking = policy.spec.mode == Mode::Enforce
+                && finding.severity == Severity::Error
                 && match (&old_findings, policy.spec.admission.existing_violations) {
                     (Some(before), ExistingViolations::Warn) => {
                         introduced_or_kept(finding, before, workload, old)
@@ -174,9 +175,10 @@ pub fn validate(
             if blocking {
                 denials.push(denial_line(finding, &policy.name));
             } else {
-                let tag = match policy.spec.mode {
-                    Mode::Audit => "audit",
-                    Mode::Enforce => "existing",
+                let tag = match (finding.severity, policy.spec.mode) {
+                    (Severity::Warning, _) => "warning",
+                    (_, Mode::Audit) => "audit",
+                    (_, Mode::Enforce) => "existing",
                 };
                 warnings.insert(warning(finding, tag));
             }

@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 
 use crate::policy::Policy;
-use crate::policy::{ExistingViolations, Mode, Profile, WorkloadKind, rules};
+use crate::policy::{ExistingViolations, Mode, Profile, Severity, WorkloadKind, rules};
 
 /// Label on every generated object.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "probity-operator");
@@ -265,6 +265,11 @@ pub fn validations(policy: &Policy) -> Vec<Value> {
             ));
         }
     }
+    // Warnings are never denied, and rules turned off are not judged.
+    out.retain(|v| {
+        let id = v["message"].as_str().and_then(|m| m.split(':').next());
+        id.is_none_or(|id| spec.severity_of(id) == Severity::Error)
+    });
     out
 }
 

@@ -1,7 +1,7 @@
 //! `probity lint`: the glue between the command line and the library.
 
 use probity::lint::policies::{self, Policy};
-use probity::lint::{self, Outcome, Problem, report};
+use probity::lint::{self, Outcome, Problem, report, select};
 use probity::manifest::{self, Input};
 use probity::policy::rules;
 
@@ -13,23 +13,43 @@ pub(super) fn run(args: &LintArgs) -> Exit {
     if let Some(rule) = &args.explain {
         return explain(rule);
     }
-    let policies = match load_policies(&args.policy) {
+    let mut policies = match load_policies(&args.policy) {
         Ok(p) => p,
         Err(message) => {
             eprintln!("error: {message}");
             return Exit::Error;
         }
     };
-    let (inputs, unreadable) = manifest::collect(&args.paths);
-    let mut out = Output::stdout();
-    // Text is printed as it is found; the other formats are one document.
-    let mut result = match args.format {
-        report::Format::Text => {
-            lint::lint_rendered(&inputs, &policies, &report::render_text, &mut |text| {
-                out.print(text);
-            })
+    match select::deselected(&args.select, &args.ignore) {
+        Ok(off) => select::apply(&mut policies, &off),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Error;
         }
-        _ => lint::lint(&inputs, &policies),
+    }
+    let mut out = match &args.output {
+        None => Output::stdout(),
+        Some(path) => match Output::file(path) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("error: --output {}: {e}", path.display());
+                return Exit::Error;
+            }
+        },
+    };
+    let (inputs, unreadable) = manifest::collect(&args.paths);
+    // Line formats are printed as they are found; the others are one
+    // document.
+    let line_format: Option<&lint::Render> = match args.format {
+        report::Format::Text => Some(&report::render_text),
+        report::Format::Github => Some(&report::render_github),
+        _ => None,
+    };
+    let mut result = match line_format {
+        Some(render) => lint::lint_rendered(&inputs, &policies, render, &mut |text| {
+            out.print(text);
+        }),
+        None => lint::lint(&inputs, &policies),
     };
     let unreadable = unreadable.into_iter().map(|u| Problem {
         file: u.name,
@@ -45,6 +65,7 @@ pub(super) fn run(args: &LintArgs) -> Exit {
     let mut err = std::io::stderr().lock();
     let _ = match args.format {
         report::Format::Text => report::text_end(&result, args.quiet, &mut out, &mut err),
+        report::Format::Github => report::github_end(&result, args.quiet, &mut out, &mut err),
         format => report::write(&result, format, args.quiet, &mut out, &mut err),
     };
     out.finish(exit)

@@ -5,23 +5,45 @@ use std::io::{self, Write};
 
 use super::Exit;
 
-/// Locked, buffered standard output (a line-buffered stdout would make a
-/// system call per finding). After a broken pipe, writes are discarded and
+/// Locked, buffered standard output or a file (a line-buffered stdout
+/// would make a system call per finding). After a broken pipe, writes are discarded and
 /// succeed; any other error fails the write and is reported by
 /// [`Output::finish`].
-#[derive(Debug)]
 pub(crate) struct Output {
-    out: io::BufWriter<io::StdoutLock<'static>>,
+    out: io::BufWriter<Box<dyn Write>>,
+    /// What `out` is, for error messages.
+    name: String,
     closed: bool,
     failed: Option<io::Error>,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("name", &self.name)
+            .field("closed", &self.closed)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 // === impl Output ===
 
 impl Output {
     pub(crate) fn stdout() -> Self {
+        Self::to(Box::new(io::stdout().lock()), "standard output")
+    }
+
+    /// A new file at `path` (replaced when it exists).
+    pub(crate) fn file(path: &std::path::Path) -> io::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        Ok(Self::to(Box::new(file), &path.display().to_string()))
+    }
+
+    fn to(out: Box<dyn Write>, name: &str) -> Self {
         Self {
-            out: io::BufWriter::with_capacity(64 * 1024, io::stdout().lock()),
+            out: io::BufWriter::with_capacity(64 * 1024, out),
+            name: name.to_owned(),
             closed: false,
             failed: None,
         }
@@ -40,7 +62,7 @@ impl Output {
         match self.failed.take() {
             None => exit,
             Some(e) => {
-                eprintln!("error: writing standard output: {e}");
+                eprintln!("error: writing {}: {e}", self.name);
                 Exit::Error
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod policies;
 pub mod report;
+pub mod select;
 
 use std::collections::BTreeMap;
 
@@ -76,28 +77,39 @@ pub struct Report {
     pub tally: Tally,
 }
 
-/// Findings counted by whether they are exempt.
+/// Findings counted by how much they count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Findings that are not exempt.
+    /// Findings that are neither exempt nor warnings.
     pub violations: usize,
     /// Findings the workload exempts itself from.
     pub exempt: usize,
+    /// Findings of rules whose severity is Warning.
+    pub warnings: usize,
 }
 
 impl Tally {
     fn add(&mut self, findings: &[Located]) {
-        let exempt = findings
-            .iter()
-            .filter(|f| f.finding.exempt.is_some())
-            .count();
-        self.exempt += exempt;
-        self.violations += findings.len() - exempt;
+        for f in findings {
+            if f.finding.exempt.is_some() {
+                self.exempt += 1;
+            } else if f.finding.severity == crate::policy::Severity::Warning {
+                self.warnings += 1;
+            } else {
+                self.violations += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.violations += other.violations;
+        self.exempt += other.exempt;
+        self.warnings += other.warnings;
     }
 }
 
 impl Report {
-    /// Findings that are not exempt.
+    /// Findings that are neither exempt nor warnings.
     pub fn violations(&self) -> usize {
         self.tally.violations
     }
@@ -212,8 +224,7 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
         },
         |part| {
             report.workloads += part.report.workloads;
-            report.tally.violations += part.report.tally.violations;
-            report.tally.exempt += part.report.tally.exempt;
+            report.tally.merge(part.report.tally);
             report.errors.extend(part.report.errors);
             report.notes.extend(part.report.notes);
             owners.0.extend(part.owners);

@@ -86,6 +86,20 @@ pub fn load(input: &Input) -> Result<Vec<Policy>, BadPolicy> {
                 selector::validate(sel).map_err(|e| bad(doc.locate(pointer), e.to_string()))?;
             }
         }
+        if let Some(id) = spec.severity.keys().find(|id| {
+            !crate::policy::rules::ALL
+                .iter()
+                .any(|r| r.id == id.as_str())
+        }) {
+            let pointer = format!(
+                "/spec/severity/{}",
+                id.replace('~', "~0").replace('/', "~1")
+            );
+            return Err(bad(
+                doc.locate(&pointer),
+                format!("severity names unknown rule {id:?} (keys are rule ids such as PRB108)"),
+            ));
+        }
         let namespace = if cluster { None } else { meta.namespace };
         let display = match (&namespace, cluster) {
             (_, true) => format!("ClusterReadinessPolicy/{name}"),

@@ -1,12 +1,14 @@
 //! Output formats of `probity lint`: text for people, JSON for scripts,
-//! SARIF 2.1.0 for code-scanning tools. All write findings to stdout;
-//! text writes notes, errors and the summary to stderr.
+//! SARIF 2.1.0 for code-scanning tools, GitHub Actions annotations. All
+//! write findings to stdout; text and GitHub write notes, errors and the
+//! summary to stderr (GitHub also annotates input errors on stdout).
 
 use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
 use super::Report;
+use crate::policy::Severity;
 use crate::policy::rules;
 
 /// An output format.
@@ -18,6 +20,9 @@ pub enum Format {
     Json,
     /// SARIF 2.1.0, for GitHub code scanning and other SARIF consumers.
     Sarif,
+    /// GitHub Actions workflow commands (`::error file=...,line=...::`):
+    /// annotations on the changed lines of a pull request.
+    Github,
 }
 
 /// Writes `report` in `format`: findings to `out`, and for text the notes,
@@ -35,6 +40,12 @@ pub fn write(
 ) -> io::Result<()> {
     match format {
         Format::Text => text(report, quiet, out, err),
+        Format::Github => {
+            let mut findings = String::new();
+            render_github(&report.findings, &mut findings);
+            out.write_all(findings.as_bytes())?;
+            github_end(report, quiet, out, err)
+        }
         Format::Json => {
             serde_json::to_writer_pretty(&mut *out, &JsonReport::of(report))?;
             writeln!(out)?;
@@ -66,11 +77,86 @@ pub fn render_text(findings: &[super::Located], out: &mut String) {
             "{}:{}:{}: {} [{}] {}",
             l.file, l.pos.line, l.pos.col, f.rule.id, f.rule.name, f.message
         );
-        let _ = match &f.exempt {
-            Some(reason) => writeln!(out, " (exempt: {reason})"),
-            None => writeln!(out, "\n  help: {}", f.rule.help),
+        let _ = match (&f.exempt, f.severity) {
+            (Some(reason), _) => writeln!(out, " (exempt: {reason})"),
+            (None, Severity::Warning) => writeln!(out, " (warning)\n  help: {}", f.rule.help),
+            (None, _) => writeln!(out, "\n  help: {}", f.rule.help),
         };
     }
+}
+
+/// Findings as GitHub Actions workflow commands: `::error` for
+/// violations, `::warning` for warnings, `::notice` for exempt findings.
+pub fn render_github(findings: &[super::Located], out: &mut String) {
+    use std::fmt::Write as _;
+    for l in findings {
+        let f = &l.finding;
+        let (level, message) = match (&f.exempt, f.severity) {
+            (Some(reason), _) => ("notice", format!("{} (exempt: {reason})", f.message)),
+            (None, Severity::Warning) => ("warning", f.message.clone()),
+            (None, _) => ("error", f.message.clone()),
+        };
+        let _ = writeln!(
+            out,
+            "::{level} {}line={},col={},title={}::{}",
+            github_file(&l.file),
+            l.pos.line,
+            l.pos.col,
+            github_property(&format!("{} [{}]", f.rule.id, f.rule.name)),
+            github_data(&format!("{message}\nhelp: {}", f.rule.help)),
+        );
+    }
+}
+
+/// What the GitHub format prints after the findings: input errors as
+/// annotations, then the text format's notes, errors and summary on
+/// stderr.
+///
+/// # Errors
+///
+/// When writing fails.
+pub fn github_end(
+    report: &Report,
+    quiet: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<()> {
+    for e in &report.errors {
+        let line = e
+            .pos
+            .map(|p| format!("line={},col={},", p.line, p.col))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "::error {}{line}title=probity::{}",
+            github_file(&e.file),
+            github_data(&e.message)
+        )?;
+    }
+    text_end(report, quiet, out, err)
+}
+
+/// `file=PATH,` for a file, nothing for standard input.
+fn github_file(file: &str) -> String {
+    if file == "<stdin>" {
+        return String::new();
+    }
+    format!(
+        "file={},",
+        github_property(file.strip_prefix("./").unwrap_or(file))
+    )
+}
+
+/// A workflow command's message: `%`, CR and LF escaped.
+fn github_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// A workflow command's property value: also `:` and `,` escaped.
+fn github_property(text: &str) -> String {
+    github_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
 /// What the text format prints after the findings: notes and errors, and
@@ -94,11 +180,16 @@ pub fn text_end(
         } else {
             String::new()
         };
-        let summary = match report.violations() {
+        let mut summary = match report.violations() {
             0 => "no violations".to_owned(),
             1 => "1 violation".to_owned(),
             n => format!("{n} violations"),
         };
+        match report.tally.warnings {
+            0 => {}
+            1 => summary.push_str(", 1 warning"),
+            n => summary.push_str(&format!(", {n} warnings")),
+        }
         writeln!(
             err,
             "{summary}{exempt} in {} workload{} from {} file{}",
@@ -159,6 +250,7 @@ struct JsonFinding<'a> {
     pointer: &'a str,
     policy: &'a str,
     rule: &'a str,
+    severity: &'static str,
 }
 
 #[derive(serde::Serialize)]
@@ -182,6 +274,7 @@ struct JsonSummary {
     exempt: usize,
     files: usize,
     violations: usize,
+    warnings: usize,
     workloads: usize,
 }
 
@@ -217,6 +310,7 @@ impl<'a> JsonReport<'a> {
                 pointer: &l.finding.pointer,
                 policy: &l.policy,
                 rule: l.finding.rule.id,
+                severity: l.finding.severity.as_str(),
             })
             .collect();
         let violations = report.violations();
@@ -229,6 +323,7 @@ impl<'a> JsonReport<'a> {
                 exempt: report.tally.exempt,
                 files: report.files,
                 violations,
+                warnings: report.tally.warnings,
                 workloads: report.workloads,
             },
             version: 1,
@@ -260,7 +355,10 @@ pub fn to_sarif(report: &Report) -> Value {
             let mut result = json!({
                 "ruleId": l.finding.rule.id,
                 "ruleIndex": index,
-                "level": "error",
+                "level": match l.finding.severity {
+                    Severity::Warning => "warning",
+                    _ => "error",
+                },
                 "message": {"text": l.finding.message},
                 "locations": [{
                     "physicalLocation": {
@@ -342,4 +440,20 @@ fn uri(file: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_commands_escape_what_github_would_misread() {
+        assert_eq!(github_data("50%\r\nnext"), "50%25%0D%0Anext");
+        assert_eq!(
+            github_property("deploy/a,b:c.yaml"),
+            "deploy/a%2Cb%3Ac.yaml"
+        );
+        assert_eq!(github_file("./deploy/web.yaml"), "file=deploy/web.yaml,");
+        assert_eq!(github_file("<stdin>"), "");
+    }
 }

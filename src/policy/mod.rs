@@ -18,7 +18,7 @@ pub use resolved::{API_VERSION, Policy};
 pub use rules::{Finding, RuleMeta, evaluate};
 pub use spec::{
     AdmissionRules, ClusterReadinessPolicySpec, ExistingViolations, ImageRules, Match, Mode,
-    PinMode, ProbeRule, ProbeRules, Profile, ReadinessPolicySpec, RegistryUnavailable,
+    PinMode, ProbeRule, ProbeRules, Profile, ReadinessPolicySpec, RegistryUnavailable, Severity,
     WorkloadKind,
 };
 pub use spec::{ClusterReadinessPolicy, ReadinessPolicy};

@@ -2,6 +2,8 @@
 //! and `ClusterReadinessPolicy`, and the built-in default `probity lint`
 //! uses. Doc comments here become the CRD's OpenAPI descriptions.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -28,6 +30,7 @@ use super::status::PolicyStatus;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = paths_differ(),
     validation = registry_hosts(),
+    validation = severity_keys(),
     doc = "Pinned images and honest probes for the workloads of one namespace."
 )]
 pub struct ReadinessPolicySpec {
@@ -55,6 +58,36 @@ pub struct ReadinessPolicySpec {
     /// Which rules a workload may exempt itself from.
     #[serde(default)]
     pub exemptions: ExemptionRules,
+    /// Severity per rule id (`PRB108: Warning`). Error, the default,
+    /// counts as a violation and Enforce denies it; Warning is reported
+    /// (lint output, admission warnings) but never fails a lint run, is
+    /// never denied and is not counted as a violation; Off skips the rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub severity: BTreeMap<String, Severity>,
+}
+
+/// How much a rule's findings count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Severity {
+    /// A violation: fails `probity lint`, denied in Enforce mode.
+    #[default]
+    Error,
+    /// Reported, never failing or denying.
+    Warning,
+    /// Not evaluated.
+    Off,
+}
+
+impl Severity {
+    /// `error`, `warning` or `off`, as machine formats write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// Which rules a workload's `probity.dev/exempt` annotation may exempt. The
@@ -145,6 +178,7 @@ pub enum RegistryUnavailable {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = paths_differ(),
     validation = registry_hosts(),
+    validation = severity_keys(),
     doc = "Pinned images and honest probes for workloads across namespaces."
 )]
 pub struct ClusterReadinessPolicySpec {
@@ -180,6 +214,14 @@ fn registry_hosts() -> kube::core::Rule {
         "spec.images.allowedRegistries: use registry names such as ghcr.io, ghcr.io/acme or \
          registry.internal:5000, without a scheme",
     )
+}
+
+/// Severity is keyed by rule id (at most 64: the schema's maxProperties).
+fn severity_keys() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "!has(self.spec.severity) || self.spec.severity.all(k, k.matches('^PRB[0-9]{3}$'))",
+    )
+    .message("spec.severity: keys are rule ids such as PRB108")
 }
 
 /// Whether violations are only reported or also denied.
@@ -414,6 +456,7 @@ impl ProbeRule {
     fn readiness() -> Self {
         Self {
             required: true,
+            max_timeout_seconds: Some(5),
             ..Self::default()
         }
     }
@@ -428,6 +471,11 @@ impl ProbeRule {
 }
 
 impl ReadinessPolicySpec {
+    /// The severity of rule `id` under this policy.
+    pub fn severity_of(&self, id: &str) -> Severity {
+        self.severity.get(id).copied().unwrap_or_default()
+    }
+
     /// Whether this policy applies to a workload of `kind` with `labels`.
     pub fn matches(
         &self,

@@ -477,3 +477,203 @@ fn sarif_schema() -> PathBuf {
         .with_file_name("src")
         .join("schema.json")
 }
+
+const SEVERITY_POLICY: &str = "tests/fixtures/lint/severity/policy.yaml";
+const SEVERITY_INPUT: &str = "tests/fixtures/lint/severity/deployments.yaml";
+
+#[test]
+fn text_and_github_output_snapshots() {
+    for format in ["text", "github"] {
+        let out = probity(&[
+            "lint",
+            "--format",
+            format,
+            "--policy",
+            SEVERITY_POLICY,
+            SEVERITY_INPUT,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        insta::assert_snapshot!(format!("{format}-format"), stdout(&out));
+        insta::assert_snapshot!(format!("{format}-format-summary"), stderr(&out));
+    }
+}
+
+#[test]
+fn warnings_are_printed_but_do_not_fail_the_run() {
+    let out = probity(&[
+        "lint",
+        "--format",
+        "json",
+        "--policy",
+        SEVERITY_POLICY,
+        "--ignore",
+        "PRB102",
+        SEVERITY_INPUT,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["summary"]["violations"], 0);
+    assert_eq!(report["summary"]["warnings"], 2, "{report:#}");
+    let severities: Vec<(&str, &str)> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap_or_default(),
+                f["severity"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        severities.contains(&("PRB001", "warning")),
+        "{severities:?}"
+    );
+    assert!(
+        !severities.iter().any(|(rule, _)| *rule == "PRB002"),
+        "PRB002 is off: {severities:?}"
+    );
+    let text = probity(&[
+        "lint",
+        "--policy",
+        SEVERITY_POLICY,
+        "--ignore",
+        "PRB102",
+        SEVERITY_INPUT,
+    ]);
+    assert_eq!(text.status.code(), Some(0));
+    assert!(
+        stderr(&text).contains("no violations, 2 warnings (1 exempt) in 2 workloads"),
+        "{}",
+        stderr(&text)
+    );
+
+    // A policy naming an unknown rule is refused where it says so.
+    let dir = tempdir("severity");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: probity.dev/v1alpha1\nkind: ReadinessPolicy\nmetadata: {name: p}\nspec:\n  severity:\n    PRB999: Warning\n",
+    )
+    .expect("write");
+    let out = probity(&["lint", "--policy", policy.to_str().expect("utf-8"), CLEAN]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("policy.yaml:6:13: severity names unknown rule \"PRB999\""),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+fn rules_found(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["lint", "--format", "json"];
+    all.extend_from_slice(args);
+    all.push(DIRTY);
+    let out = probity(&all);
+    assert_no_panic(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut rules: Vec<String> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["rule"].as_str().map(str::to_owned))
+        .collect();
+    rules.dedup();
+    rules
+}
+
+#[test]
+fn select_and_ignore_choose_rules_like_ruff() {
+    assert_eq!(rules_found(&[]), ["PRB104"]);
+    assert!(rules_found(&["--ignore", "PRB104"]).is_empty());
+    assert!(rules_found(&["--select", "PRB0"]).is_empty());
+    assert_eq!(
+        rules_found(&["--select", "PRB0,liveness-same-as-readiness"]),
+        ["PRB104"]
+    );
+    assert_eq!(
+        rules_found(&["--select", "PRB104", "--ignore", "PRB1"]),
+        ["PRB104"]
+    );
+    assert!(rules_found(&["--select", "PRB1", "--ignore", "prb104"]).is_empty());
+    let out = probity(&["lint", "--select", "PRB7", DIRTY]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--select \"PRB7\" names no rule"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn output_writes_findings_to_a_file() {
+    let dir = tempdir("output");
+    let file = dir.join("findings.sarif");
+    let out = probity(&[
+        "lint",
+        "--format",
+        "sarif",
+        "--output",
+        file.to_str().expect("utf-8"),
+        DIRTY,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let sarif: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("written")).expect("json");
+    assert_eq!(sarif["runs"][0]["results"][0]["ruleId"], "PRB104");
+    let out = probity(&["lint", "--output", "/nonexistent/dir/out.txt", DIRTY]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("error: --output /nonexistent/dir/out.txt: No such file"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for (shell, needle) in [
+        ("bash", "complete -F _probity"),
+        ("zsh", "#compdef probity"),
+        ("fish", "complete -c probity"),
+    ] {
+        let out = probity(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(needle), "{shell}: {script}");
+        assert!(script.contains("--select"), "{shell}: lint's flags");
+        if shell == "bash" {
+            let dir = tempdir("completions");
+            let path = dir.join("probity.bash");
+            std::fs::write(&path, &script).expect("write");
+            let check = Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .output()
+                .expect("bash");
+            assert!(check.status.success(), "{}", stderr(&check));
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+        }
+    }
+    let out = probity(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_default_policy_bounds_readiness_timeouts_at_5_seconds() {
+    let out = probity(&[
+        "lint",
+        "--select",
+        "PRB106",
+        "tests/fixtures/lint/PRB106/fires.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("timeoutSeconds 30, above the maximum of 5"),
+        "{}",
+        stdout(&out)
+    );
+}

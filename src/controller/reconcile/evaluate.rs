@@ -13,7 +13,7 @@ use crate::controller::drift::{self, PodObservation};
 use crate::controller::store::WorkloadKey;
 use crate::policy::Policy;
 use crate::policy::rules::RuleMeta;
-use crate::policy::{Classified, Workload, WorkloadKind, evaluate, selector};
+use crate::policy::{Classified, Severity, Workload, WorkloadKind, evaluate, selector};
 
 /// A finding as cached per workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub(crate) struct Found {
     pub(super) container: Option<String>,
     pub(super) message: String,
     pub(super) exempt: bool,
+    /// The policy's severity for the rule is Warning: reported, never
+    /// counted as a violation.
+    pub(super) warning: bool,
 }
 
 // === impl Found ===
@@ -33,6 +36,7 @@ impl From<crate::policy::Finding> for Found {
             container: f.container,
             message: f.message,
             exempt: f.exempt.is_some(),
+            warning: f.severity == crate::policy::Severity::Warning,
         }
     }
 }
@@ -45,6 +49,7 @@ impl From<drift::RuntimeFinding> for Found {
             container: f.container,
             message: f.message,
             exempt: false,
+            warning: false,
         }
     }
 }
@@ -182,8 +187,21 @@ pub(super) fn evaluate_matched(
                     .any(|f| f.rule.id == crate::policy::rules::SYNCHRONIZED_RESTARTS.id);
                 found.extend(runtime);
             }
+            // Runtime findings take the policy's severity here.
+            found.retain_mut(|f| match policy.spec.severity_of(f.rule.id) {
+                Severity::Off => false,
+                Severity::Warning => {
+                    f.warning = true;
+                    true
+                }
+                Severity::Error => true,
+            });
             outcome.matched += 1;
-            let active: Vec<Found> = found.iter().filter(|f| !f.exempt).cloned().collect();
+            let active: Vec<Found> = found
+                .iter()
+                .filter(|f| !f.exempt && !f.warning)
+                .cloned()
+                .collect();
             if !active.is_empty() {
                 outcome.violating += 1;
                 outcome.violations.push((WorkloadRef { key, uid }, active));
@@ -224,6 +242,7 @@ pub(super) fn evaluate_body(policy: &Policy, body: &str) -> Vec<Found> {
                 container: None,
                 message: format!("could not read the workload: {e}"),
                 exempt: false,
+                warning: false,
             }];
         }
     };

@@ -209,6 +209,7 @@ mod tests {
             container: Some(container.to_owned()),
             message: message.to_owned(),
             exempt: false,
+            warning: false,
         }
     }
 

@@ -182,6 +182,7 @@ mod tests {
             container: Some("c".to_owned()),
             message: "m".to_owned(),
             exempt: false,
+            warning: false,
         };
         Outcome {
             matched: i64::try_from(workloads).unwrap_or(i64::MAX),

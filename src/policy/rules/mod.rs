@@ -25,7 +25,7 @@ mod prb900_invalid_exemption;
 
 use super::pod::{Container, Probe};
 
-use super::spec::ReadinessPolicySpec;
+use super::spec::{ReadinessPolicySpec, Severity};
 use super::workload::Workload;
 use crate::image::Reference;
 
@@ -133,6 +133,9 @@ pub struct Finding {
     pub pointer: String,
     /// The workload's stated reason, when it exempts itself from the rule.
     pub exempt: Option<String>,
+    /// How much it counts, from the policy's `severity` (never Off: such
+    /// rules are not evaluated).
+    pub severity: Severity,
 }
 
 /// Per-container context handed to the rules.
@@ -159,6 +162,7 @@ impl Cx<'_> {
             message,
             pointer,
             exempt: None,
+            severity: Severity::Error,
         }
     }
 
@@ -250,11 +254,13 @@ pub fn evaluate(policy: &ReadinessPolicySpec, workload: &Workload) -> Vec<Findin
         };
         check_image(&cx, &mut out);
     }
-    for finding in &mut out {
+    out.retain_mut(|finding| {
         if let Some(reason) = exemptions.get(finding.rule.id) {
             finding.exempt = Some(reason.clone());
         }
-    }
+        finding.severity = policy.severity_of(finding.rule.id);
+        finding.severity != Severity::Off
+    });
     out
 }
 

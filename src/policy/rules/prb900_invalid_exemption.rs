@@ -70,6 +70,7 @@ pub(super) fn parse_all(
                     message,
                     pointer: pointer.clone(),
                     exempt: None,
+                    severity: crate::policy::spec::Severity::Error,
                 }),
                 None => {
                     for id in rules {
