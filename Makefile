@@ -11,8 +11,9 @@ export PROBITY_E2E := require
 export PROBITY_K8S_BIN_DIR := $(K8S_BIN_DIR)
 export PROBITY_REGISTRY_BIN := $(shell hack/registry.sh path)
 export PROBITY_REDIS_BIN := $(shell hack/redis.sh path)
+export PROBITY_PROMTOOL_BIN := $(shell hack/promtool.sh path)
 
-.PHONY: binaries registry redis help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission bench-admission-hostile control-plane demo up clean-control-plane
+.PHONY: chart-docs binaries registry redis promtool help test fmt-check clippy unit-and-e2e fuzz fuzz-long bench-lint bench-probe lab-cascade bench-operator bench-admission bench-admission-hostile control-plane demo up clean-control-plane
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -23,7 +24,7 @@ help: ## List targets
 CARGO_ALL := --workspace --all-features --locked
 
 test: ## Everything CI runs: fmt, clippy, unit + e2e tests (with the fuzz corpora), the demo; each step timed
-	@hack/steps.sh control-plane registry redis fmt-check clippy unit-and-e2e demo
+	@hack/steps.sh control-plane registry redis promtool fmt-check clippy unit-and-e2e demo
 	@echo "make test: all checks passed"
 
 fmt-check: ## rustfmt check
@@ -61,8 +62,14 @@ bench-operator: control-plane ## Operator convergence time and peak RSS at 1,000
 lab-cascade: redis ## The cascade lab: a dependency slows to 8 s under five configurations, a retry storm, and three replicas sharing breakers and a charge queue through Redis (~20 min; writes docs/cascade/)
 	$(CARGO) bench --locked -p probity-probe --features chaos,queue --bench cascade
 
+chart-docs: ## Regenerate the values table of charts/probity/README.md from values.yaml's comments
+	$(CARGO) run --locked -q -p probity-testenv -- chart-docs
+
 registry: ## Fetch Debian's docker-registry into the cache (once), the OCI registry tests run
 	@hack/registry.sh install
+
+promtool: ## Build Prometheus' promtool into the cache (once), which checks the chart's alerting rules
+	@hack/promtool.sh install
 
 redis: ## Fetch Debian's redis-server into the cache (once), the Redis the fleet and queue tests run
 	@hack/redis.sh install

@@ -31,6 +31,8 @@ pub struct WebhookConfig {
     pub endpoint: Endpoint,
     /// probity's own namespace, always excluded with kube-system.
     pub namespace: String,
+    /// More namespaces the webhooks never see.
+    pub exclude_namespaces: Vec<String>,
     /// `Ignore` or `Fail`.
     pub failure_policy: String,
     /// `timeoutSeconds` (1-30).
@@ -53,6 +55,23 @@ pub fn rules() -> Value {
     ])
 }
 
+/// The namespaces admission never judges: kube-system, probity's own
+/// (`own`) and `extra`, each once, in that order. The webhooks'
+/// namespace selectors and the backstop bindings use the same list, so an
+/// exclusion holds whether or not the webhooks answer.
+pub fn excluded_namespaces(own: &str, extra: &[String]) -> Vec<String> {
+    let mut excluded: Vec<String> = Vec::with_capacity(extra.len() + 2);
+    for ns in ["kube-system", own]
+        .into_iter()
+        .chain(extra.iter().map(String::as_str))
+    {
+        if !ns.is_empty() && !excluded.iter().any(|e| e == ns) {
+            excluded.push(ns.to_owned());
+        }
+    }
+    excluded
+}
+
 impl WebhookConfig {
     fn client_config(&self, path: &str) -> Value {
         let mut config = match &self.endpoint {
@@ -73,10 +92,7 @@ impl WebhookConfig {
     }
 
     fn webhook(&self, name: &str, path: &str) -> Value {
-        let mut excluded = vec!["kube-system".to_owned()];
-        if self.namespace != "kube-system" {
-            excluded.push(self.namespace.clone());
-        }
+        let excluded = excluded_namespaces(&self.namespace, &self.exclude_namespaces);
         json!({
             "name": name,
             "clientConfig": self.client_config(path),
@@ -130,6 +146,7 @@ mod tests {
                 port: 443,
             },
             namespace: "probity".to_owned(),
+            exclude_namespaces: Vec::new(),
             failure_policy: "Ignore".to_owned(),
             timeout_seconds: 3,
             ca_bundle: None,
@@ -151,5 +168,22 @@ mod tests {
             m["webhooks"][0]["clientConfig"]["service"]["path"],
             "/mutate"
         );
+    }
+
+    #[test]
+    fn exclusions_are_listed_once_after_the_system_ones() {
+        assert_eq!(
+            excluded_namespaces(
+                "probity",
+                &[
+                    "team-a".to_owned(),
+                    "probity".to_owned(),
+                    String::new(),
+                    "team-a".to_owned()
+                ]
+            ),
+            ["kube-system", "probity", "team-a"]
+        );
+        assert_eq!(excluded_namespaces("kube-system", &[]), ["kube-system"]);
     }
 }

@@ -108,6 +108,15 @@ impl CertStore {
         Ok(())
     }
 
+    /// When the leaf certificate served now expires, in seconds since the
+    /// epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        let key = self.get();
+        let leaf = key.cert.first()?;
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(x509.validity().not_after.timestamp())
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }

@@ -34,9 +34,20 @@ pub(crate) enum Command {
     /// CustomResourceDefinitions as YAML (`probity crd | kubectl apply -f -`).
     Crd {
         /// Print a Markdown field reference instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "apply")]
         reference: bool,
+        /// Apply them to the cluster ($KUBECONFIG or the in-cluster
+        /// service account) with server-side apply, forcing ownership, and
+        /// wait until they are established: what the chart's CRD hook runs
+        /// on install and upgrade.
+        #[arg(long)]
+        apply: bool,
     },
+    /// Remove what the operator made outside its chart: the webhook
+    /// configurations, then (after scaling the operator to zero and waiting
+    /// for its pods) the admission backstops it applied. The chart runs it
+    /// as a pre-delete hook.
+    Uninstall(UninstallArgs),
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
     Operator(Box<OperatorArgs>),
@@ -58,6 +69,14 @@ pub(crate) enum Command {
     ///
     /// Exit status: 0 printed, 2 unreadable or invalid policies.
     Vap(VapArgs),
+    /// Print a shell completion script (`probity completions bash >
+    /// /etc/bash_completion.d/probity`; zsh: a file `_probity` on $fpath;
+    /// fish: ~/.config/fish/completions/probity.fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `probity pin`.
@@ -87,6 +106,32 @@ pub(crate) struct PinArgs {
     pub(crate) timeout: u64,
 }
 
+/// `probity uninstall`.
+#[derive(Debug, Args)]
+pub(crate) struct UninstallArgs {
+    /// Name of the validating and mutating webhook configurations.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) webhook_configuration: String,
+
+    /// The operator's Deployment, scaled to zero before its backstops are
+    /// removed (a running operator re-creates them).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) deployment: Option<String>,
+
+    /// The Deployment's namespace.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
+    pub(crate) namespace: String,
+
+    /// Seconds the operator's pods may take to go.
+    #[arg(long, default_value_t = 90, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) timeout: u64,
+}
+
 /// `probity webhook-config`.
 #[derive(Debug, Args)]
 pub(crate) struct WebhookConfigArgs {
@@ -97,6 +142,11 @@ pub(crate) struct WebhookConfigArgs {
     /// The operator's namespace (excluded, with kube-system).
     #[arg(long, default_value = "probity", value_name = "NS")]
     pub(crate) namespace: String,
+
+    /// More namespaces the webhooks never see (give the operator the same
+    /// list, so its backstops skip them too). Repeatable or comma-separated.
+    #[arg(long, value_name = "NS", value_delimiter = ',')]
+    pub(crate) exclude_namespace: Vec<String>,
 
     /// The webhook Service, in --namespace.
     #[arg(
@@ -306,6 +356,18 @@ pub(crate) struct OperatorArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Webhooks")]
     pub(crate) vap_backstop: bool,
 
+    /// Namespaces admission never judges, besides kube-system and the
+    /// lease namespace: the backstops' bindings skip them, as the webhook
+    /// configurations' namespace selectors should. Repeatable or
+    /// comma-separated.
+    #[arg(
+        long,
+        value_name = "NS",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub(crate) exclude_namespace: Vec<String>,
+
     /// Registry credentials for digest pinning: a Docker config file
     /// (`config.json`, or a mounted `.dockerconfigjson`).
     #[arg(
@@ -393,12 +455,29 @@ pub(crate) struct LintArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub(crate) format: Format,
 
+    /// Write the findings to FILE instead of standard output (notes,
+    /// errors and the summary still go to standard error).
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+
+    /// Rules to evaluate: ids (`PRB104`), id prefixes (`PRB1`: the probe
+    /// rules), names, or `ALL` (the default). Repeatable or
+    /// comma-separated.
+    #[arg(long, value_name = "RULE", value_delimiter = ',')]
+    pub(crate) select: Vec<String>,
+
+    /// Rules to leave out, as for --select; the more specific of the two
+    /// wins (`--select PRB1 --ignore PRB108`). Repeatable or
+    /// comma-separated.
+    #[arg(long, value_name = "RULE", value_delimiter = ',')]
+    pub(crate) ignore: Vec<String>,
+
     /// Print only findings and errors: no notes, no summary.
     #[arg(long, short)]
     pub(crate) quiet: bool,
 
     /// Explain a rule (by id or name) and exit; `all` lists every rule.
-    #[arg(long, value_name = "RULE", conflicts_with_all = ["paths", "policy"])]
+    #[arg(long, value_name = "RULE", conflicts_with_all = ["paths", "policy", "select", "ignore", "output"])]
     pub(crate) explain: Option<String>,
 }
 

@@ -9,6 +9,7 @@ mod operator;
 mod output;
 mod pin;
 mod telemetry;
+mod uninstall;
 mod vap;
 mod webhook_config;
 
@@ -62,7 +63,51 @@ pub(crate) fn main() -> ExitCode {
         cli::Command::Pin(args) => pin::run(args),
         cli::Command::WebhookConfig(args) => webhook_config::run(args),
         cli::Command::Vap(args) => vap::run(args),
-        cli::Command::Crd { reference } => crd::run(*reference),
+        cli::Command::Crd { reference, apply } => crd::run(*reference, *apply),
+        cli::Command::Uninstall(args) => uninstall::run(args),
+        cli::Command::Completions { shell } => completions(*shell),
     };
     exit.into()
+}
+
+/// `probity completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Exit {
+    use clap::CommandFactory as _;
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut cli::Cli::command(), "probity", &mut text);
+    output::print(&String::from_utf8_lossy(&text))
+}
+
+/// Runs `work` with a client for the cluster ($KUBECONFIG or the pod's
+/// service account), on a runtime of its own: 0 when it succeeds, 1 with
+/// the error chain on stderr when not.
+pub(crate) fn on_cluster<F, Fut>(work: F) -> Exit
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = anyhow::Context::context(
+            kube::Client::try_default().await,
+            "connecting to the cluster (set KUBECONFIG or run in a pod)",
+        )?;
+        work(client).await
+    });
+    match result {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Failed
+        }
+    }
 }

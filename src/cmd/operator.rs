@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::Stream;
 use probity::admission::certs::SelfManaged;
+use probity::admission::config::excluded_namespaces;
 use probity::controller::{self, LeaseOptions, Options, TlsSource, WebhookOptions};
 use probity::registry::{self, DockerConfig, RegistryClient};
 
@@ -74,9 +75,10 @@ fn options(args: &OperatorArgs) -> anyhow::Result<Options> {
         options.lease = Some(lease);
     }
     if args.vap_backstop {
-        let mut exclude = vec!["kube-system".to_owned(), args.lease_namespace.clone()];
-        exclude.dedup();
-        options.backstop = Some(exclude);
+        options.backstop = Some(excluded_namespaces(
+            &args.lease_namespace,
+            &args.exclude_namespace,
+        ));
     }
     let registry = Arc::new(registry_client(args)?);
     if let Some(path) = &args.registry_config {
@@ -163,4 +165,41 @@ fn signals() -> std::io::Result<impl Stream<Item = ()> + Send + 'static> {
             Some(((), (term, int)))
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::super::cli::{Cli, Command};
+
+    fn backstop_exclusions(flags: &[&str]) -> Option<Vec<String>> {
+        let cli = Cli::try_parse_from(
+            ["probity", "operator", "--lease-namespace", "probity-system"]
+                .iter()
+                .chain(flags),
+        )
+        .expect("arguments");
+        let Command::Operator(args) = cli.command else {
+            panic!("not the operator");
+        };
+        super::options(&args).expect("options").backstop
+    }
+
+    #[test]
+    fn excluded_namespaces_reach_the_backstop() {
+        assert_eq!(
+            backstop_exclusions(&[]),
+            Some(vec!["kube-system".to_owned(), "probity-system".to_owned()])
+        );
+        assert_eq!(
+            backstop_exclusions(&["--exclude-namespace", "legacy,sandbox"]),
+            Some(
+                ["kube-system", "probity-system", "legacy", "sandbox"]
+                    .map(str::to_owned)
+                    .to_vec()
+            )
+        );
+        assert_eq!(backstop_exclusions(&["--vap-backstop", "false"]), None);
+    }
 }

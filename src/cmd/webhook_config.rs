@@ -27,6 +27,7 @@ pub(super) fn run(args: &WebhookConfigArgs) -> Exit {
             },
         },
         namespace: args.namespace.clone(),
+        exclude_namespaces: args.exclude_namespace.clone(),
         failure_policy: args.failure_policy.clone(),
         timeout_seconds: args.timeout_seconds,
         ca_bundle,

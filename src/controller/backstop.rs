@@ -141,7 +141,15 @@ pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: S
             backstop.forget_applied();
         }
         leading = leader;
-        if !leader || !ctx.policies_synced() || backstop.unsupported() {
+        if !leader || !ctx.policies_synced() {
+            continue;
+        }
+        if backstop.unsupported() {
+            // No API, no backstop: every policy lacks one.
+            let policies = ctx.policies.state().len() + ctx.cluster_policies.state().len();
+            ctx.metrics
+                .backstops_missing
+                .set(i64::try_from(policies).unwrap_or(i64::MAX));
             continue;
         }
         if let Err(e) = sweep_once(&ctx).await {
@@ -169,6 +177,10 @@ async fn sweep_once(ctx: &Context) -> Result<(), Error> {
         .into_iter()
         .map(|o| o.name_any())
         .collect();
+    let missing = wanted.iter().filter(|n| !existing.contains(*n)).count();
+    ctx.metrics
+        .backstops_missing
+        .set(i64::try_from(missing).unwrap_or(i64::MAX));
     // Deleted by someone else: applied again, whatever the memo says.
     for policy in &namespaced {
         recreate_if_missing(ctx, &**policy, &existing).await?;
@@ -299,6 +311,34 @@ mod tests {
             expect_apply(&mut api, BINDINGS).await;
             task.await.expect("joined").expect("synced");
         }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_counts_and_recreates_missing_backstops() {
+        let mut options = Options::new("test");
+        options.backstop = Some(vec!["kube-system".to_owned()]);
+        let (ctx, mut caches, mut api, _jobs) = Context::test(options);
+        caches.cluster_policy(serde_json::to_value(policy(1)).expect("json"));
+        let task = tokio::spawn({
+            let ctx = Arc::clone(&ctx);
+            async move { sweep_once(&ctx).await }
+        });
+        let list = api.next("the list of backstops").await;
+        assert!(list.path.starts_with(VAPS), "{}", list.path);
+        assert!(
+            list.path.contains("labelSelector="),
+            "only the operator's: {}",
+            list.path
+        );
+        list.reply(
+            200,
+            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": "1"}, "items": []}),
+        );
+        expect_apply(&mut api, VAPS).await;
+        expect_apply(&mut api, BINDINGS).await;
+        task.await.expect("joined").expect("swept");
+        assert_eq!(ctx.metrics.backstops_missing.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -68,6 +68,7 @@ pub(crate) struct Metrics {
     pub(crate) admission: Family<AdmissionLabels, Counter>,
     pub(crate) admission_duration: Family<WebhookLabel, Histogram>,
     pub(crate) webhook_connections: Family<ProtocolLabel, Counter>,
+    pub(crate) backstops_missing: Gauge,
 }
 
 impl Metrics {
@@ -139,11 +140,19 @@ impl Metrics {
             "TLS connections accepted by the webhook server, by negotiated protocol (h2, http/1.1)",
             webhook_connections.clone(),
         );
+        let backstops_missing = Gauge::default();
+        registry.register(
+            "probity_backstops_missing",
+            "Policies whose admission backstop was missing at the leader's last sweep (re-created then), or all of them while the API server lacks ValidatingAdmissionPolicy",
+            backstops_missing.clone(),
+        );
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         Self {
             registry: Mutex::new(registry),
             admission,
             admission_duration,
             webhook_connections,
+            backstops_missing,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -160,5 +169,92 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
+    }
+}
+
+/// `probity_webhook_certificate_expiry_timestamp_seconds`: when the
+/// certificate the webhooks serve right now expires, read on each scrape.
+#[derive(Debug)]
+pub(crate) struct CertificateExpiry(pub(crate) crate::admission::tls::CertStore);
+
+impl prometheus_client::collector::Collector for CertificateExpiry {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let Some(not_after) = self.0.not_after() else {
+            return Ok(());
+        };
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(not_after);
+        gauge.encode(encoder.encode_descriptor(
+            "probity_webhook_certificate_expiry_timestamp_seconds",
+            "When the serving certificate of the webhooks expires (seconds since the epoch)",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The `probity_*` and `process_*` names in `text`.
+    fn names(text: &str) -> BTreeSet<String> {
+        let bytes = text.as_bytes();
+        text.match_indices('p')
+            .filter(|(at, _)| {
+                let rest = &text[*at..];
+                (rest.starts_with("probity_") || rest.starts_with("process_"))
+                    && (*at == 0
+                        || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_'))
+            })
+            .map(|(at, _)| {
+                text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// What the metrics and collectors register (counters gain `_total`,
+    /// histograms `_bucket`, `_sum` and `_count` when exposed).
+    fn exported() -> BTreeSet<String> {
+        let code = |text: &'static str| text.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut all = names(code(include_str!("metrics.rs")));
+        all.extend(names(code(include_str!("process.rs"))));
+        all.extend(names(include_str!("../../probe/src/health/metrics.rs")));
+        all
+    }
+
+    #[test]
+    fn the_charts_alerts_and_dashboard_query_only_exported_metrics() {
+        let exported = exported();
+        for (file, text) in [
+            (
+                "prometheusrule.yaml",
+                include_str!("../../charts/probity/templates/prometheusrule.yaml"),
+            ),
+            (
+                "probity.json",
+                include_str!("../../charts/probity/dashboards/probity.json"),
+            ),
+        ] {
+            let queried = names(text);
+            assert!(queried.len() > 5, "{file}: {queried:?}");
+            for name in queried {
+                let base = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.contains(base) || exported.contains(&name),
+                    "{file} queries {name}, which the operator does not export"
+                );
+            }
+        }
+        assert!(!exported.contains("probity_made_up"), "the check can fail");
     }
 }

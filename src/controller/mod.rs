@@ -25,8 +25,10 @@ pub mod leader;
 mod metrics;
 mod options;
 mod policy_object;
+mod process;
 mod reconcile;
 mod store;
+pub mod uninstall;
 mod watch;
 mod webhooks;
 

@@ -174,6 +174,11 @@ pub(crate) async fn start(
         mutate_budget: options.budget,
         observer: Some(observer(&ctx.metrics)),
     };
+    ctx.metrics
+        .registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .register_collector(Box::new(super::metrics::CertificateExpiry(store.clone())));
     let metrics = Arc::clone(&ctx.metrics);
     let connections: server::ConnectionObserver = Arc::new(move |protocol: &'static str| {
         metrics

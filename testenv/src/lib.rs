@@ -42,6 +42,7 @@
 )]
 
 mod binaries;
+pub mod chart_docs;
 mod env;
 pub mod image;
 pub mod isolation;

@@ -199,10 +199,12 @@ fn pods_deployments_and_endpoint_slices_on_the_node() {
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/probity");
 
-/// The chart for real: the operator's own image by digest, two replicas
-/// that kubelet probes Ready, one leader, the API server reaching the
-/// webhooks through the Service, a `:latest` Deployment denied, the
-/// leader's pod deleted and its lease taken over, and `helm uninstall`.
+/// The chart for real: its CRD hook Job applying the CRDs, the
+/// operator's own image by digest, two replicas that kubelet probes Ready,
+/// one leader, the API server reaching the webhooks through the Service, a
+/// `:latest` Deployment denied, the leader's pod deleted and its lease
+/// taken over, and `helm uninstall`, whose hook Job leaves no webhook
+/// configuration, backstop or hook object behind.
 #[test]
 fn the_chart_runs_the_operator_on_the_node() {
     let Some((env, node)) = node_or_skip("the_chart_runs_the_operator_on_the_node") else {
@@ -215,6 +217,19 @@ fn the_chart_runs_the_operator_on_the_node() {
         installed.elapsed().as_secs_f64()
     ));
     let ns = ["-n", "probity-system"];
+    // The CRDs are the hook's (server-side apply), so upgrades reach them.
+    let crd = get(&env, &["crd", "clusterreadinesspolicies.probity.dev"]);
+    let managers: Vec<&str> = crd["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["operation"] == "Apply")
+        .filter_map(|f| f["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"probity-operator"),
+        "CRD appliers: {managers:?}"
+    );
     let holder = |env: &TestEnv| {
         get(env, &["lease", "probity", ns[0], ns[1]])["spec"]["holderIdentity"]
             .as_str()
@@ -282,6 +297,19 @@ fn the_chart_runs_the_operator_on_the_node() {
         deleted.elapsed().as_secs_f64()
     ));
 
+    // The Enforce policy's backstop, which the uninstall hook must remove.
+    poll("the operator applies the policy's backstop", || {
+        let out = env
+            .kubectl()
+            .args(["get", "validatingadmissionpolicy", "probity-crpol.baseline"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    let uninstalled = Instant::now();
     let out = env
         .helm()
         .args([
@@ -293,6 +321,10 @@ fn the_chart_runs_the_operator_on_the_node() {
         ])
         .output()
         .expect("helm uninstall");
+    report(&format!(
+        "helm uninstall, its hook included, took {:.1} s\n",
+        uninstalled.elapsed().as_secs_f64()
+    ));
     assert!(
         out.status.success(),
         "{}",
@@ -321,6 +353,22 @@ fn the_chart_runs_the_operator_on_the_node() {
         !hooks.contains("probity"),
         "webhook configurations left behind: {hooks}"
     );
+    for what in [
+        "validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings",
+        "jobs,serviceaccounts,roles,rolebindings,deployments,leases",
+    ] {
+        let out = env
+            .kubectl()
+            .args(["get", what, "-A", "-o", "name"])
+            .output()
+            .expect("kubectl get");
+        let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("probity"))
+            .map(str::to_owned)
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 }
 
 /// The `:latest` incident on a real node: three replicas pull

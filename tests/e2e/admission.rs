@@ -362,6 +362,14 @@ async fn webhooks_enforce_audit_update_and_rotate_self_managed_certificates() ->
         connections >= 1.0 && connections < f64::from(admitted) / 2.0,
         "{connections} connections for {admitted} reviews:\n{metrics}"
     );
+    // The renewed certificate's expiry, which alerts watch.
+    let expiry = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("probity_webhook_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() as f64;
+    assert!(expiry > now, "expiry {expiry} (now {now}):\n{metrics}");
     Ok(())
 }
 
@@ -775,8 +783,12 @@ fn vap_denial(result: Result<(), kube::Error>) -> String {
 
 #[tokio::test]
 async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::Result<()> {
-    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
-    let _operators = crate::common::operators_together().await;
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    // Alone: every operator applies the backstops of every policy, and
+    // another one's would not exclude this test's namespace.
+    let _operators = crate::common::operator_alone().await;
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
@@ -784,6 +796,8 @@ async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::R
     probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
     let system = env.namespace(&client, "sync-system").await?;
     let ns = env.namespace(&client, "sync").await?;
+    // Excluded by the operator's flag: its backstops never judge there.
+    let excluded = env.namespace(&client, "sync-excluded").await?;
     let port = free_port();
     let config = format!("{system}-validate");
     let mut webhook = webhook_config(&config, port, &[&ns], None);
@@ -804,20 +818,25 @@ async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::R
             &config,
             "--mutating-webhook-configuration",
             "",
+            "--exclude-namespace",
+            &excluded,
         ],
     );
     let policies: Api<ReadinessPolicy> = Api::namespaced(client.clone(), &ns);
-    for name in ["strict", "doomed"] {
+    for (namespace, name) in [(&ns, "strict"), (&ns, "doomed"), (&excluded, "strict")] {
         let rp: ReadinessPolicy = serde_json::from_value(json!({
             "apiVersion": "probity.dev/v1alpha1", "kind": "ReadinessPolicy",
             "metadata": {"name": name}, "spec": {"mode": "Enforce"},
         }))?;
-        policies.create(&PostParams::default(), &rp).await?;
+        Api::<ReadinessPolicy>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &rp)
+            .await?;
     }
     let vaps: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let strict = format!("probity-rpol.{ns}.strict");
     let doomed = format!("probity-rpol.{ns}.doomed");
-    for name in [&strict, &doomed] {
+    let excluded_strict = format!("probity-rpol.{excluded}.strict");
+    for name in [&strict, &doomed, &excluded_strict] {
         eventually(WAIT, "the operator applies the backstop", || async {
             vaps.get_opt(name)
                 .await
@@ -854,5 +873,19 @@ async fn the_operator_keeps_backstops_in_sync_and_they_outlive_it() -> anyhow::R
     }
     assert!(vap_denial(create(&api, &bare, true).await).contains("PRB102"));
     create(&api, &deployment("good", &pinned()), true).await?;
+    // The excluded namespace's policy has its backstop, but the binding
+    // skips the namespace, as the webhooks' selector would.
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let binding = serde_json::to_value(bindings.get(&excluded_strict).await?)?;
+    let expressions = &binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"];
+    assert_eq!(expressions[0]["operator"], "NotIn", "{expressions}");
+    assert!(
+        expressions[0]["values"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!(excluded))),
+        "{expressions}"
+    );
+    let in_excluded: Api<Deployment> = Api::namespaced(client.clone(), &excluded);
+    create(&in_excluded, &deployment("web", "nginx:latest"), true).await?;
     Ok(())
 }

@@ -186,6 +186,7 @@ fn webhook_configs(name: &str, port: u16, ns: &str) -> (Value, Value) {
         name: name.to_owned(),
         endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
         namespace: "kube-system".to_owned(),
+        exclude_namespaces: Vec::new(),
         failure_policy: "Fail".to_owned(),
         timeout_seconds: 5,
         ca_bundle: None,

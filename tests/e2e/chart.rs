@@ -48,6 +48,133 @@ fn chart_crds_are_the_generated_crds() {
     );
 }
 
+#[test]
+fn the_chart_readme_lists_every_value() {
+    let read = |file: &str| std::fs::read_to_string(format!("{CHART}/{file}")).unwrap_or_default();
+    let readme = read("README.md");
+    match probity_testenv::chart_docs::update(&readme, &read("values.yaml")) {
+        Ok(updated) => assert!(
+            updated == readme,
+            "charts/probity/README.md is out of date with values.yaml; run: make chart-docs"
+        ),
+        Err(e) => panic!("charts/probity/{e}"),
+    }
+}
+
+/// `helm template` of release `probity` with `sets`, as objects.
+fn rendered(sets: &[&str]) -> Vec<serde_json::Value> {
+    rendered_as("probity", sets)
+}
+
+fn rendered_as(release: &str, sets: &[&str]) -> Vec<serde_json::Value> {
+    let binaries = probity_testenv::binaries_or_skip().expect("helm (make control-plane)");
+    let mut helm = Command::new(binaries.helm());
+    helm.args(["template", release, CHART, "-n", "probity-system"])
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("probity-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("probity-helm-config"),
+        );
+    for set in sets {
+        helm.args(["--set", set]);
+    }
+    let out = helm.output().expect("helm template");
+    assert!(out.status.success(), "{sets:?}: {}", text(&out));
+    probity::manifest::yaml::read_stream(&String::from_utf8_lossy(&out.stdout))
+        .filter_map(|d| d.ok().map(|d| d.value))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    objects.iter().find(|o| o["kind"] == kind)
+}
+
+fn operator_args(objects: &[serde_json::Value]) -> Vec<String> {
+    let deployment = find(objects, "Deployment").expect("a Deployment");
+    serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .expect("args")
+}
+
+#[test]
+fn the_chart_renders_what_its_values_ask_for() {
+    if probity_testenv::binaries_or_skip().is_none() {
+        return;
+    }
+    // Excluded namespaces reach the webhooks' selectors and the operator,
+    // which excludes them from the backstops' bindings.
+    let objects = rendered(&["webhooks.excludeNamespaces={legacy,sandbox}"]);
+    let args = operator_args(&objects);
+    for ns in ["legacy", "sandbox"] {
+        assert!(
+            args.contains(&format!("--exclude-namespace={ns}")),
+            "{args:?}"
+        );
+        let selector = find(&objects, "ValidatingWebhookConfiguration")
+            .map(|w| w["webhooks"][0]["namespaceSelector"].to_string())
+            .unwrap_or_default();
+        assert!(selector.contains(ns), "{selector}");
+    }
+
+    // One replica: no PodDisruptionBudget, which would block every drain.
+    assert!(find(&rendered(&["replicaCount=1"]), "PodDisruptionBudget").is_none());
+    assert!(find(&objects, "PodDisruptionBudget").is_some());
+
+    // Two releases in one namespace elect on Leases of their own.
+    let lease = |release: &str| {
+        let objects = rendered_as(release, &[]);
+        let name = find(&objects, "Lease")
+            .and_then(|l| l["metadata"]["name"].as_str())
+            .map(str::to_owned)
+            .expect("the chart's Lease");
+        let arg = format!("--lease-name={name}");
+        assert!(operator_args(&objects).contains(&arg), "{release}: {arg}");
+        name
+    };
+    assert_ne!(lease("probity"), lease("probity-canary"));
+
+    // What the peers' charts let users set.
+    let objects = rendered(&[
+        "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/probity",
+        "extraArgs={--restart-window=600}",
+        "extraEnv[0].name=HTTPS_PROXY",
+        "extraEnv[0].value=http://proxy:3128",
+        "priorityClassName=system-cluster-critical",
+        "podAnnotations.team=platform",
+        "podSecurityContext.runAsUser=1000",
+        "securityContext.readOnlyRootFilesystem=false",
+    ]);
+    let account = find(&objects, "ServiceAccount").expect("ServiceAccount");
+    assert_eq!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/probity"
+    );
+    assert!(operator_args(&objects).contains(&"--restart-window=600".to_owned()));
+    let pod = &find(&objects, "Deployment").expect("Deployment")["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert!(
+        container["env"].as_array().is_some_and(|env| env
+            .iter()
+            .any(|e| e["name"] == "HTTPS_PROXY" && e["value"] == "http://proxy:3128")),
+        "{}",
+        container["env"]
+    );
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["metadata"]["annotations"]["team"], "platform");
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 1000);
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsNonRoot"], true,
+        "merged with the defaults"
+    );
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"],
+        false
+    );
+}
+
 /// Stand-in CRDs for cert-manager's Issuer and Certificate, so the API
 /// server can dry-run the cert-manager mode's objects without installing
 /// cert-manager; they accept any spec.
@@ -208,23 +335,32 @@ fn readme_uninstall_commands() -> Vec<String> {
 
 /// A real `helm install` with failurePolicy Fail (nothing serves the
 /// webhooks here: no kubelet runs the operator), a backstop as the operator
-/// would write it, then the README's uninstall commands: the first one
-/// unblocks writes, and nothing of probity is left at the end.
+/// would write it, then the README's uninstall commands. No kubelet runs
+/// the pre-delete hook Job either, so the test runs its container as the
+/// kubelet would (its arguments, as its ServiceAccount) and reports it
+/// complete as the Job controller would; the node tests run it for real.
+/// Writes flow again, and nothing of probity is left at the end.
 #[tokio::test]
 async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::Result<()> {
     let Some(binaries) = probity_testenv::binaries_or_skip() else {
         return Ok(());
     };
     let commands = readme_uninstall_commands();
-    assert_eq!(commands.len(), 4, "README uninstall block: {commands:?}");
+    assert_eq!(commands.len(), 2, "README uninstall block: {commands:?}");
     // Its own control plane: the CRDs are deleted at the end.
     let env = tokio::task::spawn_blocking(move || {
         probity_testenv::TestEnv::start(binaries, &probity_testenv::Options::default())
     })
     .await??;
     let kubectl = |args: &[&str]| env.kubectl().args(args).output().expect("kubectl");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = kubectl(&[args, &["-o", "json"]].concat());
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
 
     let digest = format!("image.digest={DIGEST}");
+    // Without hooks: the CRD hook would wait for a kubelet (crds/ installs
+    // them on a first install anyway).
     let out = env
         .helm()
         .args([
@@ -234,12 +370,12 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
             "-n",
             "probity",
             "--create-namespace",
+            "--no-hooks",
         ])
         .args(["--set", &digest, "--set", "webhooks.failurePolicy=Fail"])
         .output()?;
     assert!(out.status.success(), "{}", text(&out));
     let out = kubectl(&["create", "namespace", "apps"]);
-    assert!(out.status.success(), "{}", text(&out));
     assert!(out.status.success(), "{}", text(&out));
     let policy = r#"{"apiVersion": "probity.dev/v1alpha1", "kind": "ClusterReadinessPolicy",
         "metadata": {"name": "baseline"}, "spec": {"mode": "Enforce"}}"#;
@@ -284,7 +420,7 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
         );
     }
 
-    for (i, command) in commands.iter().enumerate() {
+    let run = |command: &str| {
         let mut words = command.split_whitespace();
         let program = words.next().unwrap_or_default();
         let args: Vec<&str> = words.collect();
@@ -293,22 +429,52 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
             "helm" => env.helm(),
             other => panic!("unexpected program in the README: {other}"),
         };
-        let out = cmd
-            .args(&args)
+        cmd.args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()?;
-        assert!(out.status.success(), "{command}: {}", text(&out));
-        if i == 0 {
-            // Webhooks gone: writes flow, and the backstop judges them.
-            let out = try_create(&good);
-            assert!(out.status.success(), "{}", text(&out));
-            let denied = poll(|| text(&try_create(&bad)).contains("probity backstop"));
-            assert!(denied, "{}", text(&try_create(&bad)));
-        }
+            .output()
+            .expect("run a README command")
+    };
+    let (uninstalled, hook_ran) = std::thread::scope(|s| {
+        let helm = s.spawn(|| run(&commands[0]));
+        // The hook Job, as Helm created it.
+        let mut job = serde_json::Value::Null;
+        let created = poll(|| {
+            job = json(&["get", "job", "probity-uninstall", "-n", "probity"]);
+            job["spec"].is_object()
+        });
+        assert!(created, "helm uninstall created no hook Job");
+        let hook = run_hook_as_kubelet(&env, &job);
+        complete_job(&env, "probity", "probity-uninstall");
+        (helm.join().expect("helm uninstall"), hook)
+    });
+    assert!(hook_ran.status.success(), "hook: {}", text(&hook_ran));
+    assert!(
+        uninstalled.status.success(),
+        "{}: {}",
+        commands[0],
+        text(&uninstalled)
+    );
+    for line in [
+        "deleted validatingwebhookconfiguration/probity",
+        "deleted mutatingwebhookconfiguration/probity",
+        "scaled deployment probity/probity to 0",
+        "deleted validatingadmissionpolicybinding/probity-crpol.baseline",
+        "deleted validatingadmissionpolicy/probity-crpol.baseline",
+    ] {
+        assert!(
+            text(&hook_ran).contains(line),
+            "{line}: {}",
+            text(&hook_ran)
+        );
     }
-    // Backstops gone too: nothing of probity judges any more.
+    // Webhooks and backstops gone: writes flow, and nothing of probity
+    // judges any more.
+    let out = try_create(&good);
+    assert!(out.status.success(), "{}", text(&out));
     let admitted = poll(|| try_create(&bad).status.success());
     assert!(admitted, "{}", text(&try_create(&bad)));
+    let out = run(&commands[1]);
+    assert!(out.status.success(), "{}: {}", commands[1], text(&out));
 
     for kind in [
         "validatingwebhookconfigurations",
@@ -328,7 +494,7 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
     }
     let out = kubectl(&[
         "get",
-        "all,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+        "all,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases",
         "-n",
         "probity",
         "-o",
@@ -344,6 +510,72 @@ async fn the_readme_uninstall_removes_everything_without_blocking() -> anyhow::R
     let out = kubectl(&["get", "crd", "-o", "name"]);
     assert!(!text(&out).contains("probity.dev"), "{}", text(&out));
     Ok(())
+}
+
+/// Runs the container of a hook `job` as the kubelet would: its
+/// arguments, as its ServiceAccount (through impersonation).
+fn run_hook_as_kubelet(env: &probity_testenv::TestEnv, job: &serde_json::Value) -> Output {
+    let spec = &job["spec"]["template"]["spec"];
+    let account = spec["serviceAccountName"].as_str().unwrap_or_default();
+    let namespace = job["metadata"]["namespace"].as_str().unwrap_or_default();
+    let args: Vec<&str> = spec["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let out = env
+        .kubectl()
+        .args(["config", "view", "--raw", "-o", "json"])
+        .output()
+        .expect("kubectl config view");
+    let mut config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    config["users"][0]["user"]["as"] =
+        format!("system:serviceaccount:{namespace}:{account}").into();
+    let kubeconfig = env.dir().join(format!("as-{account}.kubeconfig"));
+    std::fs::write(&kubeconfig, config.to_string()).expect("write kubeconfig");
+    Command::new(env!("CARGO_BIN_EXE_probity"))
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", namespace)
+        .output()
+        .expect("run the hook's command")
+}
+
+/// Reports Job `name` complete, as the Job controller does when its pod
+/// succeeds.
+fn complete_job(env: &probity_testenv::TestEnv, namespace: &str, name: &str) {
+    let time = k8s_openapi::jiff::Timestamp::now().to_string();
+    let condition = |kind: &str, reason: &str| {
+        serde_json::json!({"type": kind, "status": "True", "reason": reason,
+            "message": "Reached expected number of succeeded pods",
+            "lastProbeTime": time, "lastTransitionTime": time})
+    };
+    let status = serde_json::json!({"status": {
+        "startTime": time, "completionTime": time, "succeeded": 1,
+        "conditions": [condition("SuccessCriteriaMet", "CompletionsReached"),
+                       condition("Complete", "CompletionsReached")],
+    }});
+    let out = env
+        .kubectl()
+        .args([
+            "patch",
+            "job",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+        ])
+        .arg(status.to_string())
+        .output()
+        .expect("kubectl patch");
+    assert!(
+        out.status.success(),
+        "completing the hook Job: {}",
+        text(&out)
+    );
 }
 
 /// Whether `check` holds within 20 s (the API server loads admission
@@ -407,11 +639,11 @@ fn the_dockerfile_pins_its_bases_and_runs_as_the_charts_user() {
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER in the final stage");
-    let deployment = std::fs::read_to_string(format!("{CHART}/templates/deployment.yaml"))
-        .expect("deployment template");
-    for id in user.split(':') {
-        assert!(deployment.contains(&format!("runAsUser: {id}")), "{user}");
-    }
+    // The chart's default pod security context (values.yaml).
+    let values = std::fs::read_to_string(format!("{CHART}/values.yaml")).expect("values");
+    let (uid, gid) = user.split_once(':').expect("USER uid:gid");
+    assert!(values.contains(&format!("runAsUser: {uid}")), "{user}");
+    assert!(values.contains(&format!("runAsGroup: {gid}")), "{user}");
 }
 
 /// The chart's RBAC is all the operator needs, with no create verb in its
@@ -444,6 +676,7 @@ async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
             "-n",
             "probity",
             "--create-namespace",
+            "--no-hooks",
         ])
         .args(["--set", &digest])
         .output()?;
@@ -534,6 +767,7 @@ async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
             "-n",
             "probity",
             "--reuse-values",
+            "--no-hooks",
         ])
         .output()?;
     assert!(out.status.success(), "{}", text(&out));
@@ -544,4 +778,131 @@ async fn the_operator_runs_on_the_charts_rbac_alone() -> anyhow::Result<()> {
     );
     tokio::task::spawn_blocking(move || drop(env)).await?;
     Ok(())
+}
+
+/// Prometheus' promtool (`make promtool`), or `None` after saying how to
+/// get it; under CI or `PROBITY_E2E=require` a missing one fails.
+fn promtool_or_skip() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PROBITY_PROMTOOL_BIN").map(std::path::PathBuf::from);
+    match path.filter(|p| p.is_file()) {
+        Some(path) => Some(path),
+        None => {
+            assert!(
+                !probity_testenv::e2e_required(),
+                "promtool is required here (CI or PROBITY_E2E=require): run `make promtool`"
+            );
+            eprintln!(
+                "skipping: promtool not found; `make promtool` builds it, then set PROBITY_PROMTOOL_BIN=$(hack/promtool.sh path)"
+            );
+            None
+        }
+    }
+}
+
+/// The chart's alerting rules as a Prometheus rules file (JSON is YAML).
+fn rules_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let objects = rendered(&["prometheusRule.enabled=true"]);
+    let rule = find(&objects, "PrometheusRule").expect("a PrometheusRule");
+    let path = dir.join("probity-rules.yaml");
+    std::fs::write(&path, rule["spec"].to_string()).expect("write rules");
+    path
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_fire_when_they_should() {
+    if probity_testenv::binaries_or_skip().is_none() {
+        return;
+    }
+    let Some(promtool) = promtool_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules_file(dir.path());
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("SUCCESS: 6 rules found"),
+        "{}",
+        text(&out)
+    );
+
+    // The check can fail: a broken expression is caught.
+    let broken = dir.path().join("broken.yaml");
+    let text_of_rules = std::fs::read_to_string(&rules).expect("rules");
+    std::fs::write(&broken, text_of_rules.replacen("sum by", "sum by by", 1)).expect("write");
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&broken)
+        .output()
+        .expect("promtool");
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Alerts fire on the series the operator exports, and not before.
+    let tests = dir.path().join("tests.yaml");
+    let job = r#"job="probity-metrics",namespace="probity""#;
+    let cases = serde_json::json!({
+        "rule_files": [rules],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": format!("probity_leader{{{job},pod=\"a\"}}"), "values": "1 1 0x20"},
+                {"series": format!("probity_leader{{{job},pod=\"b\"}}"), "values": "0x22"},
+                {"series": format!("probity_backstops_missing{{{job},pod=\"a\"}}"), "values": "0x5 2x20"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "ProbityNoLeader", "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "ProbityNoLeader", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "namespace": "probity"},
+                    "exp_annotations": {
+                        "summary": "no probity operator holds the leader lease",
+                        "description": "Policy status, Events, drift detection and backstop sync have stopped.",
+                    },
+                }]},
+                {"eval_time": "10m", "alertname": "ProbityBackstopMissing", "exp_alerts": []},
+                {"eval_time": "22m", "alertname": "ProbityBackstopMissing", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "probity"},
+                    "exp_annotations": {
+                        "summary": "2 probity policies have no admission backstop",
+                        "description": "The ValidatingAdmissionPolicy that keeps a policy's static rules while the webhooks are down keeps going missing, or the API server lacks the API.",
+                    },
+                }]},
+            ],
+        }],
+    });
+    std::fs::write(&tests, cases.to_string()).expect("write tests");
+    let out = Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .expect("promtool");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_dashboard_is_valid_json_and_shipped_in_a_configmap() {
+    if probity_testenv::binaries_or_skip().is_none() {
+        return;
+    }
+    let objects = rendered(&["grafanaDashboard.enabled=true"]);
+    let map = find(&objects, "ConfigMap").expect("the dashboard's ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(map["data"]["probity.json"].as_str().unwrap_or_default())
+            .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{}", panels.len());
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            targets
+                .iter()
+                .all(|t| t["expr"].as_str().is_some_and(|e| e.contains("$namespace"))),
+            "every query is scoped to the chosen namespace: {panel}"
+        );
+    }
 }

@@ -393,6 +393,10 @@ async fn status_events_scoping_and_drift() -> anyhow::Result<()> {
         "probity_events_published_total",
         "probity_leader 1",
         "probity_watch_restarts_total",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
     ] {
         assert!(
             metrics.contains(needle),

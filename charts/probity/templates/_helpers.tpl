@@ -65,3 +65,107 @@ admissionReviewVersions: [v1]
 timeoutSeconds: {{ .Values.webhooks.timeoutSeconds }}
 matchPolicy: Equivalent
 {{- end -}}
+
+{{/* A hook object's annotations: (dict "hook" "pre-delete" "weight" "-10"). */}}
+{{- define "probity.hookAnnotations" -}}
+helm.sh/hook: {{ .hook }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{/* A hook's ServiceAccount: (dict "root" . "name" NAME "hook" HOOKS). */}}
+{{- define "probity.hookAccount" -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "probity.labels" .root | nindent 4 }}
+  annotations:
+    {{- include "probity.hookAnnotations" (dict "hook" .hook "weight" "-10") | nindent 4 }}
+{{- end -}}
+
+{{/* Binds the hook's (Cluster)Role to its ServiceAccount: (dict "root" . "name" NAME "hook" HOOKS "kind" "Role"|"ClusterRole"). */}}
+{{- define "probity.hookBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ .kind }}Binding
+metadata:
+  name: {{ .name }}
+  {{- if eq .kind "Role" }}
+  namespace: {{ .root.Release.Namespace }}
+  {{- end }}
+  labels:
+    {{- include "probity.labels" .root | nindent 4 }}
+  annotations:
+    {{- include "probity.hookAnnotations" (dict "hook" .hook "weight" "-10") | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ .kind }}
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .name }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end -}}
+
+{{/* A hook Job running the operator's image: (dict "root" . "name" NAME "component" C "hook" HOOKS "args" LIST). Its pods do not match the operator's selector. */}}
+{{- define "probity.hookJob" -}}
+{{- $root := .root -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "probity.labels" $root | nindent 4 }}
+  annotations:
+    {{- include "probity.hookAnnotations" (dict "hook" .hook "weight" "0") | nindent 4 }}
+spec:
+  backoffLimit: 2
+  activeDeadlineSeconds: 300
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: {{ printf "%s-hook" $root.Chart.Name }}
+        app.kubernetes.io/instance: {{ $root.Release.Name }}
+        app.kubernetes.io/component: {{ .component }}
+    spec:
+      serviceAccountName: {{ .name }}
+      restartPolicy: Never
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.podSecurityContext }}
+      securityContext:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "probity.image" $root | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args:
+            {{- range .args }}
+            - {{ . | quote }}
+            {{- end }}
+            - --log-format={{ $root.Values.logFormat }}
+          resources:
+            requests:
+              cpu: 10m
+              memory: 32Mi
+            limits:
+              memory: 128Mi
+          {{- with $root.Values.securityContext }}
+          securityContext:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+      {{- with $root.Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}

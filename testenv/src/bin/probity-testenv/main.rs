@@ -39,6 +39,13 @@ enum Cmd {
     },
     /// Stop control planes left behind by killed runs.
     Sweep,
+    /// Regenerate the values table of a chart's README from the comments
+    /// of its values.yaml.
+    ChartDocs {
+        /// The chart directory.
+        #[arg(long, value_name = "PATH", default_value = "charts/probity")]
+        chart: std::path::PathBuf,
+    },
     /// Build the test images without a container engine and push them by
     /// digest to a plain-HTTP registry; prints each pushed reference.
     Images {
@@ -104,6 +111,19 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Images { registry } => tokio::task::spawn_blocking(move || images(&registry))
             .await
             .context("images task")?,
+        Cmd::ChartDocs { chart } => {
+            let values = std::fs::read_to_string(chart.join("values.yaml"))
+                .with_context(|| format!("{}/values.yaml", chart.display()))?;
+            let path = chart.join("README.md");
+            let readme =
+                std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            let updated = probity_testenv::chart_docs::update(&readme, &values)?;
+            if updated != readme {
+                std::fs::write(&path, updated).with_context(|| path.display().to_string())?;
+                println!("updated {}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Sweep => {
             for swept in probity_testenv::sweep_stale() {
                 println!(
