@@ -218,7 +218,14 @@ fn the_chart_runs_the_operator_on_the_node() {
     ));
     let ns = ["-n", "probity-system"];
     // The CRDs are the hook's (server-side apply), so upgrades reach them.
-    let crd = get(&env, &["crd", "clusterreadinesspolicies.probity.dev"]);
+    let crd = get(
+        &env,
+        &[
+            "crd",
+            "clusterreadinesspolicies.probity.dev",
+            "--show-managed-fields",
+        ],
+    );
     let managers: Vec<&str> = crd["metadata"]["managedFields"]
         .as_array()
         .into_iter()
@@ -353,13 +360,19 @@ fn the_chart_runs_the_operator_on_the_node() {
         !hooks.contains("probity"),
         "webhook configurations left behind: {hooks}"
     );
-    for what in [
-        "validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings",
-        "jobs,serviceaccounts,roles,rolebindings,deployments,leases",
+    for (what, scope) in [
+        (
+            "validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings",
+            "-A",
+        ),
+        (
+            "jobs,serviceaccounts,roles,rolebindings,deployments,leases",
+            "--namespace=probity-system",
+        ),
     ] {
         let out = env
             .kubectl()
-            .args(["get", what, "-A", "-o", "name"])
+            .args(["get", what, scope, "-o", "name"])
             .output()
             .expect("kubectl get");
         let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
