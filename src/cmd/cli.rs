@@ -48,6 +48,12 @@ pub(crate) enum Command {
     /// for its pods) the admission backstops it applied. The chart runs it
     /// as a pre-delete hook.
     Uninstall(UninstallArgs),
+    /// Check an installation: each operator pod's /readyz answers 200 and
+    /// admission denies a `:latest` Deployment (server-side dry run) in a
+    /// namespace an Enforce policy covers. The chart's `helm test` runs it.
+    ///
+    /// Exit status: 0 both hold, 1 one does not within --timeout.
+    Selftest(SelftestArgs),
     /// Run the operator: keep ReadinessPolicy status, Events and drift
     /// detection current. Uses $KUBECONFIG or the in-cluster service account.
     Operator(Box<OperatorArgs>),
@@ -103,6 +109,38 @@ pub(crate) struct PinArgs {
 
     /// Seconds allowed per registry call.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) timeout: u64,
+}
+
+/// `probity selftest`.
+#[derive(Debug, Args)]
+pub(crate) struct SelftestArgs {
+    /// The operator's metrics Service: /readyz is asked of each ready
+    /// endpoint it lists, pod to pod (no cluster DNS or Service proxy
+    /// needed).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) service: String,
+
+    /// The Service's namespace.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
+    pub(crate) service_namespace: String,
+
+    /// The admin port /readyz is served on.
+    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    pub(crate) port: u16,
+
+    /// A namespace an Enforce policy covers, where a `:latest` Deployment
+    /// must be denied.
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: String,
+
+    /// Seconds both checks may take, together.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
     pub(crate) timeout: u64,
 }
 

@@ -8,6 +8,7 @@ mod lint;
 mod operator;
 mod output;
 mod pin;
+mod selftest;
 mod telemetry;
 mod uninstall;
 mod vap;
@@ -65,6 +66,7 @@ pub(crate) fn main() -> ExitCode {
         cli::Command::Vap(args) => vap::run(args),
         cli::Command::Crd { reference, apply } => crd::run(*reference, *apply),
         cli::Command::Uninstall(args) => uninstall::run(args),
+        cli::Command::Selftest(args) => selftest::run(args),
         cli::Command::Completions { shell } => completions(*shell),
     };
     exit.into()

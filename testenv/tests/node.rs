@@ -281,6 +281,38 @@ fn the_chart_runs_the_operator_on_the_node() {
         }
     });
 
+    // `helm test`: its Job checks /readyz through the Service and that a
+    // `:latest` Deployment is denied in a namespace of its own.
+    let tested = Instant::now();
+    let out = env
+        .helm()
+        .args([
+            "test",
+            "probity",
+            "--namespace",
+            "probity-system",
+            "--timeout",
+            "180s",
+        ])
+        .output()
+        .expect("helm test");
+    assert!(
+        out.status.success(),
+        "helm test: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        operator_logs(&env)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Succeeded"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    report(&format!(
+        "helm test passed in {:.1} s\n",
+        tested.elapsed().as_secs_f64()
+    ));
+
     // The leader's pod goes; the other replica takes the lease.
     let deleted = Instant::now();
     kubectl_ok(

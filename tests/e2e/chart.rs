@@ -213,6 +213,17 @@ async fn the_chart_lints_renders_and_is_accepted_in_every_mode() -> anyhow::Resu
     assert!(out.status.success(), "{}", text(&out));
     // Let discovery see the stand-in kinds.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // `helm test`'s namespace, which a dry run cannot create for the
+    // objects in it.
+    let out = env
+        .kubectl()
+        .args(["create", "namespace", "probity-test"])
+        .output()?;
+    assert!(
+        out.status.success() || text(&out).contains("AlreadyExists"),
+        "{}",
+        text(&out)
+    );
 
     let digest = format!("image.digest={DIGEST}");
     for (mode, sets) in [
@@ -242,7 +253,8 @@ async fn the_chart_lints_renders_and_is_accepted_in_every_mode() -> anyhow::Resu
         let rendered = template(env, &ns, &sets);
         assert!(rendered.status.success(), "{mode}: {}", text(&rendered));
         let mut apply = env.kubectl();
-        apply.args(["apply", "--dry-run=server", "-n", &ns, "-f", "-"]);
+        // Every object names its namespace (the release's, or the test's).
+        apply.args(["apply", "--dry-run=server", "-f", "-"]);
         let out = piped(apply, &rendered.stdout);
         assert!(out.status.success(), "{mode}: {}", text(&out));
         let accepted = String::from_utf8_lossy(&out.stdout)
@@ -905,4 +917,89 @@ fn the_dashboard_is_valid_json_and_shipped_in_a_configmap() {
             "every query is scoped to the chosen namespace: {panel}"
         );
     }
+}
+
+/// `helm package` and `helm push` to a real OCI registry (Debian's
+/// docker-registry on loopback), then `helm install oci://...` from it:
+/// the release is deployed from the pushed chart, by digest too.
+#[tokio::test]
+async fn the_chart_is_pushed_to_and_installed_from_an_oci_registry() -> anyhow::Result<()> {
+    let Some(env) = probity_testenv::shared() else {
+        return Ok(());
+    };
+    let Some(registry) = probity_testenv::registry::Registry::start_or_skip() else {
+        return Ok(());
+    };
+    let client = env.client()?;
+    let ns = env.namespace(&client, "oci").await?;
+    let dir = tempfile::tempdir()?;
+    let out = env
+        .helm()
+        .args(["package", CHART, "--destination"])
+        .arg(dir.path())
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let version = std::fs::read_to_string(format!("{CHART}/Chart.yaml"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version: "))
+        .map(str::to_owned)
+        .expect("the chart's version");
+    let package = dir.path().join(format!("probity-{version}.tgz"));
+    let repository = format!("oci://{}/charts", registry.host);
+    let out = env
+        .helm()
+        .arg("push")
+        .arg(&package)
+        .args([repository.as_str(), "--plain-http"])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let digest = text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no digest in: {}", text(&out)));
+
+    // A release from the registry, pinned by digest. Webhooks off and
+    // no hooks: this control plane is shared and has no node.
+    let reference = format!("{repository}/probity@{digest}");
+    let release = format!("probity-{ns}");
+    let out = env
+        .helm()
+        .args([
+            "install",
+            &release,
+            &reference,
+            "--plain-http",
+            "--no-hooks",
+            "-n",
+            &ns,
+        ])
+        .args(["--set", &format!("image.digest={DIGEST}")])
+        .args([
+            "--set",
+            "webhooks.enabled=false",
+            "--set",
+            "vapBackstop=false",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env
+        .helm()
+        .args(["list", "-n", &ns, "-o", "json"])
+        .output()?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(list[0]["name"], release.as_str(), "{}", text(&out));
+    assert_eq!(list[0]["status"], "deployed", "{}", text(&out));
+    assert_eq!(list[0]["chart"], format!("probity-{version}").as_str());
+    let deployment = env
+        .kubectl()
+        .args(["get", "deployment", &release, "-n", &ns, "-o", "name"])
+        .output()?;
+    assert!(deployment.status.success(), "{}", text(&deployment));
+    let out = env
+        .helm()
+        .args(["uninstall", &release, "-n", &ns, "--no-hooks"])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    Ok(())
 }
