@@ -115,6 +115,8 @@ fn registry_client(args: &OperatorArgs) -> anyhow::Result<RegistryClient> {
         token_hosts: args.registry_token_host.clone(),
         public_reasons: true,
         allow: args.registry_allow.clone(),
+        // Mounted credentials only: no programs named by a Secret.
+        credential_helpers: false,
     })?)
 }
 

@@ -31,6 +31,8 @@ pub(super) fn run(args: &PinArgs) -> Exit {
         cache_ttl: Duration::from_secs(600),
         insecure: args.insecure_registry.clone(),
         credentials,
+        // A workstation's Docker config names its keychain helpers.
+        credential_helpers: true,
         ..registry::Options::default()
     }) {
         Ok(c) => c,

@@ -106,7 +106,17 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The user name Docker gives an identity token (`identitytoken` in a
+/// config, or a helper's answer): the secret is then a refresh token for
+/// the registry's token service, never a password.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credential {
+    /// The identity (refresh) token, when this is one.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+
     /// The `Authorization` value for Basic authentication.
     pub fn basic(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
@@ -123,12 +133,21 @@ impl Credential {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerConfig {
     auths: BTreeMap<String, Credential>,
+    /// `credsStore`: the helper for every registry.
+    store: Option<String>,
+    /// `credHelpers`: a helper per registry.
+    helpers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawConfig {
     #[serde(default)]
     auths: BTreeMap<String, RawAuth>,
+    #[serde(default)]
+    creds_store: Option<String>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -170,7 +189,7 @@ impl DockerConfig {
             let registry = normalise_key(&key);
             let credential = if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
                 Credential {
-                    username: "<token>".to_owned(),
+                    username: IDENTITY_TOKEN_USER.to_owned(),
                     password: token,
                 }
             } else if let (Some(username), Some(password)) = (entry.username, entry.password) {
@@ -198,7 +217,31 @@ impl DockerConfig {
             };
             auths.insert(registry, credential);
         }
-        Ok(Self { auths })
+        let helper = |name: String, registry: &str| {
+            if super::helper::valid_name(&name) {
+                Some(name)
+            } else {
+                tracing::warn!(config = origin, registry, helper = %name, "skipping a credential helper that is not a plain program name");
+                None
+            }
+        };
+        let store = raw
+            .creds_store
+            .filter(|s| !s.is_empty())
+            .and_then(|s| helper(s, "*"));
+        let helpers = raw
+            .cred_helpers
+            .into_iter()
+            .filter_map(|(key, name)| {
+                let registry = normalise_key(&key);
+                Some((registry.clone(), helper(name, &registry)?))
+            })
+            .collect();
+        Ok(Self {
+            auths,
+            store,
+            helpers,
+        })
     }
 
     /// Reads a Docker config file.
@@ -212,9 +255,19 @@ impl DockerConfig {
         Self::parse(&bytes, &origin)
     }
 
-    /// The credential for `registry` (`ghcr.io`, `localhost:5000`).
+    /// The credential stored for `registry` (`ghcr.io`, `localhost:5000`)
+    /// in `auths`.
     pub fn for_registry(&self, registry: &str) -> Option<Credential> {
         self.auths.get(registry).cloned()
+    }
+
+    /// The credential helper Docker would ask for `registry`:
+    /// `credHelpers`' entry for it, else `credsStore`.
+    pub fn helper_for(&self, registry: &str) -> Option<&str> {
+        self.helpers
+            .get(registry)
+            .or(self.store.as_ref())
+            .map(String::as_str)
     }
 }
 
@@ -316,6 +369,33 @@ mod tests {
             DockerConfig::parse(b"[1]", "c.json").is_err(),
             "not a config at all"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn credential_helpers_are_read_and_named_safely() -> Result<(), ConfigError> {
+        let config = DockerConfig::parse(
+            br#"{"credsStore": "desktop",
+                 "credHelpers": {"123.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login",
+                                 "https://index.docker.io/v1/": "pass",
+                                 "evil.example": "../../bin/sh"},
+                 "auths": {"ghcr.io": {"identitytoken": "refresh"}}}"#,
+            "config.json",
+        )?;
+        assert_eq!(
+            config.helper_for("123.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some("ecr-login")
+        );
+        assert_eq!(config.helper_for("docker.io"), Some("pass"));
+        assert_eq!(config.helper_for("quay.io"), Some("desktop"), "credsStore");
+        assert_eq!(
+            config.helper_for("evil.example"),
+            Some("desktop"),
+            "a path is no helper name"
+        );
+        let token = config.for_registry("ghcr.io").expect("auths entry");
+        assert_eq!(token.identity_token(), Some("refresh"));
+        assert_eq!(DockerConfig::default().helper_for("ghcr.io"), None);
         Ok(())
     }
 

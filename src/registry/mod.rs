@@ -7,7 +7,11 @@
 //!   (`WWW-Authenticate: Bearer realm=...,service=...,scope=...`); tokens
 //!   are cached until they expire.
 //! - Credentials from a Docker config file (`auths`: `auth` or
-//!   `username`/`password`, `identitytoken`).
+//!   `username`/`password`, `identitytoken`), and, where the caller allows
+//!   it, from its credential helpers (`credsStore`, `credHelpers`). An
+//!   identity token is a refresh token: it is exchanged at the token
+//!   service with an OAuth2 `refresh_token` grant, never sent as a
+//!   password.
 //! - Plain HTTP only for loopback registries or ones explicitly allowed.
 //! - Every call is bounded by the caller's `probity-probe` deadline, and
 //!   each registry has a circuit breaker, so a registry that is down costs
@@ -16,6 +20,7 @@
 
 mod auth;
 mod connect;
+mod helper;
 mod resolve;
 
 use std::collections::HashMap;
@@ -25,7 +30,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -33,8 +38,9 @@ use probity_probe::breaker::{CircuitBreaker, Verdict};
 use tokio::time::Instant;
 
 use auth::Challenge;
-pub use auth::{Credential, DockerConfig};
+pub use auth::{Credential, DockerConfig, IDENTITY_TOKEN_USER};
 pub use connect::{Reach, is_public};
+pub use helper::HelperFailed;
 pub use resolve::{Resolve, ResolveError};
 
 use crate::image::{Digest, Reference};
@@ -55,7 +61,7 @@ const FAIR_BUDGET: Duration = Duration::from_secs(1);
 /// Largest manifest read when a registry omits `Docker-Content-Digest`.
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<connect::Guarded>, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<connect::Guarded>, Full<Bytes>>;
 
 /// How the client behaves.
 #[derive(Debug, Clone)]
@@ -79,6 +85,10 @@ pub struct Options {
     /// Registries (`host[:port]`) that may be asked for any image, whatever
     /// the policies list (`--registry-allow`).
     pub allow: Vec<String>,
+    /// Run the Docker config's credential helpers (`docker-credential-*`
+    /// on `$PATH`), as `probity pin` on a workstation does; the operator
+    /// reads mounted credentials only.
+    pub credential_helpers: bool,
 }
 
 impl Default for Options {
@@ -91,6 +101,7 @@ impl Default for Options {
             token_hosts: Vec::new(),
             public_reasons: false,
             allow: Vec::new(),
+            credential_helpers: false,
         }
     }
 }
@@ -112,7 +123,13 @@ pub struct RegistryClient {
     /// The credentials in use: `options.credentials`, or the file
     /// [`RegistryClient::reload_credentials`] watches.
     credentials: std::sync::RwLock<DockerConfig>,
+    /// Credential helpers' answers by registry, reused for a while (a
+    /// helper may unlock a keychain each time it runs).
+    helper_answers: Mutex<HashMap<String, (Option<Credential>, Instant)>>,
 }
+
+/// How long a credential helper's answer is reused.
+const HELPER_ANSWER_TTL: Duration = Duration::from_secs(300);
 
 /// A tag being looked up, and the lookup's answer for those who waited.
 type Flight = tokio::sync::Mutex<Option<(Result<Digest, ResolveError>, Instant)>>;
@@ -210,6 +227,7 @@ impl RegistryClient {
             breakers: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             credentials: std::sync::RwLock::new(credentials),
+            helper_answers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -444,11 +462,6 @@ impl RegistryClient {
             self.scheme(registry)
         );
         let scope = format!("repository:{repository}:pull");
-        let credential = self
-            .credentials
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .for_registry(registry);
 
         let mut authorization = self.token(registry, &scope).map(|t| format!("Bearer {t}"));
         for attempt in 0..2 {
@@ -470,6 +483,9 @@ impl RegistryClient {
                                 "{registry} answered 401 without a WWW-Authenticate challenge"
                             ))
                         })?;
+                    // Asked for only now: a helper runs only for a
+                    // registry that wants credentials.
+                    let credential = self.credential(registry).await?;
                     authorization = Some(match challenge {
                         Challenge::Basic => {
                             let c = credential.as_ref().ok_or_else(|| {
@@ -481,6 +497,12 @@ impl RegistryClient {
                                 return Err(CallError::Refused(format!(
                                     "{registry} asks for credentials over plain HTTP; they are \
                                      only sent over HTTPS (or to loopback)"
+                                )));
+                            }
+                            if c.identity_token().is_some() {
+                                return Err(CallError::Refused(format!(
+                                    "{registry} asks for a password, and its credential is an \
+                                     identity token (for a token service)"
                                 )));
                             }
                             c.basic()
@@ -612,6 +634,50 @@ impl RegistryClient {
         (Instant::now() < *until).then(|| token.clone())
     }
 
+    /// The credential for `registry`: its credential helper's answer when
+    /// helpers are allowed and one is configured (`auths` when it has
+    /// none), else its `auths` entry.
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, CallError> {
+        let (stored, helper) = {
+            let config = self
+                .credentials
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let helper = self
+                .options
+                .credential_helpers
+                .then(|| config.helper_for(registry).map(str::to_owned))
+                .flatten();
+            (config.for_registry(registry), helper)
+        };
+        let Some(helper) = helper else {
+            return Ok(stored);
+        };
+        if let Some((answer, until)) = self
+            .helper_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(registry)
+            && Instant::now() < *until
+        {
+            return Ok(answer.clone().or(stored));
+        }
+        let answer = helper::get(&helper, registry)
+            .await
+            .map_err(|e| CallError::Refused(e.to_string()))?;
+        bounded_insert(
+            &mut self
+                .helper_answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            registry.to_owned(),
+            (answer.clone(), Instant::now() + HELPER_ANSWER_TTL),
+            MAX_BREAKERS,
+            |until| Instant::now() < *until,
+        );
+        Ok(answer.or(stored))
+    }
+
     async fn fetch_token(
         &self,
         realm: &str,
@@ -619,6 +685,11 @@ impl RegistryClient {
         scope: &str,
         credential: Option<&Credential>,
     ) -> Result<String, CallError> {
+        if let Some(refresh) = credential.and_then(Credential::identity_token) {
+            return self
+                .exchange_identity_token(realm, service, scope, refresh)
+                .await;
+        }
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
             if let Some(service) = service {
@@ -640,6 +711,59 @@ impl RegistryClient {
         if !status.is_success() {
             return Err(CallError::Refused(format!(
                 "token service {realm} answered {status}"
+            )));
+        }
+        auth::token_from(&body)
+            .ok_or_else(|| CallError::Refused(format!("token service {realm} sent no token")))
+    }
+
+    /// An identity token is an OAuth2 refresh token: POSTed to the realm
+    /// as a `refresh_token` grant, as Docker does; the answer's
+    /// `access_token` is the bearer token.
+    async fn exchange_identity_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        refresh: &str,
+    ) -> Result<String, CallError> {
+        if !credentials_may_go_to(realm) {
+            return Err(CallError::Refused(format!(
+                "token service {realm} is plain HTTP; an identity token is only sent over HTTPS \
+                 (or to loopback)"
+            )));
+        }
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("client_id", "probity");
+            if let Some(service) = service {
+                form.append_pair("service", service);
+            }
+            form.append_pair("scope", scope);
+            form.append_pair("refresh_token", refresh);
+            form.finish()
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(realm)
+            .header(
+                header::USER_AGENT,
+                concat!("probity/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| CallError::Refused(format!("invalid token realm {realm}: {e}")))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| CallError::Down(format!("{realm}: {}", error_chain(&e))))?;
+        let status = response.status();
+        let body = read_limited(response, 64 * 1024).await?;
+        if !status.is_success() {
+            return Err(CallError::Refused(format!(
+                "token service {realm} refused the identity token ({status})"
             )));
         }
         auth::token_from(&body)
@@ -677,7 +801,7 @@ async fn send(
         request = request.header(header::AUTHORIZATION, value);
     }
     let request = request
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| CallError::Refused(format!("invalid registry URL {url}: {e}")))?;
     http.request(request)
         .await

@@ -109,6 +109,46 @@ async fn token_endpoint(
     }
 }
 
+/// The refresh token the stand-in identity provider accepts.
+const REFRESH: &str = "refresh-3f1c";
+
+/// OAuth2's refresh-token grant, as Docker sends an identity token: a form
+/// POSTed to the realm, answered with an `access_token`.
+async fn refresh_grant(
+    State(issuer): State<std::sync::Arc<Issuer>>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |name: &str| form.get(name).map(String::as_str);
+    let form_typed = headers.get("content-type").and_then(|v| v.to_str().ok())
+        == Some("application/x-www-form-urlencoded");
+    if !form_typed
+        || field("grant_type") != Some("refresh_token")
+        || field("refresh_token") != Some(REFRESH)
+        || field("service") != Some(SERVICE)
+        || field("client_id").is_none()
+        || headers.contains_key("authorization")
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_grant"})),
+        );
+    }
+    match issuer.token("ci", field("scope").unwrap_or_default()) {
+        Ok(token) => (
+            StatusCode::OK,
+            axum::Json(json!({"access_token": token, "expires_in": 300})),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        ),
+    }
+}
+
 fn client(credentials: &str) -> anyhow::Result<RegistryClient> {
     Ok(RegistryClient::new(Options {
         cache_ttl: Duration::from_secs(60),
@@ -128,7 +168,10 @@ async fn bearer_challenge_with_docker_config_credentials() -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let token_addr = listener.local_addr()?;
     let app = axum::Router::new()
-        .route("/token", axum::routing::get(token_endpoint))
+        .route(
+            "/token",
+            axum::routing::get(token_endpoint).post(refresh_grant),
+        )
         .with_state(std::sync::Arc::clone(&issuer));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -184,6 +227,94 @@ async fn bearer_challenge_with_docker_config_credentials() -> anyhow::Result<()>
         .await
         .expect_err("no credentials");
     assert!(err.reason.contains("401"), "{err}");
+
+    // An identity token is exchanged with a refresh-token grant, never
+    // sent as a password.
+    let identity = client(&format!(
+        r#"{{"auths": {{"{host}": {{"identitytoken": "{REFRESH}"}}}}}}"#
+    ))?;
+    let resolved = identity
+        .digest(&reference)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(resolved.to_string(), digest);
+    let revoked = client(&format!(
+        r#"{{"auths": {{"{host}": {{"identitytoken": "revoked"}}}}}}"#
+    ))?;
+    let err = revoked.digest(&reference).await.expect_err("revoked token");
+    assert!(err.reason.contains("refused the identity token"), "{err}");
+
+    // `probity pin` on a workstation: the Docker config names credential
+    // helpers, which it runs as Docker does.
+    let helpers = dir.path().join("bin");
+    std::fs::create_dir_all(&helpers)?;
+    for (name, answer) in [
+        (
+            "probitytoken",
+            format!(r#"{{"ServerURL":"{host}","Username":"<token>","Secret":"{REFRESH}"}}"#),
+        ),
+        (
+            "probitybasic",
+            format!(r#"{{"ServerURL":"{host}","Username":"ci","Secret":"s3cret"}}"#),
+        ),
+    ] {
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\nif [ \"$server\" = \"{host}\" ]; then\n  printf '%s' '{answer}'\nelse\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n"
+        );
+        let path = helpers.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, script)?;
+        let mut permissions = std::fs::metadata(&path)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&path, permissions)?;
+    }
+    let manifest = dir.path().join("deploy.yaml");
+    let path_env = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for config in [
+        r#"{"credsStore": "probitytoken"}"#.to_owned(),
+        format!(r#"{{"credsStore": "probitytoken", "credHelpers": {{"{host}": "probitybasic"}}}}"#),
+        r#"{"credsStore": "probity-missing-helper"}"#.to_owned(),
+    ] {
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: api}}\nspec:\n  containers:\n  - name: api\n    image: {host}/team/api:1.0\n"
+            ),
+        )?;
+        let docker = dir.path().join("docker");
+        std::fs::create_dir_all(&docker)?;
+        std::fs::write(docker.join("config.json"), &config)?;
+        let mut pin = std::process::Command::new(env!("CARGO_BIN_EXE_probity"));
+        pin.args(["pin"])
+            .arg(&manifest)
+            .env("DOCKER_CONFIG", &docker)
+            .env("PATH", &path_env);
+        // Off this thread: the token service answers on this runtime.
+        let out = tokio::task::spawn_blocking(move || pin.output()).await??;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pinned = std::fs::read_to_string(&manifest)?;
+        if config.contains("missing") {
+            assert_eq!(out.status.code(), Some(1), "{config}: {said}");
+            assert!(
+                said.contains("docker-credential-probity-missing-helper: cannot run it"),
+                "{config}: {said}"
+            );
+            assert!(!pinned.contains("@sha256:"), "{pinned}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{config}: {said}");
+            assert!(
+                pinned.contains(&format!("team/api:1.0@{digest}")),
+                "{config}: {pinned}"
+            );
+        }
+    }
     server.abort();
     Ok(())
 }
