@@ -210,7 +210,7 @@ mod tests {
             .expect("found");
         assert_eq!(found.identity_token(), Some("r"));
         assert_eq!(run(program, "quay.io").await, Ok(None));
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = run(program, "slow.example").await.expect_err("too slow");
         assert!(err.contains("no answer within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(15));
