@@ -75,6 +75,9 @@ pub struct Report {
     pub notes: Vec<Problem>,
     /// Every finding counted, also those [`lint_rendered`] wrote out.
     pub tally: Tally,
+    /// Workloads each policy matched, by policy and namespace (`None`:
+    /// the manifest sets none).
+    pub matched: BTreeMap<(String, Option<String>), usize>,
 }
 
 /// Findings counted by how much they count.
@@ -226,6 +229,9 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
             report.workloads += part.report.workloads;
             report.tally.merge(part.report.tally);
             report.errors.extend(part.report.errors);
+            for (key, n) in part.report.matched {
+                *report.matched.entry(key).or_default() += n;
+            }
             report.notes.extend(part.report.notes);
             owners.0.extend(part.owners);
             holding |= !part.deferred.is_empty();
@@ -287,6 +293,9 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
     }
     report.workloads += late.workloads;
     report.tally.add(&late.findings);
+    for (key, n) in std::mem::take(&mut late.matched) {
+        *report.matched.entry(key).or_default() += n;
+    }
     if !holding {
         return report;
     }
@@ -584,6 +593,10 @@ fn judge(
         .iter()
         .filter(|p| p.applies_to(workload, namespaces))
     {
+        *report
+            .matched
+            .entry((policy.name.clone(), workload.namespace.clone()))
+            .or_default() += 1;
         for finding in evaluate(&policy.spec, workload) {
             let duplicate = found.iter().any(|f| {
                 f.finding.rule.id == finding.rule.id && f.finding.pointer == finding.pointer

@@ -23,6 +23,10 @@ pub enum Format {
     /// GitHub Actions workflow commands (`::error file=...,line=...::`):
     /// annotations on the changed lines of a pull request.
     Github,
+    /// A `List` of wg-policy `PolicyReport`s (`wgpolicyk8s.io/v1alpha2`),
+    /// one per policy and namespace, as the operator writes them.
+    #[value(name = "policyreport")]
+    PolicyReport,
 }
 
 /// Writes `report` in `format`: findings to `out`, and for text the notes,
@@ -53,6 +57,11 @@ pub fn write(
         }
         Format::Sarif => {
             serde_json::to_writer_pretty(&mut *out, &to_sarif(report))?;
+            writeln!(out)?;
+            problems(report, true, err)
+        }
+        Format::PolicyReport => {
+            serde_json::to_writer_pretty(&mut *out, &to_policy_reports(report))?;
             writeln!(out)?;
             problems(report, true, err)
         }
@@ -329,6 +338,65 @@ impl<'a> JsonReport<'a> {
             version: 1,
         }
     }
+}
+
+/// Results a lint report lists per policy and namespace, as the
+/// operator's default.
+pub const POLICY_REPORT_MAX_RESULTS: usize = 100;
+
+/// The findings as wg-policy `PolicyReport`s in a `v1` `List`: one per
+/// policy and namespace that matched a workload, named
+/// `probity-<policy>`. `pass` counts the matched workloads with no fail or
+/// warn result.
+pub fn to_policy_reports(report: &Report) -> Value {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::policy::wgpolicy::{self, Scope, Subject};
+    type Key = (String, Option<String>);
+    let mut findings: BTreeMap<Key, Vec<(Subject, &crate::policy::Finding)>> = BTreeMap::new();
+    let mut flagged: BTreeMap<Key, BTreeSet<(&str, &str, &str)>> = BTreeMap::new();
+    for l in &report.findings {
+        let key = (l.policy.clone(), l.object.namespace.clone());
+        if wgpolicy::result_of(&l.finding) != "skip" {
+            flagged.entry(key.clone()).or_default().insert((
+                &l.file,
+                l.object.kind,
+                &l.object.name,
+            ));
+        }
+        let subject = Subject {
+            api_version: crate::policy::WorkloadKind::from_kind(l.object.kind)
+                .map_or("v1", |k| k.api_version())
+                .to_owned(),
+            kind: l.object.kind.to_owned(),
+            namespace: l.object.namespace.clone(),
+            name: l.object.name.clone(),
+            uid: None,
+        };
+        findings.entry(key).or_default().push((subject, &l.finding));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let items: Vec<Value> = report
+        .matched
+        .iter()
+        .map(|((policy, namespace), matched)| {
+            let key = (policy.clone(), namespace.clone());
+            let failing = flagged.get(&key).map_or(0, BTreeSet::len);
+            let name = wgpolicy::object_name(&format!("probity-{policy}"));
+            let scope = Scope {
+                name: &name,
+                namespace: namespace.as_deref(),
+                policy,
+                pass: matched.saturating_sub(failing),
+                max_results: POLICY_REPORT_MAX_RESULTS,
+            };
+            let listed = findings.get(&key).map_or(&[][..], Vec::as_slice);
+            wgpolicy::report(&scope, listed, now)
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 /// SARIF 2.1.0: one run, every rule described, one result per finding,

@@ -11,6 +11,7 @@ pub mod selector;
 pub mod spec;
 pub mod status;
 pub mod typed;
+pub mod wgpolicy;
 pub mod workload;
 
 pub use crd::{crd_reference, crds, crds_yaml};

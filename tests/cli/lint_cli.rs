@@ -677,3 +677,23 @@ fn the_default_policy_bounds_readiness_timeouts_at_5_seconds() {
         stdout(&out)
     );
 }
+
+#[test]
+fn policyreport_output_snapshot() {
+    let out = probity(&[
+        "lint",
+        "--format",
+        "policyreport",
+        "--policy",
+        SEVERITY_POLICY,
+        SEVERITY_INPUT,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mut reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for report in reports["items"].as_array_mut().expect("items") {
+        for result in report["results"].as_array_mut().expect("results") {
+            result["timestamp"]["seconds"] = "[now]".into();
+        }
+    }
+    insta::assert_json_snapshot!("policyreport", reports);
+}

@@ -23,4 +23,5 @@ mod operator_drain;
 mod operator_failover;
 mod operator_tags;
 mod pin_cli;
+mod policy_report;
 mod registry_auth;
