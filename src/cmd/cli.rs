@@ -406,6 +406,16 @@ pub(crate) struct OperatorArgs {
     )]
     pub(crate) exclude_namespace: Vec<String>,
 
+    /// Write wg-policy PolicyReports (`wgpolicyk8s.io/v1alpha2`): one per
+    /// policy and namespace, exact summaries, capped results, owned by the
+    /// policy. Needs the report CRDs (chart: policyReports.installCRDs).
+    #[arg(long, help_heading = "Reports")]
+    pub(crate) policy_reports: bool,
+
+    /// Results listed per PolicyReport (the summary counts them all).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000), help_heading = "Reports")]
+    pub(crate) policy_report_max_results: u64,
+
     /// Registry credentials for digest pinning: a Docker config file
     /// (`config.json`, or a mounted `.dockerconfigjson`).
     #[arg(

@@ -80,6 +80,10 @@ fn options(args: &OperatorArgs) -> anyhow::Result<Options> {
             &args.exclude_namespace,
         ));
     }
+    if args.policy_reports {
+        options.policy_reports =
+            Some(usize::try_from(args.policy_report_max_results).unwrap_or(100));
+    }
     let registry = Arc::new(registry_client(args)?);
     if let Some(path) = &args.registry_config {
         // A mounted Secret changes in place: follow it.

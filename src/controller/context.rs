@@ -46,6 +46,8 @@ pub(crate) struct Context {
     /// The `ClusterReadinessPolicy` watch has listed once.
     pub(super) cluster_policies_listed: Synced,
     pub(super) backstop: Option<super::backstop::Backstop>,
+    /// With `--policy-reports`: what was written.
+    pub(super) reports: Option<super::reconcile::Reports>,
     /// Tag -> digest answers for `images.pin: Report`, with when.
     pub(super) tags: Mutex<HashMap<String, TagAnswer>>,
 }

@@ -185,6 +185,7 @@ impl Context {
         let ctx = Arc::new(Context {
             client,
             backstop: options.backstop.clone().map(super::backstop::Backstop::new),
+            reports: options.policy_reports.map(super::reconcile::Reports::new),
             options,
             workloads,
             namespaces: namespaces.as_reader(),

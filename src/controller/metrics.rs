@@ -69,6 +69,7 @@ pub(crate) struct Metrics {
     pub(crate) admission_duration: Family<WebhookLabel, Histogram>,
     pub(crate) webhook_connections: Family<ProtocolLabel, Counter>,
     pub(crate) backstops_missing: Gauge,
+    pub(crate) policy_report_writes: Counter,
 }
 
 impl Metrics {
@@ -146,6 +147,12 @@ impl Metrics {
             "Policies whose admission backstop was missing at the leader's last sweep (re-created then), or all of them while the API server lacks ValidatingAdmissionPolicy",
             backstops_missing.clone(),
         );
+        let policy_report_writes = Counter::default();
+        registry.register(
+            "probity_policy_report_writes",
+            "PolicyReports written because their content changed",
+            policy_report_writes.clone(),
+        );
         registry.register_collector(Box::new(super::process::ProcessCollector));
         Self {
             registry: Mutex::new(registry),
@@ -153,6 +160,7 @@ impl Metrics {
             admission_duration,
             webhook_connections,
             backstops_missing,
+            policy_report_writes,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -142,6 +142,7 @@ pub async fn run(
         policies_listed: Synced::default(),
         cluster_policies_listed: Synced::default(),
         backstop: options.backstop.clone().map(backstop::Backstop::new),
+        reports: options.policy_reports.map(reconcile::Reports::new),
         tags: Mutex::new(HashMap::new()),
     });
 
@@ -173,6 +174,13 @@ pub async fn run(
     )));
     if ctx.backstop.is_some() {
         tasks.push(tokio::spawn(backstop::sweep(
+            Arc::clone(&ctx),
+            Duration::from_secs(10),
+            stop.clone(),
+        )));
+    }
+    if ctx.reports.is_some() {
+        tasks.push(tokio::spawn(reconcile::sweep_reports(
             Arc::clone(&ctx),
             Duration::from_secs(10),
             stop.clone(),

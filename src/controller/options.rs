@@ -39,6 +39,9 @@ pub struct Options {
     pub drain_delay: Duration,
     /// After the drain delay, how long in-flight admission reviews get.
     pub drain_deadline: Duration,
+    /// Write wg-policy PolicyReports, listing at most this many results
+    /// each; `None`: none.
+    pub policy_reports: Option<usize>,
 }
 
 impl Options {
@@ -57,6 +60,7 @@ impl Options {
             tag_ttl: Duration::from_secs(60),
             drain_delay: Duration::from_secs(5),
             drain_deadline: Duration::from_secs(10),
+            policy_reports: None,
         }
     }
 }

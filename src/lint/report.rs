@@ -353,7 +353,7 @@ pub fn to_policy_reports(report: &Report) -> Value {
 
     use crate::policy::wgpolicy::{self, Scope, Subject};
     type Key = (String, Option<String>);
-    let mut findings: BTreeMap<Key, Vec<(Subject, &crate::policy::Finding)>> = BTreeMap::new();
+    let mut findings: BTreeMap<Key, Vec<wgpolicy::Item<'_>>> = BTreeMap::new();
     let mut flagged: BTreeMap<Key, BTreeSet<(&str, &str, &str)>> = BTreeMap::new();
     for l in &report.findings {
         let key = (l.policy.clone(), l.object.namespace.clone());
@@ -373,7 +373,10 @@ pub fn to_policy_reports(report: &Report) -> Value {
             name: l.object.name.clone(),
             uid: None,
         };
-        findings.entry(key).or_default().push((subject, &l.finding));
+        findings
+            .entry(key)
+            .or_default()
+            .push(wgpolicy::Item::of(subject, &l.finding));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

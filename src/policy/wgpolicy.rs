@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::rules::Finding;
+use super::rules::{Finding, RuleMeta};
 use super::spec::Severity;
 
 /// The reports' API version.
@@ -28,6 +28,40 @@ pub struct Subject {
     pub name: String,
     /// Its UID, when known.
     pub uid: Option<String>,
+}
+
+/// One result: a finding about a subject.
+#[derive(Debug, Clone)]
+pub struct Item<'a> {
+    /// What it is about.
+    pub subject: Subject,
+    /// The rule.
+    pub rule: &'static RuleMeta,
+    /// `fail`, `warn` or `skip` ([`result_of`]).
+    pub result: &'static str,
+    /// What is wrong.
+    pub message: &'a str,
+    /// The container, when the finding is about one.
+    pub container: Option<&'a str>,
+    /// JSON pointer of the field, when known.
+    pub pointer: Option<&'a str>,
+    /// The exemption's reason, for a skipped result.
+    pub exemption: Option<&'a str>,
+}
+
+impl<'a> Item<'a> {
+    /// The result `finding` is, about `subject`.
+    pub fn of(subject: Subject, finding: &'a Finding) -> Self {
+        Self {
+            subject,
+            rule: finding.rule,
+            result: result_of(finding),
+            message: &finding.message,
+            container: finding.container.as_deref(),
+            pointer: Some(&finding.pointer),
+            exemption: finding.exempt.as_deref(),
+        }
+    }
 }
 
 /// What one report is about, and how many results it may list.
@@ -72,27 +106,35 @@ fn category(id: &str) -> &'static str {
     }
 }
 
-/// The `PolicyReport` of `findings` under `scope`; `timestamp` is the
+/// The `PolicyReport` of `items` under `scope`; `timestamp` is the
 /// results' time in seconds since the epoch.
-pub fn report(scope: &Scope<'_>, findings: &[(Subject, &Finding)], timestamp: i64) -> Value {
-    let mut ordered: Vec<&(Subject, &Finding)> = findings.iter().collect();
-    ordered.sort_by(|(sa, fa), (sb, fb)| {
-        (rank(result_of(fa)), sa, fa.rule.id, &fa.pointer).cmp(&(
-            rank(result_of(fb)),
-            sb,
-            fb.rule.id,
-            &fb.pointer,
-        ))
+pub fn report(scope: &Scope<'_>, items: &[Item<'_>], timestamp: i64) -> Value {
+    let mut ordered: Vec<&Item<'_>> = items.iter().collect();
+    ordered.sort_by(|a, b| {
+        (
+            rank(a.result),
+            &a.subject,
+            a.rule.id,
+            a.pointer,
+            a.container,
+        )
+            .cmp(&(
+                rank(b.result),
+                &b.subject,
+                b.rule.id,
+                b.pointer,
+                b.container,
+            ))
     });
     let mut summary = json!({"pass": scope.pass, "fail": 0, "warn": 0, "error": 0, "skip": 0});
-    for (_, finding) in &ordered {
-        let key = result_of(finding);
-        summary[key] = json!(summary[key].as_u64().unwrap_or(0) + 1);
+    for item in &ordered {
+        summary[item.result] = json!(summary[item.result].as_u64().unwrap_or(0) + 1);
     }
     let results: Vec<Value> = ordered
         .iter()
         .take(scope.max_results)
-        .map(|(subject, finding)| {
+        .map(|item| {
+            let subject = &item.subject;
             let mut resource = json!({
                 "apiVersion": subject.api_version, "kind": subject.kind, "name": subject.name,
             });
@@ -102,22 +144,25 @@ pub fn report(scope: &Scope<'_>, findings: &[(Subject, &Finding)], timestamp: i6
             if let Some(uid) = &subject.uid {
                 resource["uid"] = json!(uid);
             }
-            let mut properties = json!({"pointer": finding.pointer});
-            if let Some(container) = &finding.container {
-                properties["container"] = json!(container);
-            }
-            if let Some(reason) = &finding.exempt {
-                properties["exemption"] = json!(reason);
+            let mut properties = serde_json::Map::new();
+            for (key, value) in [
+                ("pointer", item.pointer),
+                ("container", item.container),
+                ("exemption", item.exemption),
+            ] {
+                if let Some(value) = value {
+                    properties.insert(key.to_owned(), json!(value));
+                }
             }
             json!({
                 "source": "probity",
                 "policy": scope.policy,
-                "rule": finding.rule.id,
-                "category": category(finding.rule.id),
-                "result": result_of(finding),
-                "severity": if result_of(finding) == "fail" { "high" } else { "medium" },
+                "rule": item.rule.id,
+                "category": category(item.rule.id),
+                "result": item.result,
+                "severity": if item.result == "fail" { "high" } else { "medium" },
                 "scored": true,
-                "message": finding.message,
+                "message": item.message,
                 "resources": [resource],
                 "properties": properties,
                 "timestamp": {"seconds": timestamp, "nanos": 0},
@@ -189,10 +234,10 @@ mod tests {
         let warn = finding("PRB108", false, Severity::Warning);
         let fail = finding("PRB001", false, Severity::Error);
         let findings = vec![
-            (subject("a"), &skip),
-            (subject("b"), &warn),
-            (subject("c"), &fail),
-            (subject("d"), &fail),
+            Item::of(subject("a"), &skip),
+            Item::of(subject("b"), &warn),
+            Item::of(subject("c"), &fail),
+            Item::of(subject("d"), &fail),
         ];
         let scope = Scope {
             name: "probity-rpol-web",

@@ -242,6 +242,14 @@ async fn the_chart_lints_renders_and_is_accepted_in_every_mode() -> anyhow::Resu
             ],
         ),
         (
+            "policy reports",
+            vec![
+                digest.as_str(),
+                "policyReports.enabled=true",
+                "policyReports.installCRDs=true",
+            ],
+        ),
+        (
             "webhooks off",
             vec![
                 digest.as_str(),
@@ -260,10 +268,11 @@ async fn the_chart_lints_renders_and_is_accepted_in_every_mode() -> anyhow::Resu
         let accepted = String::from_utf8_lossy(&out.stdout)
             .matches("(server dry run)")
             .count();
-        let documents = String::from_utf8_lossy(&rendered.stdout)
-            .lines()
-            .filter(|l| l.starts_with("kind: "))
-            .count();
+        // Objects, in YAML or (the report CRDs) JSON.
+        let documents =
+            probity::manifest::yaml::read_stream(&String::from_utf8_lossy(&rendered.stdout))
+                .filter(|d| d.as_ref().is_ok_and(|d| d.value.get("kind").is_some()))
+                .count();
         assert_eq!(accepted, documents, "{mode}: {}", text(&out));
 
         // The chart passes probity's own default policy.

@@ -82,6 +82,10 @@ pub(super) struct Outcome {
     pub(super) exempt: i64,
     /// Non-exempt findings per violating workload.
     pub(super) violations: Vec<(WorkloadRef, Vec<Found>)>,
+    /// With policy reports on: every finding (exempt and warnings too) per
+    /// workload that has one, and the matched workloads per namespace.
+    pub(super) reported: Vec<(WorkloadRef, Vec<Found>)>,
+    pub(super) matched_in: std::collections::BTreeMap<String, usize>,
     pub(super) restart_findings: bool,
     /// `images.pin: Report`: the tags of the matched workloads.
     pub(super) tags: BTreeSet<String>,
@@ -197,6 +201,18 @@ pub(super) fn evaluate_matched(
                 Severity::Error => true,
             });
             outcome.matched += 1;
+            if ctx.reports.is_some() {
+                *outcome.matched_in.entry(namespace.clone()).or_default() += 1;
+                if !found.is_empty() {
+                    outcome.reported.push((
+                        WorkloadRef {
+                            key: key.clone(),
+                            uid: uid.clone(),
+                        },
+                        found.clone(),
+                    ));
+                }
+            }
             let active: Vec<Found> = found
                 .iter()
                 .filter(|f| !f.exempt && !f.warning)

@@ -4,6 +4,7 @@
 
 mod evaluate;
 mod events;
+mod reports;
 mod status;
 mod tags;
 
@@ -22,6 +23,7 @@ pub(crate) use self::evaluate::EvalCache;
 use self::evaluate::{Outcome, evaluate_matched};
 use self::events::queue_events;
 pub(crate) use self::events::{EventJob, publish_events};
+pub(crate) use self::reports::{Reports, sweep as sweep_reports};
 use self::status::build_status;
 pub(crate) use self::tags::TagSnapshot;
 use self::tags::{resolve_tags, split_listed};
@@ -133,6 +135,15 @@ pub(crate) async fn reconcile<P: PolicyObject>(
             }
         }
         queue_events(&ctx, &policy, &uid, &outcome);
+        match ctx
+            .leadership
+            .fenced(reports::sync(&ctx, &*obj, &policy, &outcome))
+            .await
+        {
+            Ok(synced) => synced?,
+            Err(super::leader::Fenced::NotLeader) => {}
+            Err(e) => return Err(Error::Fenced(e)),
+        }
         match ctx
             .leadership
             .fenced(super::backstop::sync(&ctx, &*obj))
