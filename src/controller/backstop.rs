@@ -127,35 +127,28 @@ pub(crate) async fn sync<P: PolicyObject>(ctx: &Context, obj: &P) -> Result<(), 
 /// Deletes backstops whose policy no longer exists, every `every` while
 /// this replica leads.
 pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: Stop) {
-    let mut leading = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stop.clone() => return,
+    let forget = |ctx: &Context| {
+        if let Some(backstop) = &ctx.backstop {
+            backstop.forget_applied();
         }
+    };
+    super::leader::while_leading(ctx, every, stop, forget, |ctx| async move {
         let Some(backstop) = &ctx.backstop else {
             return;
         };
-        let leader = ctx.leadership.is_leader();
-        if leader && !leading {
-            backstop.forget_applied();
-        }
-        leading = leader;
-        if !leader || !ctx.policies_synced() {
-            continue;
-        }
         if backstop.unsupported() {
             // No API, no backstop: every policy lacks one.
             let policies = ctx.policies.state().len() + ctx.cluster_policies.state().len();
             ctx.metrics
                 .backstops_missing
                 .set(i64::try_from(policies).unwrap_or(i64::MAX));
-            continue;
+            return;
         }
         if let Err(e) = sweep_once(&ctx).await {
             tracing::warn!(error = %e, "sweeping stale admission policy backstops failed; retrying");
         }
-    }
+    })
+    .await;
 }
 
 async fn sweep_once(ctx: &Context) -> Result<(), Error> {

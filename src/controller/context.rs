@@ -84,6 +84,24 @@ impl Context {
             && self.cluster_policies_listed.is_set()
     }
 
+    /// Every policy in the caches, of both kinds, as resolved policies
+    /// with their UIDs.
+    pub(super) fn all_policies(&self) -> Vec<(String, crate::policy::Policy)> {
+        use super::policy_object::PolicyObject as _;
+        use kube::Resource as _;
+        let namespaced = self.policies.state();
+        let cluster = self.cluster_policies.state();
+        namespaced
+            .iter()
+            .map(|p| (p.meta().uid.clone().unwrap_or_default(), p.policy()))
+            .chain(
+                cluster
+                    .iter()
+                    .map(|p| (p.meta().uid.clone().unwrap_or_default(), p.policy())),
+            )
+            .collect()
+    }
+
     pub(super) fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
         let mut labels = self
             .namespaces

@@ -347,6 +347,36 @@ impl Elector {
     }
 }
 
+/// Runs `work` every `every` while this replica leads and the policy
+/// caches have synced; `on_lead` first whenever it has just become leader
+/// (what a previous leader did may have changed since).
+pub(crate) async fn while_leading<W, Fut>(
+    ctx: std::sync::Arc<super::Context>,
+    every: Duration,
+    stop: super::Stop,
+    on_lead: impl Fn(&super::Context),
+    work: W,
+) where
+    W: Fn(std::sync::Arc<super::Context>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.clone() => return,
+        }
+        let leader = ctx.leadership.is_leader();
+        if leader && !leading {
+            on_lead(&ctx);
+        }
+        leading = leader;
+        if leader && ctx.policies_synced() {
+            work(std::sync::Arc::clone(&ctx)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

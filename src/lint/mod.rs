@@ -77,7 +77,7 @@ pub struct Report {
     pub tally: Tally,
     /// Workloads each policy matched, by policy and namespace (`None`:
     /// the manifest sets none).
-    pub matched: BTreeMap<(String, Option<String>), usize>,
+    pub matched: BTreeMap<String, BTreeMap<Option<String>, usize>>,
 }
 
 /// Findings counted by how much they count.
@@ -229,9 +229,7 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
             report.workloads += part.report.workloads;
             report.tally.merge(part.report.tally);
             report.errors.extend(part.report.errors);
-            for (key, n) in part.report.matched {
-                *report.matched.entry(key).or_default() += n;
-            }
+            merge_matched(&mut report.matched, part.report.matched);
             report.notes.extend(part.report.notes);
             owners.0.extend(part.owners);
             holding |= !part.deferred.is_empty();
@@ -293,9 +291,7 @@ fn run(inputs: &[Input], policies: &[Policy], mut emit: Emit<'_>) -> Report {
     }
     report.workloads += late.workloads;
     report.tally.add(&late.findings);
-    for (key, n) in std::mem::take(&mut late.matched) {
-        *report.matched.entry(key).or_default() += n;
-    }
+    merge_matched(&mut report.matched, std::mem::take(&mut late.matched));
     if !holding {
         return report;
     }
@@ -593,10 +589,7 @@ fn judge(
         .iter()
         .filter(|p| p.applies_to(workload, namespaces))
     {
-        *report
-            .matched
-            .entry((policy.name.clone(), workload.namespace.clone()))
-            .or_default() += 1;
+        count_matched(&mut report.matched, &policy.name, &workload.namespace);
         for finding in evaluate(&policy.spec, workload) {
             let duplicate = found.iter().any(|f| {
                 f.finding.rule.id == finding.rule.id && f.finding.pointer == finding.pointer
@@ -615,6 +608,37 @@ fn judge(
     }
     found.sort_by(|a, b| (a.pos, a.finding.rule.id).cmp(&(b.pos, b.finding.rule.id)));
     report.findings.extend(found);
+}
+
+/// Counts a workload `policy` matched in `namespace`, allocating only for
+/// the first of each (this runs once per judged workload and policy).
+fn count_matched(
+    matched: &mut BTreeMap<String, BTreeMap<Option<String>, usize>>,
+    policy: &str,
+    namespace: &Option<String>,
+) {
+    let by_ns = match matched.get_mut(policy) {
+        Some(by_ns) => by_ns,
+        None => matched.entry(policy.to_owned()).or_default(),
+    };
+    match by_ns.get_mut(namespace) {
+        Some(n) => *n += 1,
+        None => {
+            by_ns.insert(namespace.clone(), 1);
+        }
+    }
+}
+
+fn merge_matched(
+    into: &mut BTreeMap<String, BTreeMap<Option<String>, usize>>,
+    from: BTreeMap<String, BTreeMap<Option<String>, usize>>,
+) {
+    for (policy, by_ns) in from {
+        let target = into.entry(policy).or_default();
+        for (ns, n) in by_ns {
+            *target.entry(ns).or_default() += n;
+        }
+    }
 }
 
 /// Labels of the Namespace objects among the inputs (the last one of a

@@ -384,7 +384,8 @@ pub fn to_policy_reports(report: &Report) -> Value {
     let items: Vec<Value> = report
         .matched
         .iter()
-        .map(|((policy, namespace), matched)| {
+        .flat_map(|(policy, by_ns)| by_ns.iter().map(move |(ns, n)| (policy, ns, n)))
+        .map(|(policy, namespace, matched)| {
             let key = (policy.clone(), namespace.clone());
             let failing = flagged.get(&key).map_or(0, BTreeSet::len);
             let name = wgpolicy::object_name(&format!("probity-{policy}"));

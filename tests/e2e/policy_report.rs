@@ -17,6 +17,23 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// The chart's report CRDs, applied and established.
+fn install_report_crds(env: &probity_testenv::TestEnv) -> anyhow::Result<()> {
+    let out = env.kubectl().args(["apply", "-f", CRDS]).output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd/policyreports.wgpolicyk8s.io",
+            "--timeout=30s",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
+    Ok(())
+}
+
 /// `count` Deployments in `ns`: the first `latest` ones on `:latest`, the
 /// rest pinned and probed.
 fn deployments(ns: &str, count: usize, latest: usize) -> String {
@@ -40,18 +57,7 @@ async fn lint_policy_reports_are_accepted_exact_and_bounded() -> anyhow::Result<
     let Some(env) = probity_testenv::shared() else {
         return Ok(());
     };
-    let out = env.kubectl().args(["apply", "-f", CRDS]).output()?;
-    assert!(out.status.success(), "{}", text(&out));
-    let out = env
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd/policyreports.wgpolicyk8s.io",
-            "--timeout=30s",
-        ])
-        .output()?;
-    assert!(out.status.success(), "{}", text(&out));
+    install_report_crds(env)?;
     let client = env.client()?;
     let ns = env.namespace(&client, "polr").await?;
 
@@ -161,18 +167,7 @@ async fn the_operator_writes_bounded_reports_on_change_and_removes_them_with_the
     };
     let client = env.client()?;
     probity::controller::install_crds(&client, Duration::from_secs(30)).await?;
-    let out = env.kubectl().args(["apply", "-f", CRDS]).output()?;
-    assert!(out.status.success(), "{}", text(&out));
-    let out = env
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd/policyreports.wgpolicyk8s.io",
-            "--timeout=30s",
-        ])
-        .output()?;
-    assert!(out.status.success(), "{}", text(&out));
+    install_report_crds(env)?;
     let system = env.namespace(&client, "reports-system").await?;
     let ns = env.namespace(&client, "reports").await?;
     let operator = crate::common::Operator::start(

@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use kube::ResourceExt as _;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt as _};
 
 use super::tags::TagSnapshot;
 use crate::controller::Context;
@@ -230,18 +230,7 @@ pub(super) fn evaluate_matched(
     }
     cache.entries.retain(|id, _| live.contains(id));
     // Forget policies that no longer exist.
-    let existing: HashSet<String> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter_map(|p| p.meta().uid.clone())
-        .chain(
-            ctx.cluster_policies
-                .state()
-                .iter()
-                .filter_map(|p| p.meta().uid.clone()),
-        )
-        .collect();
+    let existing: HashSet<String> = ctx.all_policies().into_iter().map(|(uid, _)| uid).collect();
     caches.retain(|uid, _| uid == policy_uid || existing.contains(uid));
     outcome
 }

@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::{Api, Resource as _, ResourceExt as _};
+use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -228,56 +228,32 @@ pub(crate) async fn sync<P: PolicyObject>(
 /// Deletes the reports of policies that no longer exist, every `every`
 /// while this replica leads.
 pub(crate) async fn sweep(ctx: std::sync::Arc<Context>, every: Duration, stop: Stop) {
-    let mut leading = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stop.clone() => return,
-        }
-        let Some(reports) = &ctx.reports else {
-            return;
-        };
-        let leader = ctx.leadership.is_leader();
-        if leader && !leading {
+    let forget = |ctx: &Context| {
+        if let Some(reports) = &ctx.reports {
             reports.forget_written();
         }
-        leading = leader;
-        if !leader || !ctx.policies_synced() || reports.unsupported() {
-            continue;
+    };
+    crate::controller::leader::while_leading(ctx, every, stop, forget, |ctx| async move {
+        if ctx.reports.as_ref().is_none_or(Reports::unsupported) {
+            return;
         }
         if let Err(e) = sweep_once(&ctx).await {
             tracing::warn!(error = %e, "sweeping the reports of deleted policies failed; retrying");
         }
-    }
+    })
+    .await;
 }
 
 async fn sweep_once(ctx: &Context) -> Result<(), Error> {
-    let uids: HashSet<String> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter_map(|p| p.meta().uid.clone())
-        .chain(
-            ctx.cluster_policies
-                .state()
-                .iter()
-                .filter_map(|p| p.meta().uid.clone()),
-        )
-        .collect();
+    let policies = ctx.all_policies();
     if let Some(reports) = &ctx.reports {
-        reports.written().retain(|uid, _| uids.contains(uid));
+        reports
+            .written()
+            .retain(|uid, _| policies.iter().any(|(live, _)| live == uid));
     }
-    let live: HashSet<String> = ctx
-        .policies
-        .state()
+    let live: HashSet<String> = policies
         .iter()
-        .map(|p| vap::policy_label(&p.policy()))
-        .chain(
-            ctx.cluster_policies
-                .state()
-                .iter()
-                .map(|p| vap::policy_label(&p.policy())),
-        )
+        .map(|(_, policy)| vap::policy_label(policy))
         .collect();
     let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &resource());
     let selector = format!("{}={}", vap::MANAGED_BY.0, vap::MANAGED_BY.1);
