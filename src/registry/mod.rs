@@ -706,15 +706,7 @@ impl RegistryClient {
         let response = self
             .send(Method::GET, &url, authorization.as_deref(), false)
             .await?;
-        let status = response.status();
-        let body = read_limited(response, 64 * 1024).await?;
-        if !status.is_success() {
-            return Err(CallError::Refused(format!(
-                "token service {realm} answered {status}"
-            )));
-        }
-        auth::token_from(&body)
-            .ok_or_else(|| CallError::Refused(format!("token service {realm} sent no token")))
+        token_answer(realm, response, "answered").await
     }
 
     /// An identity token is an OAuth2 refresh token: POSTed to the realm
@@ -759,15 +751,7 @@ impl RegistryClient {
             .request(request)
             .await
             .map_err(|e| CallError::Down(format!("{realm}: {}", error_chain(&e))))?;
-        let status = response.status();
-        let body = read_limited(response, 64 * 1024).await?;
-        if !status.is_success() {
-            return Err(CallError::Refused(format!(
-                "token service {realm} refused the identity token ({status})"
-            )));
-        }
-        auth::token_from(&body)
-            .ok_or_else(|| CallError::Refused(format!("token service {realm} sent no token")))
+        token_answer(realm, response, "refused the identity token with").await
     }
 
     async fn send(
@@ -779,6 +763,24 @@ impl RegistryClient {
     ) -> Result<hyper::Response<hyper::body::Incoming>, CallError> {
         send(&self.http, method, url, authorization, manifest).await
     }
+}
+
+/// The token in a token service's answer (at most 64 KiB); a failure
+/// status is reported as "token service REALM <refused> STATUS".
+async fn token_answer(
+    realm: &str,
+    response: hyper::Response<hyper::body::Incoming>,
+    refused: &str,
+) -> Result<String, CallError> {
+    let status = response.status();
+    let body = read_limited(response, 64 * 1024).await?;
+    if !status.is_success() {
+        return Err(CallError::Refused(format!(
+            "token service {realm} {refused} {status}"
+        )));
+    }
+    auth::token_from(&body)
+        .ok_or_else(|| CallError::Refused(format!("token service {realm} sent no token")))
 }
 
 async fn send(

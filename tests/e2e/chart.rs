@@ -66,18 +66,24 @@ fn rendered(sets: &[&str]) -> Vec<serde_json::Value> {
     rendered_as("probity", sets)
 }
 
+/// `helm` without a cluster, its caches under the temporary directory.
+fn offline_helm(binaries: &probity_testenv::Binaries) -> Command {
+    let mut helm = Command::new(binaries.helm());
+    helm.env(
+        "HELM_CACHE_HOME",
+        std::env::temp_dir().join("probity-helm-cache"),
+    )
+    .env(
+        "HELM_CONFIG_HOME",
+        std::env::temp_dir().join("probity-helm-config"),
+    );
+    helm
+}
+
 fn rendered_as(release: &str, sets: &[&str]) -> Vec<serde_json::Value> {
     let binaries = probity_testenv::binaries_or_skip().expect("helm (make control-plane)");
-    let mut helm = Command::new(binaries.helm());
-    helm.args(["template", release, CHART, "-n", "probity-system"])
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("probity-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("probity-helm-config"),
-        );
+    let mut helm = offline_helm(&binaries);
+    helm.args(["template", release, CHART, "-n", "probity-system"]);
     for set in sets {
         helm.args(["--set", set]);
     }
@@ -307,16 +313,8 @@ fn the_values_schema_rejects_bad_values() {
         ("certificates.mode=secret", "secretName"),
         ("unknownKey=1", "unknownKey"),
     ] {
-        let out = Command::new(binaries.helm())
+        let out = offline_helm(&binaries)
             .args(["template", "probity", CHART, "--set", set])
-            .env(
-                "HELM_CACHE_HOME",
-                std::env::temp_dir().join("probity-helm-cache"),
-            )
-            .env(
-                "HELM_CONFIG_HOME",
-                std::env::temp_dir().join("probity-helm-config"),
-            )
             .output()
             .expect("helm");
         assert!(!out.status.success(), "{set} was accepted");
