@@ -63,7 +63,7 @@ pub enum Error {
     },
 }
 
-fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| Error::Api { action, source }
 }
@@ -93,27 +93,32 @@ pub async fn run(
     }
     let selector = format!("{}={}", vap::MANAGED_BY.0, vap::MANAGED_BY.1);
     let params = ListParams::default().labels(&selector);
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     // Bindings first, so no policy is left half-bound.
-    let bound = bindings
-        .list_metadata(&params)
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    delete_listed(&bindings, &params, report).await?;
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    delete_listed(&policies, &params, report).await
+}
+
+/// Deletes every object `params` lists, saying so for each.
+async fn delete_listed<K>(
+    api: &Api<K>,
+    params: &ListParams,
+    report: &mut dyn FnMut(String),
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_ascii_lowercase();
+    let listed = api
+        .list_metadata(params)
         .await
-        .map_err(api("listing the backstop bindings"))?;
-    for binding in bound.items {
-        let name = binding.name_any();
-        if delete(&bindings, &name).await? {
-            report(format!("deleted validatingadmissionpolicybinding/{name}"));
-        }
-    }
-    let listed = policies
-        .list_metadata(&params)
-        .await
-        .map_err(api("listing the backstops"))?;
-    for policy in listed.items {
-        let name = policy.name_any();
-        if delete(&policies, &name).await? {
-            report(format!("deleted validatingadmissionpolicy/{name}"));
+        .map_err(api_error(format!("listing the backstops' {kind}s")))?;
+    for object in listed.items {
+        let name = object.name_any();
+        if delete(api, &name).await? {
+            report(format!("deleted {kind}/{name}"));
         }
     }
     Ok(())
@@ -180,7 +185,7 @@ async fn stop_operator(
         let left: Vec<String> = pods
             .list_metadata(&params)
             .await
-            .map_err(api(format!("listing the pods of {deployment}")))?
+            .map_err(api_error(format!("listing the pods of {deployment}")))?
             .items
             .into_iter()
             .map(|p| p.name_any())
