@@ -115,8 +115,8 @@ impl Caches {
     /// Caches `object` (a workload of `kind`, as the API server would send
     /// it) in its slim form, as the watcher does.
     pub(crate) fn workload(&mut self, kind: WorkloadKind, object: serde_json::Value) {
-        let object = serde_json::from_value(object).expect("a workload");
-        let slim = Slim::from_dynamic(kind, object, None, &|_, _| None, 0);
+        let object = super::store::Watched::from_value(&object);
+        let slim = Slim::from_watched(kind, object, None, &|_, _| None, 0);
         self.writer(kind)
             .apply_watcher_event(&watcher::Event::Apply(slim));
     }

@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
+use serde::Deserialize as _;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::drift::PodObservation;
 use crate::policy::WorkloadKind;
-use crate::policy::workload::{EXEMPT_ANNOTATION, creates, fingerprint_of};
+use crate::policy::workload::{EXEMPT_ANNOTATION, creates, fingerprint_of_spec};
 
 /// A cached workload (or pod).
 #[derive(Debug, Clone)]
@@ -95,49 +96,47 @@ impl Slim {
 
     /// The slim form of `object`. `previous` is the cached form of the same
     /// object, `owner_of_rs` resolves a ReplicaSet to its Deployment.
-    pub(crate) fn from_dynamic(
+    pub(crate) fn from_watched(
         kind: WorkloadKind,
-        object: DynamicObject,
+        object: Watched,
         previous: Option<&Slim>,
         owner_of_rs: &dyn Fn(&str, &str) -> Option<String>,
         now: i64,
     ) -> Self {
-        let DynamicObject {
-            metadata, mut data, ..
+        let Watched {
+            metadata,
+            spec,
+            status,
         } = object;
-        let controller: Option<Vec<OwnerReference>> = metadata
+        // Only a controller of a kind that creates this kind stands for the
+        // object; any other is ignored, so the object is judged on its own.
+        let controller = metadata
             .owner_references
-            .as_ref()
             .map(|refs| {
-                // Only a controller of a kind that creates this kind
-                // stands for the object; any other is ignored, so the
-                // object is judged on its own.
-                refs.iter()
+                refs.into_iter()
                     .filter(|o| {
                         o.controller == Some(true) && creates(&o.api_version, &o.kind, kind)
                     })
-                    .cloned()
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .filter(|refs: &Vec<OwnerReference>| !refs.is_empty());
-        let exempt: Option<BTreeMap<String, String>> = metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(EXEMPT_ANNOTATION))
-            .map(|v| [(EXEMPT_ANNOTATION.to_owned(), v.clone())].into());
+            .filter(|refs| !refs.is_empty());
+        let exempt = metadata.annotations;
         let meta = ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            uid: metadata.uid,
-            resource_version: metadata.resource_version,
-            generation: metadata.generation,
-            labels: metadata.labels,
             owner_references: controller,
-            ..ObjectMeta::default()
+            annotations: None,
+            ..metadata
+        };
+        let raw = |v: &Option<Box<RawValue>>| {
+            v.as_deref()
+                .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
+                .unwrap_or(Value::Null)
         };
         let pod = (kind == WorkloadKind::Pod).then(|| {
-            // `data` holds everything but metadata.
-            data["metadata"] = json!({"name": meta.name, "labels": meta.labels});
+            let data = json!({
+                "metadata": {"name": meta.name, "labels": meta.labels},
+                "spec": raw(&spec),
+                "status": raw(&status),
+            });
             let previous = previous
                 .and_then(|p| p.pod.as_ref())
                 .map(|p| &p.observation);
@@ -147,29 +146,153 @@ impl Slim {
                 observation,
             })
         });
-        let print = fingerprint_of(kind, &data);
-        let body = {
-            let spec = data.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
-            let doc = json!({
-                "apiVersion": kind.api_version(),
-                "kind": kind.as_str(),
-                "metadata": {
-                    "name": meta.name,
-                    "namespace": meta.namespace,
-                    "labels": meta.labels,
-                    "annotations": exempt,
-                },
-                "spec": spec,
-            });
-            doc.to_string().into_boxed_str()
-        };
+        let print = spec
+            .as_deref()
+            .and_then(|spec| fingerprint_of_spec(kind, spec.get()));
+        // What evaluation reads, written around the spec's text as it came:
+        // no JSON tree is built for it.
+        let head = json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.as_str(),
+            "metadata": {
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "labels": meta.labels,
+                "annotations": exempt,
+            },
+        })
+        .to_string();
+        let spec = spec.as_deref().map_or("null", RawValue::get);
+        let mut body = String::with_capacity(head.len() + spec.len() + 9);
+        body.push_str(head.strip_suffix('}').unwrap_or(&head));
+        body.push_str(",\"spec\":");
+        body.push_str(spec);
+        body.push('}');
         Self {
             meta,
-            body,
+            body: body.into_boxed_str(),
             print,
             pod,
         }
     }
+}
+
+/// A workload as the watch delivers it, read in one pass without a JSON
+/// tree: the metadata evaluation uses (no managedFields, only the exemption
+/// annotation), the spec and status as their text.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct Watched {
+    #[serde(default, deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<Box<RawValue>>,
+    #[serde(default)]
+    status: Option<Box<RawValue>>,
+}
+
+impl Watched {
+    /// `object` as the watch would deliver it (tests and fixtures).
+    #[cfg(test)]
+    pub(crate) fn from_value(object: &Value) -> Self {
+        serde_json::from_str(&object.to_string()).expect("a workload")
+    }
+}
+
+impl kube::Resource for Watched {
+    type DynamicType = WorkloadKind;
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &WorkloadKind) -> Cow<'_, str> {
+        <Slim as kube::Resource>::kind(dt)
+    }
+
+    fn group(dt: &WorkloadKind) -> Cow<'_, str> {
+        <Slim as kube::Resource>::group(dt)
+    }
+
+    fn version(dt: &WorkloadKind) -> Cow<'_, str> {
+        <Slim as kube::Resource>::version(dt)
+    }
+
+    fn plural(dt: &WorkloadKind) -> Cow<'_, str> {
+        <Slim as kube::Resource>::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The metadata fields [`Slim`] keeps; every other field (managedFields
+/// above all) is skipped unread, and of the annotations only the exemption.
+fn slim_meta<'de, D: serde::Deserializer<'de>>(de: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        #[serde(default, deserialize_with = "exemption")]
+        annotations: Option<BTreeMap<String, String>>,
+        owner_references: Option<Vec<OwnerReference>>,
+    }
+    let wire = Option::<Wire>::deserialize(de)?;
+    Ok(wire.map_or_else(ObjectMeta::default, |w| ObjectMeta {
+        name: w.name,
+        namespace: w.namespace,
+        uid: w.uid,
+        resource_version: w.resource_version,
+        generation: w.generation,
+        labels: w.labels,
+        annotations: w.annotations,
+        owner_references: w.owner_references,
+        ..ObjectMeta::default()
+    }))
+}
+
+/// Of an annotations map, only [`EXEMPT_ANNOTATION`]; the other values are
+/// skipped, not copied.
+fn exemption<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of annotations")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+            de.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut exempt = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == EXEMPT_ANNOTATION {
+                    exempt = Some(map.next_value::<String>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(exempt.map(|v| [(EXEMPT_ANNOTATION.to_owned(), v)].into()))
+        }
+    }
+    de.deserialize_option(Visitor)
 }
 
 /// The workload a pod belongs to: its controller, or for a ReplicaSet that
@@ -306,8 +429,8 @@ pub(crate) fn map_event<A, B>(event: Event<A>, mut f: impl FnMut(A) -> B) -> Eve
 mod tests {
     use super::*;
 
-    fn dynamic(value: Value) -> DynamicObject {
-        serde_json::from_value(value).expect("object")
+    fn dynamic(value: Value) -> Watched {
+        Watched::from_value(&value)
     }
 
     #[test]
@@ -323,7 +446,7 @@ mod tests {
             "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
             "status": {"replicas": 3},
         }));
-        let slim = Slim::from_dynamic(WorkloadKind::Deployment, object, None, &|_, _| None, 0);
+        let slim = Slim::from_watched(WorkloadKind::Deployment, object, None, &|_, _| None, 0);
         assert!(slim.meta.managed_fields.is_none());
         assert!(slim.meta.annotations.is_none());
         let body: Value = serde_json::from_str(&slim.body).expect("json");
@@ -339,6 +462,40 @@ mod tests {
     }
 
     #[test]
+    fn null_and_missing_fields_read_as_absent() {
+        let slim = Slim::from_watched(
+            WorkloadKind::Deployment,
+            dynamic(
+                json!({"metadata": {"name": "web", "labels": null, "annotations": null,
+                "ownerReferences": null}}),
+            ),
+            None,
+            &|_, _| None,
+            0,
+        );
+        let body: Value = serde_json::from_str(&slim.body).expect("json");
+        assert_eq!(body["spec"], Value::Null);
+        assert_eq!(body["metadata"]["name"], "web");
+        assert!(slim.meta.labels.is_none() && slim.controller().is_none());
+        let bare = Slim::from_watched(WorkloadKind::Pod, dynamic(json!({})), None, &|_, _| None, 0);
+        assert!(bare.print.is_none() && bare.meta.name.is_none());
+    }
+
+    #[test]
+    fn a_template_and_its_pods_share_a_fingerprint() {
+        let spec = json!({"containers": [{"name": "web", "image": "nginx@sha256:aa",
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}}}]});
+        let rs = dynamic(json!({"metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"a": "b"}}, "spec": spec}}}));
+        let pod = dynamic(json!({"metadata": {"name": "web-1-x", "namespace": "shop"},
+            "spec": spec, "status": {"phase": "Running"}}));
+        let rs = Slim::from_watched(WorkloadKind::ReplicaSet, rs, None, &|_, _| None, 0);
+        let pod = Slim::from_watched(WorkloadKind::Pod, pod, None, &|_, _| None, 0);
+        assert!(rs.print.is_some());
+        assert_eq!(rs.print, pod.print);
+    }
+
+    #[test]
     fn pods_resolve_to_their_deployment() {
         let pod = |owner: Value| {
             dynamic(json!({
@@ -350,7 +507,7 @@ mod tests {
         };
         let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
             "uid": "r", "controller": true});
-        let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs.clone()), None, &|_, _| None, 0);
+        let slim = Slim::from_watched(WorkloadKind::Pod, pod(rs.clone()), None, &|_, _| None, 0);
         assert!(
             slim.body.contains("\"containers\""),
             "kept, in case the owner does not stand for the pod: {}",
@@ -371,7 +528,7 @@ mod tests {
         assert_eq!(observation.revision.as_deref(), Some("5d8f"));
 
         let cached = |_: &str, rs: &str| (rs == "web-5d8f").then(|| "frontend".to_owned());
-        let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(rs), None, &cached, 0);
+        let slim = Slim::from_watched(WorkloadKind::Pod, pod(rs), None, &cached, 0);
         let owner = slim
             .pod
             .as_ref()
@@ -381,7 +538,7 @@ mod tests {
 
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
             "uid": "s", "controller": true});
-        let slim = Slim::from_dynamic(WorkloadKind::Pod, pod(sts), None, &|_, _| None, 0);
+        let slim = Slim::from_watched(WorkloadKind::Pod, pod(sts), None, &|_, _| None, 0);
         let owner = slim
             .pod
             .as_ref()
@@ -405,7 +562,7 @@ mod tests {
                 "metadata": {"name": "p", "namespace": "shop", "ownerReferences": [owner.clone()]},
                 "spec": {"containers": [{"name": "app", "image": "evil:latest"}]},
             }));
-            let slim = Slim::from_dynamic(WorkloadKind::Pod, pod, None, &|_, _| None, 0);
+            let slim = Slim::from_watched(WorkloadKind::Pod, pod, None, &|_, _| None, 0);
             assert!(
                 slim.body.contains("evil:latest"),
                 "{owner}: kept for evaluation"

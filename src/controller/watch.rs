@@ -7,7 +7,6 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -17,7 +16,7 @@ use tokio::time::Instant;
 
 use super::metrics::ResourceLabel;
 use super::reconcile::PolicyObject;
-use super::store::{Slim, WorkloadKey};
+use super::store::{Slim, Watched, WorkloadKey};
 use super::{Context, Stop, Synced};
 use crate::policy::{ClusterReadinessPolicy, ReadinessPolicy, WorkloadKind};
 
@@ -147,11 +146,7 @@ pub(super) async fn watch_workloads(
     triggers: Triggers,
     stop: Stop,
 ) {
-    let gvk = match kind.api_version().rsplit_once('/') {
-        Some((group, version)) => GroupVersionKind::gvk(group, version, kind.as_str()),
-        None => GroupVersionKind::gvk("", kind.api_version(), kind.as_str()),
-    };
-    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::from_gvk(&gvk));
+    let api: Api<Watched> = Api::all_with(ctx.client.clone(), &kind);
     let reader = writer.as_reader();
     let restarts = ctx
         .metrics
@@ -166,13 +161,13 @@ pub(super) async fn watch_workloads(
         .map_ok(move |event| {
             let now = k8s_openapi::jiff::Timestamp::now().as_second();
             super::store::map_event(event, |object| {
-                let previous = object
-                    .metadata
+                let meta = kube::Resource::meta(&object);
+                let previous = meta
                     .name
                     .as_deref()
-                    .zip(object.metadata.namespace.as_deref())
+                    .zip(meta.namespace.as_deref())
                     .and_then(|(name, ns)| reader.get(&ObjectRef::new_with(name, kind).within(ns)));
-                Slim::from_dynamic(
+                Slim::from_watched(
                     kind,
                     object,
                     previous.as_deref(),

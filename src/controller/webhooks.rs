@@ -189,16 +189,57 @@ pub(crate) async fn start(
             .inc();
     });
     tracing::info!(%addr, "admission webhooks listening (/validate /mutate)");
+    // Reviews get a runtime of their own: a reconcile or a burst of watch
+    // events never holds a worker a review waits for. Two workers, so a
+    // huge review being decoded does not hold up the small ones.
+    let listener = listener
+        .into_std()
+        .map_err(|source| Error::Admin { addr, source })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("probity-admission")
+        .build()
+        .map_err(|source| Error::Admin { addr, source })?;
+    let (stopped, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(async move {
+        stop.await;
+        let _ = stopped.send(());
+    });
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("probity-admission".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        server::serve(
+                            listener,
+                            config,
+                            server::router(webhooks),
+                            // A dropped sender (the operator's runtime
+                            // going away) stops serving too.
+                            async move {
+                                let _ = stop_rx.await;
+                            },
+                            deadline,
+                            Some(connections),
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::error!(%addr, error = %e, "webhook listener unusable"),
+                }
+            });
+            // Served connections have drained by now; what is left is
+            // aborted.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = done.send(());
+        })
+        .map_err(|source| Error::Admin { addr, source })?;
     Ok(tokio::spawn(async move {
-        server::serve(
-            listener,
-            config,
-            server::router(webhooks),
-            stop,
-            deadline,
-            Some(connections),
-        )
-        .await;
+        // Sent, or the thread is gone (it panicked): either way, finished.
+        let _ = finished.await;
+        relay.abort();
         maintainer.abort();
     }))
 }

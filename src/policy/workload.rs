@@ -55,24 +55,35 @@ impl std::fmt::Display for Controller {
     }
 }
 
-/// The [`PodSpec::fingerprint`] of the pod spec that `data` (an object,
-/// or an object without its metadata), of `kind`, carries: a Pod's own, or
-/// the pod template's of a kind that creates Pods (ReplicaSet,
-/// StatefulSet, DaemonSet, Job, ReplicationController); `None` for other
-/// kinds and unreadable specs.
-pub fn fingerprint_of(kind: WorkloadKind, data: &Value) -> Option<u64> {
-    let pointer = match kind {
-        WorkloadKind::Pod => "/spec",
+/// The [`PodSpec::fingerprint`] of the pod spec that `spec` (the JSON text
+/// of an object's `spec`), of `kind`, carries: a Pod's own, or the pod
+/// template's of a kind that creates Pods (ReplicaSet, StatefulSet,
+/// DaemonSet, Job, ReplicationController); `None` for other kinds and
+/// unreadable specs. Read typed, without a JSON tree.
+pub fn fingerprint_of_spec(kind: WorkloadKind, spec: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Template {
+        template: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        spec: Option<PodSpec>,
+    }
+    let pod_spec = match kind {
+        WorkloadKind::Pod => serde_json::from_str::<PodSpec>(spec).ok()?,
         WorkloadKind::ReplicaSet
         | WorkloadKind::StatefulSet
         | WorkloadKind::DaemonSet
         | WorkloadKind::Job
-        | WorkloadKind::ReplicationController => "/spec/template/spec",
+        | WorkloadKind::ReplicationController => {
+            serde_json::from_str::<Template>(spec)
+                .ok()?
+                .template?
+                .spec?
+        }
         WorkloadKind::Deployment | WorkloadKind::CronJob => return None,
     };
-    PodSpec::deserialize(data.pointer(pointer)?)
-        .ok()
-        .map(|p| p.fingerprint())
+    Some(pod_spec.fingerprint())
 }
 
 /// An object of a supported kind whose fields do not have the types
