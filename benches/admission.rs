@@ -67,6 +67,21 @@ fn deployment(name: &str) -> Value {
     })
 }
 
+/// The AdmissionReview the API server sends for a create of
+/// [`deployment`] `name` in `namespace`.
+fn review_body(namespace: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "namespace": namespace, "operation": "CREATE", "userInfo": {"username": "bench"},
+            "object": deployment(name), "dryRun": false,
+        },
+    }))
+    .unwrap_or_default()
+}
+
 fn policies() -> Vec<Policy> {
     let enforce = ReadinessPolicySpec {
         mode: Mode::Enforce,
@@ -133,16 +148,7 @@ fn decode_tree(body: &[u8]) -> review::Request {
 
 /// p50 and p99 per review of each decoding, measured interleaved.
 fn in_process(iterations: usize) -> [(Duration, Duration); 2] {
-    let body = serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
-            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "bench"},
-            "object": deployment("web"), "dryRun": false,
-        },
-    }))
-    .unwrap_or_default();
+    let body = review_body("shop", "web");
     let policies = policies();
     let labels = BTreeMap::new();
     let mut samples = [
@@ -268,49 +274,45 @@ impl Phases {
         }
         Duration::ZERO
     }
+
+    /// Every counter of `self` and `o` combined by `op`; a reading without
+    /// buckets (the default) counts as zero in each of `o`'s.
+    fn combine(self, o: Phases, op: fn(f64, f64) -> f64) -> Phases {
+        let buckets = if self.operator_buckets.is_empty() {
+            o.operator_buckets
+                .iter()
+                .map(|b| (b.0, op(0.0, b.1)))
+                .collect()
+        } else {
+            self.operator_buckets
+                .iter()
+                .zip(&o.operator_buckets)
+                .map(|(a, b)| (a.0, op(a.1, b.1)))
+                .collect()
+        };
+        Phases {
+            apiserver_sum: op(self.apiserver_sum, o.apiserver_sum),
+            apiserver_count: op(self.apiserver_count, o.apiserver_count),
+            operator_sum: op(self.operator_sum, o.operator_sum),
+            operator_count: op(self.operator_count, o.operator_count),
+            h2: op(self.h2, o.h2),
+            http1: op(self.http1, o.http1),
+            operator_buckets: buckets,
+        }
+    }
 }
 
 impl std::ops::Add for Phases {
     type Output = Phases;
     fn add(self, o: Phases) -> Phases {
-        let buckets = if self.operator_buckets.is_empty() {
-            o.operator_buckets
-        } else {
-            self.operator_buckets
-                .iter()
-                .zip(&o.operator_buckets)
-                .map(|(a, b)| (a.0, a.1 + b.1))
-                .collect()
-        };
-        Phases {
-            apiserver_sum: self.apiserver_sum + o.apiserver_sum,
-            apiserver_count: self.apiserver_count + o.apiserver_count,
-            operator_sum: self.operator_sum + o.operator_sum,
-            operator_count: self.operator_count + o.operator_count,
-            h2: self.h2 + o.h2,
-            http1: self.http1 + o.http1,
-            operator_buckets: buckets,
-        }
+        self.combine(o, |a, b| a + b)
     }
 }
 
 impl std::ops::Sub for Phases {
     type Output = Phases;
     fn sub(self, o: Phases) -> Phases {
-        Phases {
-            apiserver_sum: self.apiserver_sum - o.apiserver_sum,
-            apiserver_count: self.apiserver_count - o.apiserver_count,
-            operator_sum: self.operator_sum - o.operator_sum,
-            operator_count: self.operator_count - o.operator_count,
-            h2: self.h2 - o.h2,
-            http1: self.http1 - o.http1,
-            operator_buckets: self
-                .operator_buckets
-                .iter()
-                .zip(&o.operator_buckets)
-                .map(|(a, b)| (a.0, a.1 - b.1))
-                .collect(),
-        }
+        self.combine(o, |a, b| a - b)
     }
 }
 
@@ -476,15 +478,7 @@ impl Direct {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
                 .build(connector);
-        let body = serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "bench", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
-                "namespace": "bench-webhook", "operation": "CREATE",
-                "userInfo": {"username": "bench"}, "object": deployment("direct"), "dryRun": false,
-            },
-        }))?;
+        let body = review_body("bench-webhook", "direct");
         let direct = Self {
             http,
             uri: format!("https://127.0.0.1:{port}/validate").parse()?,

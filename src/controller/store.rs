@@ -126,16 +126,16 @@ impl Slim {
             annotations: None,
             ..metadata
         };
-        let raw = |v: &Option<Box<RawValue>>| {
-            v.as_deref()
-                .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
-                .unwrap_or(Value::Null)
-        };
         let pod = (kind == WorkloadKind::Pod).then(|| {
+            // What the observation reads: the name, labels and status (the
+            // spec is fingerprinted below, typed).
+            let status = status
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
+                .unwrap_or(Value::Null);
             let data = json!({
                 "metadata": {"name": meta.name, "labels": meta.labels},
-                "spec": raw(&spec),
-                "status": raw(&status),
+                "status": status,
             });
             let previous = previous
                 .and_then(|p| p.pod.as_ref())
@@ -149,25 +149,35 @@ impl Slim {
         let print = spec
             .as_deref()
             .and_then(|spec| fingerprint_of_spec(kind, spec.get()));
-        // What evaluation reads, written around the spec's text as it came:
-        // no JSON tree is built for it.
-        let head = json!({
-            "apiVersion": kind.api_version(),
-            "kind": kind.as_str(),
-            "metadata": {
-                "name": meta.name,
-                "namespace": meta.namespace,
-                "labels": meta.labels,
-                "annotations": exempt,
+        // What evaluation reads, the spec written out as the text it came
+        // in: no JSON tree is built for it.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            api_version: &'a str,
+            kind: &'a str,
+            metadata: BodyMeta<'a>,
+            spec: Option<&'a RawValue>,
+        }
+        #[derive(serde::Serialize)]
+        struct BodyMeta<'a> {
+            name: &'a Option<String>,
+            namespace: &'a Option<String>,
+            labels: &'a Option<BTreeMap<String, String>>,
+            annotations: &'a Option<BTreeMap<String, String>>,
+        }
+        let body = serde_json::to_string(&Body {
+            api_version: kind.api_version(),
+            kind: kind.as_str(),
+            metadata: BodyMeta {
+                name: &meta.name,
+                namespace: &meta.namespace,
+                labels: &meta.labels,
+                annotations: &exempt,
             },
+            spec: spec.as_deref(),
         })
-        .to_string();
-        let spec = spec.as_deref().map_or("null", RawValue::get);
-        let mut body = String::with_capacity(head.len() + spec.len() + 9);
-        body.push_str(head.strip_suffix('}').unwrap_or(&head));
-        body.push_str(",\"spec\":");
-        body.push_str(spec);
-        body.push('}');
+        .unwrap_or_default();
         Self {
             meta,
             body: body.into_boxed_str(),
