@@ -768,7 +768,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "\nwhere the added time goes: the API server's timing of the call (mean), reviews sent \
-         straight to the operator over HTTP/2 TLS as many at once (as many, between the rounds), \
+         straight to the operator over HTTP/2 TLS between the rounds (as many, as many at once), \
          and the operator's request-to-answer time (its histogram)"
     );
     println!(
