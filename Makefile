@@ -74,7 +74,7 @@ promtool: ## Build Prometheus' promtool into the cache (once), which checks the 
 redis: ## Fetch Debian's redis-server into the cache (once), the Redis the fleet and queue tests run
 	@hack/redis.sh install
 
-bench-admission: control-plane ## Admission: in-process µs per review, and create latency through the API server with and without the webhook
+bench-admission: control-plane ## Admission: in-process µs per review, and create latency through the API server with probity's webhook, a null webhook and none
 	$(CARGO) bench --locked --bench admission
 
 bench-admission-hostile: control-plane ## Webhook under hostile load: peak operator RSS, and ordinary reviews answered meanwhile
